@@ -1,0 +1,83 @@
+"""Command-line flags that can also come from the environment (``FL_...``), read once at start-up."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_KAFKA = "127.0.0.1:9092"
+DEFAULT_UPDATES_TOPIC = "fl.updates"
+DEFAULT_MODELS_TOPIC = "fl.models"
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def env_name(flag: str) -> str:
+    return "FL_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def add_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    type: Callable[[str], Any] = str,  # noqa: A002 - mirrors argparse
+    default: Any = None,
+    help: str,  # noqa: A002 - mirrors argparse
+    env: str | None = None,
+    **kwargs: Any,
+) -> None:
+    """Add ``flag`` whose default comes from ``env`` (or ``FL_<FLAG>``) before the built-in default."""
+    env = env or env_name(flag)
+    raw = os.environ.get(env)
+    if raw is not None and raw != "":
+        try:
+            default = type(raw)
+        except (TypeError, ValueError) as exc:
+            parser.error(f"environment variable {env}={raw!r}: {exc}")
+    shown = "" if default is None else f", default: {default}"
+    parser.add_argument(flag, type=type, default=default, help=f"{help} [env {env}{shown}]", **kwargs)
+
+
+def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, env: str | None = None) -> None:  # noqa: A002
+    """A boolean switch, also on when its environment variable is 1/true/yes."""
+    env = env or env_name(flag)
+    default = os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
+    parser.add_argument(flag, action="store_true", default=default, help=f"{help} [env {env}]")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "--kafka", default=os.environ.get("KAFKA_BOOTSTRAP", DEFAULT_KAFKA),
+               help="Kafka bootstrap servers, host:port[,host:port]")
+    add_option(parser, "--updates-topic", default=DEFAULT_UPDATES_TOPIC, help="Kafka topic for node updates")
+    add_option(parser, "--models-topic", default=DEFAULT_MODELS_TOPIC, help="Kafka topic for global models")
+    add_option(parser, "--log-level", default="INFO", help="logging level",
+               choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_flag(parser, "--quiet", help="only warnings and errors")
+    add_option(parser, "--tf-threads", type=int, default=0,
+               help="cap TensorFlow intra/inter-op threads (0: TensorFlow's default)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be positive")
+    return value
+
+
+def setup_logging(level: str, quiet: bool = False) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else getattr(logging, level), format=LOG_FORMAT,
+                        stream=sys.stderr, force=True)
+    # Libraries that are chatty at INFO.
+    for noisy in ("kafka", "aiohttp.access", "engineio", "socketio", "absl"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

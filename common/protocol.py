@@ -1,0 +1,425 @@
+"""Wire protocol shared by server and nodes (see docs/protocol.md for the full story).
+
+Two transports, two kinds of payload:
+
+* Socket.IO carries small JSON control messages: the node's hello (connect auth),
+  ``start_round``, the node's ``fl_update`` acknowledgement and ``end_session``.
+* Kafka carries weights. One Kafka record is one *chunk* of one layer::
+
+      key     = sender id (node id, or "server" for the global model), UTF-8
+      headers = fl.kind, fl.session, fl.round (routing hints only; the value is authoritative)
+      value   = UTF-8 JSON object:
+        {"v": 1, "kind": "update" | "model", "session_id": str, "round": int,
+         "node_id": str, "num_samples": int, "layer": int, "num_layers": int,
+         "dtype": str, "shape": [int, ...], "chunk": int, "num_chunks": int,
+         "data": base64 of this chunk's slice of the layer's raw little-endian bytes}
+
+  A layer whose bytes exceed the chunk size is split into ``num_chunks`` records with
+  the same key, so they land on one partition in order; the receiver joins the slices.
+
+Decoding untrusted input returns a value or raises ``ProtocolError`` with a reason tag.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common import PROTOCOL_VERSION
+from common.codec import ArraySpec, CodecError, array_to_bytes, b64decode, b64encode, validate_spec
+
+KIND_UPDATE = "update"
+KIND_MODEL = "model"
+SERVER_SENDER_ID = "server"
+
+DEFAULT_CHUNK_BYTES = 512 * 1024  # raw bytes; ~700 KB once base64'd: below Kafka's 1 MiB default
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+MAX_LAYERS = 10_000
+MAX_CHUNKS = 1 << 20
+NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+class ProtocolError(ValueError):
+    """An untrusted message that does not follow the protocol; ``reason`` is a short tag."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+# --------------------------------------------------------------------- field checks
+
+
+def _require(obj: dict[str, Any], name: str, kind: type, *, where: str) -> Any:
+    value = obj.get(name)
+    ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok:
+        raise ProtocolError("bad_schema", f"{where}: field {name!r} must be {kind.__name__}, got {value!r:.80}")
+    return value
+
+
+def _int_in(obj: dict[str, Any], name: str, low: int, high: int, *, where: str) -> int:
+    value: int = _require(obj, name, int, where=where)
+    if not low <= value <= high:
+        raise ProtocolError("bad_schema", f"{where}: {name}={value} outside [{low}, {high}]")
+    return value
+
+
+def check_node_id(value: object) -> str:
+    if not isinstance(value, str) or not NODE_ID_PATTERN.match(value) or value == SERVER_SENDER_ID:
+        raise ProtocolError("bad_node_id", f"node id {value!r:.80} must match {NODE_ID_PATTERN.pattern}")
+    return value
+
+
+def check_session_id(value: object) -> str:
+    if not isinstance(value, str) or not SESSION_ID_PATTERN.match(value):
+        raise ProtocolError("bad_schema", f"session id {value!r:.80} must match {SESSION_ID_PATTERN.pattern}")
+    return value
+
+
+# --------------------------------------------------------------------- Kafka weight chunks
+
+
+@dataclass(frozen=True)
+class WeightChunk:
+    """One Kafka record's worth of weights: a slice of one layer of one sender's weights."""
+
+    kind: str
+    session_id: str
+    server_round: int
+    node_id: str
+    num_samples: int
+    layer_index: int
+    num_layers: int
+    spec: ArraySpec
+    chunk_index: int
+    num_chunks: int
+    data: bytes = field(repr=False)
+
+    @property
+    def key(self) -> tuple[str, str, int, str, int, int]:
+        """Identity used for de-duplication of at-least-once deliveries."""
+        return (self.kind, self.session_id, self.server_round, self.node_id, self.layer_index, self.chunk_index)
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [
+            ("fl.kind", self.kind.encode()),
+            ("fl.session", self.session_id.encode()),
+            ("fl.round", str(self.server_round).encode()),
+        ]
+
+
+def encode_chunk(chunk: WeightChunk) -> bytes:
+    """Serialise a chunk to the JSON value of a Kafka record."""
+    return json.dumps(
+        {
+            "v": PROTOCOL_VERSION,
+            "kind": chunk.kind,
+            "session_id": chunk.session_id,
+            "round": chunk.server_round,
+            "node_id": chunk.node_id,
+            "num_samples": chunk.num_samples,
+            "layer": chunk.layer_index,
+            "num_layers": chunk.num_layers,
+            "dtype": chunk.spec.dtype,
+            "shape": list(chunk.spec.shape),
+            "chunk": chunk.chunk_index,
+            "num_chunks": chunk.num_chunks,
+            "data": b64encode(chunk.data),
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
+
+
+def decode_chunk(value: bytes | None, *, max_record_bytes: int = MAX_RECORD_BYTES) -> WeightChunk:
+    """Parse and validate an untrusted Kafka record value; raise ``ProtocolError``."""
+    if value is None:
+        raise ProtocolError("not_json", "empty record")
+    if len(value) > max_record_bytes:
+        raise ProtocolError("oversize", f"record of {len(value)} bytes exceeds {max_record_bytes}")
+    try:
+        obj = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError("not_json", f"record is not UTF-8 JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_schema", "record must be a JSON object")
+    where = "weight chunk"
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", f"protocol version {obj.get('v')!r:.20} is not {PROTOCOL_VERSION}")
+    kind = obj.get("kind")
+    if kind not in (KIND_UPDATE, KIND_MODEL):
+        raise ProtocolError("bad_schema", f"unknown kind {kind!r:.40}")
+    node_id = obj.get("node_id")
+    if kind == KIND_UPDATE:
+        check_node_id(node_id)
+    elif node_id != SERVER_SENDER_ID:
+        raise ProtocolError("bad_schema", "model chunks must come from the server")
+    num_layers = _int_in(obj, "num_layers", 1, MAX_LAYERS, where=where)
+    num_chunks = _int_in(obj, "num_chunks", 1, MAX_CHUNKS, where=where)
+    try:
+        spec = validate_spec(obj.get("dtype"), obj.get("shape"))
+        data = b64decode(obj.get("data"))
+    except CodecError as exc:
+        raise ProtocolError(exc.reason, str(exc)) from exc
+    if len(data) > spec.num_bytes:
+        raise ProtocolError("bad_length", f"chunk of {len(data)} bytes is larger than its layer ({spec.num_bytes})")
+    return WeightChunk(
+        kind=kind,
+        session_id=check_session_id(obj.get("session_id")),
+        server_round=_int_in(obj, "round", 0, 1_000_000, where=where),
+        node_id=node_id,
+        num_samples=_int_in(obj, "num_samples", 0 if kind == KIND_MODEL else 1, 1 << 40, where=where),
+        layer_index=_int_in(obj, "layer", 0, num_layers - 1, where=where),
+        num_layers=num_layers,
+        spec=spec,
+        chunk_index=_int_in(obj, "chunk", 0, num_chunks - 1, where=where),
+        num_chunks=num_chunks,
+        data=data,
+    )
+
+
+def split_weights(
+    weights: Sequence[np.ndarray],
+    *,
+    kind: str,
+    session_id: str,
+    server_round: int,
+    node_id: str,
+    num_samples: int,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> Iterator[WeightChunk]:
+    """Cut a list of layer arrays into chunks of at most ``chunk_bytes`` raw bytes each."""
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes must be positive")
+    for layer_index, array in enumerate(weights):
+        spec, raw = array_to_bytes(array)
+        num_chunks = max(1, math.ceil(len(raw) / chunk_bytes))
+        for chunk_index in range(num_chunks):
+            yield WeightChunk(
+                kind=kind,
+                session_id=session_id,
+                server_round=server_round,
+                node_id=node_id,
+                num_samples=num_samples,
+                layer_index=layer_index,
+                num_layers=len(weights),
+                spec=spec,
+                chunk_index=chunk_index,
+                num_chunks=num_chunks,
+                data=raw[chunk_index * chunk_bytes : (chunk_index + 1) * chunk_bytes],
+            )
+
+
+# --------------------------------------------------------------------- Socket.IO control messages
+
+
+@dataclass(frozen=True)
+class Hello:
+    """Sent by a node as Socket.IO connect ``auth``."""
+
+    node_id: str
+    num_samples: int
+    protocol: int = PROTOCOL_VERSION
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "num_samples": self.num_samples, "protocol": self.protocol}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Hello:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_hello", "connect auth must be an object with node_id and num_samples")
+        if obj.get("protocol") != PROTOCOL_VERSION:
+            raise ProtocolError("bad_version", f"protocol {obj.get('protocol')!r:.20} is not {PROTOCOL_VERSION}")
+        return cls(
+            node_id=check_node_id(obj.get("node_id")),
+            num_samples=_int_in(obj, "num_samples", 1, 1 << 40, where="hello"),
+        )
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where the global model's weight chunks sit in Kafka (records in [start_offset, end_offset])."""
+
+    topic: str
+    partition: int
+    start_offset: int
+    end_offset: int
+    num_records: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "start_offset": self.start_offset,
+            "end_offset": self.end_offset,
+            "num_records": self.num_records,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: object) -> ModelRef:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_schema", "model reference must be an object")
+        topic = _require(obj, "topic", str, where="model ref")
+        start = _int_in(obj, "start_offset", 0, 1 << 62, where="model ref")
+        return cls(
+            topic=topic,
+            partition=_int_in(obj, "partition", 0, 1 << 20, where="model ref"),
+            start_offset=start,
+            end_offset=_int_in(obj, "end_offset", start, 1 << 62, where="model ref"),
+            num_records=_int_in(obj, "num_records", 1, MAX_CHUNKS, where="model ref"),
+        )
+
+
+@dataclass(frozen=True)
+class ModelMessage:
+    """The global model as the server announces it: architecture, compile settings, weights reference."""
+
+    architecture: str
+    compile: dict[str, Any]
+    weights: ModelRef
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "compile": self.compile, "weights": self.weights.to_wire()}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> ModelMessage:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_schema", "model must be an object")
+        compile_spec = obj.get("compile")
+        if not isinstance(compile_spec, dict):
+            raise ProtocolError("bad_schema", "model.compile must be an object")
+        return cls(
+            architecture=_require(obj, "architecture", str, where="model"),
+            compile=compile_spec,
+            weights=ModelRef.from_wire(obj.get("weights")),
+        )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> TrainConfig:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_schema", "config must be an object")
+        rate = _require(obj, "learning_rate", float, where="config")
+        return cls(
+            epochs=_int_in(obj, "epochs", 1, 10_000, where="config"),
+            batch_size=_int_in(obj, "batch_size", 1, 1 << 20, where="config"),
+            learning_rate=float(rate),
+        )
+
+
+@dataclass(frozen=True)
+class StartRound:
+    """Server -> node: train on this model for this round."""
+
+    session_id: str
+    server_round: int
+    config: TrainConfig
+    model: ModelMessage
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "round": self.server_round,
+            "config": self.config.to_wire(),
+            "model": self.model.to_wire(),
+        }
+
+    @classmethod
+    def from_wire(cls, obj: object) -> StartRound:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_schema", "start_round must be an object")
+        return cls(
+            session_id=check_session_id(obj.get("session_id")),
+            server_round=_int_in(obj, "round", 1, 1_000_000, where="start_round"),
+            config=TrainConfig.from_wire(obj.get("config")),
+            model=ModelMessage.from_wire(obj.get("model")),
+        )
+
+
+@dataclass(frozen=True)
+class UpdateAck:
+    """Node -> server (``fl_update``): I published my update for this round."""
+
+    session_id: str
+    server_round: int
+    node_id: str
+    num_samples: int
+    num_records: int
+    metrics: dict[str, float]
+    timings_s: dict[str, float]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "round": self.server_round,
+            "node_id": self.node_id,
+            "num_samples": self.num_samples,
+            "num_records": self.num_records,
+            "metrics": self.metrics,
+            "timings_s": self.timings_s,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: object) -> UpdateAck:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_schema", "fl_update must be an object")
+        return cls(
+            session_id=check_session_id(obj.get("session_id")),
+            server_round=_int_in(obj, "round", 1, 1_000_000, where="fl_update"),
+            node_id=check_node_id(obj.get("node_id")),
+            num_samples=_int_in(obj, "num_samples", 1, 1 << 40, where="fl_update"),
+            num_records=_int_in(obj, "num_records", 1, MAX_CHUNKS, where="fl_update"),
+            metrics=_float_map(obj.get("metrics"), "metrics"),
+            timings_s=_float_map(obj.get("timings_s"), "timings_s"),
+        )
+
+
+@dataclass(frozen=True)
+class EndSession:
+    """Server -> node: the session is over; here is the final model."""
+
+    session_id: str
+    rounds_completed: int
+    model: ModelMessage
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "rounds": self.rounds_completed, "model": self.model.to_wire()}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> EndSession:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_schema", "end_session must be an object")
+        return cls(
+            session_id=check_session_id(obj.get("session_id")),
+            rounds_completed=_int_in(obj, "rounds", 0, 1_000_000, where="end_session"),
+            model=ModelMessage.from_wire(obj.get("model")),
+        )
+
+
+def _float_map(obj: object, where: str, max_items: int = 64) -> dict[str, float]:
+    if not isinstance(obj, dict) or len(obj) > max_items:
+        raise ProtocolError("bad_schema", f"{where} must be an object of at most {max_items} numbers")
+    out: dict[str, float] = {}
+    for key in obj:
+        if not isinstance(key, str) or len(key) > 64:
+            raise ProtocolError("bad_schema", f"{where} keys must be short strings")
+        out[key] = float(_require(obj, key, float, where=where))
+    return out

@@ -1,0 +1,1 @@
+"""Federated-learning node: trains on local data, publishes weight updates to Kafka."""

@@ -1,0 +1,98 @@
+"""``fl-node``: join a federated session with local data."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.config import add_common_options, add_option, positive_float, positive_int, setup_logging
+from common.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
+
+logger = logging.getLogger("fl_node")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fl-node",
+        description="Train on local data when the server starts a round; only weights leave this process "
+        "(published to Kafka). Data comes from a built-in dataset share (--dataset/--partition) or a CSV "
+        "(--data/--target).",
+    )
+    add_option(parser, "--server", default="http://127.0.0.1:5000", help="server URL")
+    add_option(parser, "--node-id", default=None, help="node id (default: node-<random hex>)")
+    add_option(parser, "--dataset", default="digits", help="built-in dataset to take a share of")
+    add_option(parser, "--partition", default="0/1", help="this node's share i/n of the dataset (0-based i)")
+    add_option(parser, "--data", type=Path, default=None, help="local CSV file instead of a built-in dataset")
+    add_option(parser, "--target", default=None, help="class column of --data")
+    add_option(parser, "--seed", type=int, default=42, help="seed of the dataset split (must match the server)")
+    add_option(parser, "--out-dir", type=Path, default=Path("models"), help="where the final model is saved")
+    add_option(parser, "--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES,
+               help="largest raw weight slice per Kafka record")
+    add_option(parser, "--fetch-timeout", type=positive_float, default=120.0,
+               help="seconds to wait for the global model in Kafka")
+    add_common_options(parser)
+    return parser
+
+
+def load_local_data(args: argparse.Namespace) -> tuple[Any, Any]:
+    from common.datasets import load_builtin, load_csv, node_share
+    from common.partition import parse_partition
+
+    if args.data is not None:
+        if not args.target:
+            raise ValueError("--data needs --target (the class column)")
+        return load_csv(args.data, args.target)
+    index, count = parse_partition(args.partition)
+    dataset = load_builtin(args.dataset, seed=args.seed)
+    return node_share(dataset, index, count, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.quiet)
+    node_id = args.node_id or f"node-{secrets.token_hex(3)}"
+    try:
+        check_node_id(node_id)
+        x, y = load_local_data(args)
+    except (ValueError, ProtocolError, OSError) as exc:
+        logger.error("%s", exc)
+        return 2
+
+    from common.tf_setup import configure_tensorflow
+    from fl_node.client import FederatedNode, NodeSettings
+    from fl_node.trainer import LocalTrainer
+
+    configure_tensorflow(args.tf_threads or None)
+    settings = NodeSettings(node_id=node_id, server_url=args.server, kafka=args.kafka,
+                            updates_topic=args.updates_topic, out_dir=args.out_dir, chunk_bytes=args.chunk_bytes,
+                            fetch_timeout_s=args.fetch_timeout)
+    logger.info("node %s: %d local samples, server %s, Kafka %s", node_id, len(y), args.server, args.kafka)
+    node = FederatedNode(settings, LocalTrainer(x, y, node_id=node_id))
+
+    async def runner() -> Path | None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await node.run()
+
+    try:
+        path = asyncio.run(runner())
+    except asyncio.CancelledError:
+        logger.warning("node %s stopped by signal", node_id)
+        return 130
+    if path is None:
+        return 1
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

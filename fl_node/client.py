@@ -1,0 +1,210 @@
+"""The node process: Socket.IO client for control, Kafka for weights, a worker thread for TensorFlow."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import socketio
+from kafka import KafkaConsumer
+
+from common import kafka_io
+from common.protocol import (
+    KIND_UPDATE,
+    EndSession,
+    Hello,
+    ModelMessage,
+    ProtocolError,
+    StartRound,
+    UpdateAck,
+    split_weights,
+)
+from fl_node.trainer import LocalTrainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    node_id: str
+    server_url: str
+    kafka: str
+    updates_topic: str
+    out_dir: Path
+    chunk_bytes: int
+    fetch_timeout_s: float = 120.0
+    ack_timeout_s: float = 60.0
+
+
+class FederatedNode:
+    """Connects, trains when told, publishes updates, saves the final model on ``end_session``."""
+
+    def __init__(self, settings: NodeSettings, trainer: LocalTrainer) -> None:
+        self.settings = settings
+        self.trainer = trainer
+        self.final_model_path: Path | None = None
+        self.rounds_done: set[tuple[str, int]] = set()
+        self._in_progress: set[tuple[str, int]] = set()
+        self._acks: dict[tuple[str, int], UpdateAck] = {}
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-worker")
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._finished = asyncio.Event()
+        self._producer: Any = None
+        self._consumer: KafkaConsumer | None = None
+        self.sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
+                                        reconnection_delay_max=5, handle_sigint=False)
+        self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
+        self.sio.on("start_round", self._on_start_round)
+        self.sio.on("end_session", self._on_end_session)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> Path | None:
+        """Connect (retrying until the server answers) and serve rounds until ``end_session``."""
+        hello = Hello(self.settings.node_id, self.trainer.num_samples)
+        try:
+            await self.sio.connect(self.settings.server_url, auth=hello.to_wire(), transports=["websocket"],
+                                   retry=True, wait_timeout=10)
+            await self._finished.wait()
+        finally:
+            await self.close()
+        return self.final_model_path
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self.sio.connected:
+            await self.sio.disconnect()
+        await asyncio.get_running_loop().run_in_executor(self._worker, self._close_kafka)
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_connect(self) -> None:
+        logger.info("node %s connected to %s", self.settings.node_id, self.settings.server_url)
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        if not self._finished.is_set():
+            logger.warning("node %s lost the server (%s); reconnecting", self.settings.node_id, reason)
+
+    # ------------------------------------------------------------ events
+
+    async def _on_start_round(self, data: Any = None) -> None:
+        try:
+            start = StartRound.from_wire(data)
+        except ProtocolError as exc:
+            logger.error("ignored malformed start_round: %s", exc)
+            return
+        key = (start.session_id, start.server_round)
+        if key in self._acks:  # asked again after a reconnect: the update is already in Kafka
+            self._spawn(self._send_ack(self._acks[key]))
+            return
+        if key in self._in_progress:
+            return
+        self._in_progress.add(key)
+        self._spawn(self._run_round(start))
+
+    async def _on_end_session(self, data: Any = None) -> None:
+        try:
+            end = EndSession.from_wire(data)
+        except ProtocolError as exc:
+            logger.error("ignored malformed end_session: %s", exc)
+            return
+        self._spawn(self._finish(end))
+
+    # ------------------------------------------------------------ work
+
+    async def _run_round(self, start: StartRound) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            ack = await loop.run_in_executor(self._worker, self._train_and_publish, start)
+        except Exception:
+            logger.exception("node %s: round %d failed", self.settings.node_id, start.server_round)
+            return
+        finally:
+            self._in_progress.discard((start.session_id, start.server_round))
+        self._acks[(start.session_id, start.server_round)] = ack
+        self.rounds_done.add((start.session_id, start.server_round))
+        await self._send_ack(ack)
+
+    async def _send_ack(self, ack: UpdateAck) -> None:
+        try:
+            reply = await self.sio.call("fl_update", ack.to_wire(), timeout=self.settings.ack_timeout_s)
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
+            logger.warning("node %s: acknowledgement of round %d not confirmed (%s)", self.settings.node_id,
+                           ack.server_round, exc)
+            return
+        if not isinstance(reply, dict) or not reply.get("accepted"):
+            logger.warning("node %s: server refused acknowledgement of round %d: %s", self.settings.node_id,
+                           ack.server_round, reply)
+
+    def _train_and_publish(self, start: StartRound) -> UpdateAck:
+        """Worker thread: fetch the global model, train, publish the update; returns the acknowledgement."""
+        t0 = time.perf_counter()
+        weights = self._fetch(start.model, start.session_id, start.server_round)
+        fetch_s = time.perf_counter() - t0
+        result = self.trainer.train(start.model.architecture, start.model.compile, weights, start.config,
+                                    server_round=start.server_round)
+        t1 = time.perf_counter()
+        chunks = list(split_weights(result.weights, kind=KIND_UPDATE, session_id=start.session_id,
+                                    server_round=start.server_round, node_id=self.settings.node_id,
+                                    num_samples=self.trainer.num_samples, chunk_bytes=self.settings.chunk_bytes))
+        if self._producer is None:
+            self._producer = kafka_io.make_producer(self.settings.kafka, f"fl-node-{self.settings.node_id}")
+        kafka_io.publish_chunks(self._producer, self.settings.updates_topic, chunks)
+        publish_s = time.perf_counter() - t1
+        logger.info("node %s round %d: trained in %.2fs, published %d records in %.2fs (%s)", self.settings.node_id,
+                    start.server_round, result.train_s, len(chunks), publish_s,
+                    " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+        return UpdateAck(
+            session_id=start.session_id,
+            server_round=start.server_round,
+            node_id=self.settings.node_id,
+            num_samples=self.trainer.num_samples,
+            num_records=len(chunks),
+            metrics=result.metrics,
+            timings_s={"fetch": round(fetch_s, 4), "train": round(result.train_s, 4),
+                       "publish": round(publish_s, 4)},
+        )
+
+    def _fetch(self, model: ModelMessage, session_id: str, server_round: int) -> list[Any]:
+        if self._consumer is None:
+            self._consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka, group_id=None,
+                                           enable_auto_commit=False, client_id=f"fl-node-{self.settings.node_id}")
+        return kafka_io.fetch_weights(self._consumer, model.weights, session_id=session_id,
+                                      server_round=server_round, timeout_s=self.settings.fetch_timeout_s)
+
+    async def _finish(self, end: EndSession) -> None:
+        loop = asyncio.get_running_loop()
+        path = self.settings.out_dir / f"{end.session_id}-{self.settings.node_id}.keras"
+
+        def fetch_and_save() -> None:
+            weights = self._fetch(end.model, end.session_id, end.rounds_completed + 1)
+            self.trainer.save(end.model.architecture, weights, path)
+
+        try:
+            await loop.run_in_executor(self._worker, fetch_and_save)
+            self.final_model_path = path
+            logger.info("node %s: session %s ended after %d rounds; final model saved to %s", self.settings.node_id,
+                        end.session_id, end.rounds_completed, path)
+        except Exception:
+            logger.exception("node %s: could not save the final model", self.settings.node_id)
+        finally:
+            self._finished.set()
+
+    def _close_kafka(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=10)
+            self._producer = None
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

@@ -1,0 +1,1 @@
+"""Federated-learning coordinator: Socket.IO control plane, Kafka data plane, pluggable aggregation."""

@@ -1,0 +1,4 @@
+from fl_server.cli import main
+import sys
+
+sys.exit(main())

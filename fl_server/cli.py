@@ -1,0 +1,159 @@
+"""``fl-server``: run a federated training session."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import secrets
+import signal
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from common.config import add_common_options, add_option, positive_float, positive_int, setup_logging
+from common.protocol import DEFAULT_CHUNK_BYTES, SESSION_ID_PATTERN, TrainConfig
+from fl_server.app import Endpoints, KafkaPlane, SocketIOFrontend, final_model_path, serve_socketio
+from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
+from fl_server.history import SessionHistory
+from fl_server.registry import NodeRegistry
+from fl_server.strategy import STRATEGIES, make_strategy
+
+logger = logging.getLogger("fl_server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fl-server",
+        description="Coordinate federated training: wait for nodes, run rounds over Socket.IO (control) "
+        "and Kafka (weights), aggregate, evaluate on a holdout set, and write history/<session>.json.",
+    )
+    add_option(parser, "--host", default="127.0.0.1", help="address to listen on")
+    add_option(parser, "--port", type=int, default=5000, help="Socket.IO port (0 picks a free one)")
+    add_option(parser, "--min-nodes", type=positive_int, default=2, help="nodes that must be connected to start")
+    add_option(parser, "--rounds", type=positive_int, default=5, help="number of rounds")
+    add_option(parser, "--dataset", default="digits", help="built-in dataset whose holdout split the server keeps")
+    add_option(parser, "--model", default="mlp", help="model: logreg, mlp or mlp:H1,H2,... (hidden sizes)")
+    add_option(parser, "--strategy", default="fedavg", choices=sorted(STRATEGIES), help="aggregation strategy")
+    add_option(parser, "--epochs", type=positive_int, default=1, help="local epochs per round")
+    add_option(parser, "--batch-size", type=positive_int, default=32, help="local batch size")
+    add_option(parser, "--learning-rate", type=positive_float, default=0.005, help="local learning rate")
+    add_option(parser, "--optimizer", default="adam", choices=["adam", "sgd"], help="local optimizer")
+    add_option(parser, "--round-timeout", type=positive_float, default=120.0,
+               help="seconds a round waits for updates before closing with what it has")
+    add_option(parser, "--history-dir", type=Path, default=Path("history"), help="where history JSON is written")
+    add_option(parser, "--session-id", default=None, help="session id (default: UTC time + random suffix)")
+    add_option(parser, "--seed", type=int, default=42, help="seed for the holdout split and initial weights")
+    add_option(parser, "--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES,
+               help="largest raw weight slice per Kafka record")
+    add_option(parser, "--end-grace", type=positive_float, default=30.0,
+               help="seconds to wait for nodes to leave after end_session")
+    add_common_options(parser)
+    return parser
+
+
+def new_session_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+async def run_session(args: argparse.Namespace) -> Path:
+    """Run one session end to end; returns the history file path."""
+    from common.datasets import load_builtin
+    from common.models import build_model, compile_model, compile_spec
+    from common.tf_setup import configure_tensorflow
+    from fl_server.evaluation import KerasHoldout
+
+    configure_tensorflow(args.tf_threads or None)
+    session_id = args.session_id or new_session_id()
+    if not SESSION_ID_PATTERN.match(session_id):
+        raise ValueError(f"session id {session_id!r} must match {SESSION_ID_PATTERN.pattern}")
+    dataset = load_builtin(args.dataset, seed=args.seed)
+    model = build_model(args.model, dataset.input_shape, dataset.num_classes, seed=args.seed)
+    spec = compile_spec(args.optimizer, args.learning_rate)
+    compile_model(model, spec)
+    holdout = KerasHoldout(model, dataset.x_holdout, dataset.y_holdout)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config.update(session_id=session_id, num_holdout=int(len(dataset.y_holdout)),
+                  num_parameters=int(model.count_params()))
+    history = SessionHistory(args.history_dir, session_id, config)
+    history.save()
+
+    registry = NodeRegistry()
+    frontend = SocketIOFrontend(registry)
+    endpoints = Endpoints(args.host, args.port, args.kafka, args.updates_topic, args.models_topic,
+                          chunk_bytes=args.chunk_bytes)
+    kafka = KafkaPlane(endpoints, session_id)
+    settings = SessionSettings(
+        session_id=session_id,
+        rounds=args.rounds,
+        min_nodes=args.min_nodes,
+        round_timeout_s=args.round_timeout,
+        train=TrainConfig(args.epochs, args.batch_size, args.learning_rate),
+        end_grace_s=args.end_grace,
+    )
+    coordinator = Coordinator(
+        settings=settings,
+        registry=registry,
+        strategy=make_strategy(args.strategy),
+        model=GlobalModel(model.to_json(), spec, model.get_weights()),
+        evaluate=holdout,
+        publish_model=kafka.publish_model,
+        emit=frontend.emit,
+        history=history,
+    )
+    frontend.coordinator = coordinator
+    logger.info("session %s: %s on %s, %d rounds, %d parameters; history at %s", session_id, args.model,
+                args.dataset, args.rounds, model.count_params(), history.path)
+    runner = None
+    status = "failed"
+    try:
+        await kafka.start(coordinator.on_record)
+        runner = await serve_socketio(frontend, args.host, args.port)
+        weights = await coordinator.run()
+        loop = asyncio.get_running_loop()
+        model_path = final_model_path(history.path)
+        await loop.run_in_executor(None, holdout.save, weights, model_path)
+        history.document["final_model"] = str(model_path)
+        status = "completed"
+        logger.info("session %s completed; final model at %s", session_id, model_path)
+    except asyncio.CancelledError:
+        status = "interrupted"
+        logger.warning("session %s interrupted", session_id)
+        raise
+    finally:
+        history.document["rejected_updates_total"] = dict(coordinator.rejected_total)
+        history.document["refused_connections"] = frontend.refused
+        history.finish(status)
+        if runner is not None:
+            await runner.cleanup()
+        await kafka.stop()
+    return history.path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.quiet)
+
+    async def runner() -> Any:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        return await run_session(args)
+
+    try:
+        path = asyncio.run(runner())
+    except asyncio.CancelledError:
+        logger.warning("stopped by signal")
+        return 130
+    except (ValueError, TimeoutError, OSError) as exc:
+        logger.error("%s", exc)
+        return 1
+    sys.stdout.write(f"{path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

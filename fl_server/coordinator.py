@@ -1,0 +1,260 @@
+"""The round loop: waits for nodes, runs rounds, aggregates, evaluates, records history.
+
+It owns no sockets and no Kafka clients. Transport is injected (``publish_model`` and
+``emit``), records and acknowledgements arrive through ``on_record`` / ``on_ack``, and
+holdout evaluation is a plain callable, so tests can drive it with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from common.codec import ArraySpec
+from common.protocol import EndSession, ModelMessage, ModelRef, StartRound, TrainConfig, UpdateAck
+from fl_server.collector import RoundCollector
+from fl_server.history import SessionHistory, utc_now
+from fl_server.registry import NodeRegistry
+from fl_server.strategy import Strategy
+
+logger = logging.getLogger(__name__)
+
+Weights = list[np.ndarray]
+EvaluateFn = Callable[[int, Sequence[np.ndarray]], dict[str, float]]
+PublishModelFn = Callable[[int, Sequence[np.ndarray]], Awaitable[ModelRef]]
+EmitFn = Callable[[str, dict[str, Any], str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    session_id: str
+    rounds: int
+    min_nodes: int
+    round_timeout_s: float
+    train: TrainConfig
+    end_grace_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class GlobalModel:
+    architecture: str
+    compile: dict[str, Any]
+    weights: Weights
+
+
+class Coordinator:
+    """Drives one federated session from first round to ``end_session``."""
+
+    def __init__(
+        self,
+        *,
+        settings: SessionSettings,
+        registry: NodeRegistry,
+        strategy: Strategy,
+        model: GlobalModel,
+        evaluate: EvaluateFn,
+        publish_model: PublishModelFn,
+        emit: EmitFn,
+        history: SessionHistory,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.strategy = strategy
+        self.model = model
+        self.weights: Weights = [np.array(w, copy=True) for w in model.weights]
+        self._specs = [ArraySpec.of(w) for w in self.weights]
+        self._evaluate = evaluate
+        self._publish_model = publish_model
+        self._emit = emit
+        self.history = history
+        self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.rejected_total: Counter[str] = Counter()
+        self._current: tuple[StartRound, RoundCollector] | None = None
+
+    # ------------------------------------------------------------ inputs (event-loop thread)
+
+    def on_record(self, value: bytes | None) -> None:
+        self._inbox.put_nowait(("record", value))
+
+    def on_ack(self, ack: UpdateAck) -> None:
+        self._inbox.put_nowait(("ack", ack))
+
+    def pending_start(self, node_id: str) -> StartRound | None:
+        """The open round's ``start_round`` if ``node_id`` takes part and has not delivered yet (for reconnects)."""
+        if self._current is None:
+            return None
+        start, collector = self._current
+        if node_id in collector.participants and node_id not in collector.completed:
+            return start
+        return None
+
+    # ------------------------------------------------------------ the session
+
+    async def run(self) -> Weights:
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        initial = await loop.run_in_executor(None, self._evaluate, 0, self.weights)
+        self.history.document["initial_holdout"] = initial
+        logger.info("session %s: initial holdout %s", settings.session_id, _fmt(initial))
+        await self._wait_for_nodes(settings.min_nodes)
+        for server_round in range(1, settings.rounds + 1):
+            if len(self.registry) == 0:
+                await self._wait_for_nodes(1)
+            await self._run_round(server_round)
+        await self._end_session()
+        return self.weights
+
+    async def _wait_for_nodes(self, count: int) -> None:
+        while not await self.registry.wait_for(count, timeout_s=10.0):
+            logger.info("waiting for nodes: %d of %d connected", len(self.registry), count)
+        logger.info("%d node(s) connected", len(self.registry))
+
+    async def _run_round(self, server_round: int) -> None:
+        loop = asyncio.get_running_loop()
+        started_at, t0 = utc_now(), time.perf_counter()
+        participants = self.registry.snapshot()
+        collector = RoundCollector(
+            session_id=self.settings.session_id,
+            server_round=server_round,
+            participants=[n.node_id for n in participants],
+            expected_specs=self._specs,
+        )
+        self.strategy.begin_round(server_round, self.weights)
+        ref = await self._publish_model(server_round, self.weights)
+        start = StartRound(self.settings.session_id, server_round, self.settings.train, self._message(ref))
+        logger.info("round %d: started with %d node(s): %s", server_round, len(participants),
+                    ", ".join(n.node_id for n in participants))
+        self._current = (start, collector)
+        for node in participants:
+            await self._emit("start_round", start.to_wire(), node.sid)
+
+        aggregate_s = 0.0
+        deadline = loop.time() + self.settings.round_timeout_s
+        timed_out = False
+        while not collector.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                timed_out = True
+                break
+            try:
+                kind, item = await asyncio.wait_for(self._inbox.get(), remaining)
+            except TimeoutError:
+                timed_out = True
+                break
+            if kind == "ack":
+                reason = collector.offer_ack(item)
+                if reason:
+                    logger.warning("round %d: ignored acknowledgement from %s (%s)", server_round, item.node_id, reason)
+                continue
+            update = collector.offer_record(item)
+            if update is not None:
+                t_acc = time.perf_counter()
+                await loop.run_in_executor(None, self.strategy.accumulate, update.node_id, update.weights,
+                                           update.num_samples)
+                aggregate_s += time.perf_counter() - t_acc
+                logger.info("round %d: update from %s accepted (%d samples)", server_round, update.node_id,
+                            update.num_samples)
+        collect_s = time.perf_counter() - t0
+        self._current = None
+        if timed_out:
+            missing = sorted(collector.participants - set(collector.completed))
+            logger.warning("round %d: timed out after %.1fs; missing updates from %s", server_round,
+                           self.settings.round_timeout_s, ", ".join(missing) or "none (acks only)")
+
+        t_agg = time.perf_counter()
+        new_weights = await loop.run_in_executor(None, self.strategy.aggregate)
+        aggregate_s += time.perf_counter() - t_agg
+        status = "completed"
+        if new_weights is None:
+            status = "failed"
+            logger.error("round %d: no update accepted; global model unchanged", server_round)
+        else:
+            self.weights = new_weights
+
+        t_eval = time.perf_counter()
+        holdout = await loop.run_in_executor(None, self._evaluate, server_round, self.weights)
+        evaluate_s = time.perf_counter() - t_eval
+        record = self._round_record(server_round, status, started_at, participants, collector, timed_out, holdout,
+                                    collect_s, aggregate_s, evaluate_s, time.perf_counter() - t0)
+        self.rejected_total.update(collector.rejected)
+        await loop.run_in_executor(None, self.history.add_round, record)
+        logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", server_round, status, len(collector.completed),
+                    len(participants), _fmt(holdout), record["timings_s"]["total"])
+
+    def _round_record(
+        self,
+        server_round: int,
+        status: str,
+        started_at: str,
+        participants: Sequence[Any],
+        collector: RoundCollector,
+        timed_out: bool,
+        holdout: dict[str, float],
+        collect_s: float,
+        aggregate_s: float,
+        evaluate_s: float,
+        total_s: float,
+    ) -> dict[str, Any]:
+        accepted = collector.completed
+        per_node = {node_id: dict(collector.acks[node_id].metrics) for node_id in accepted if node_id in collector.acks}
+        weighted = [(m["loss"], accepted[n].num_samples) for n, m in per_node.items() if "loss" in m]
+        train_loss = sum(loss * n for loss, n in weighted) / sum(n for _, n in weighted) if weighted else None
+        train_s = max((collector.acks[n].timings_s.get("train", 0.0) for n in accepted if n in collector.acks),
+                      default=0.0)
+        return {
+            "round": server_round,
+            "status": status,
+            "started_at": started_at,
+            "ended_at": utc_now(),
+            "participants": sorted(n.node_id for n in participants),
+            "accepted": sorted(accepted),
+            "num_samples": {n: accepted[n].num_samples for n in sorted(accepted)},
+            "timed_out": timed_out,
+            "train": {"loss": train_loss, "per_node": per_node},
+            "holdout": holdout,
+            "timings_s": {
+                "train": round(train_s, 4),
+                "transport": round(max(collect_s - train_s, 0.0), 4),
+                "aggregate": round(aggregate_s, 4),
+                "evaluate": round(evaluate_s, 4),
+                "total": round(total_s, 4),
+            },
+            "rejected_updates": sum(collector.rejected.values()),
+            "rejected_updates_by_reason": dict(sorted(collector.rejected.items())),
+            "duplicates": collector.duplicates,
+        }
+
+    def _message(self, ref: ModelRef) -> ModelMessage:
+        return ModelMessage(self.model.architecture, self.model.compile, ref)
+
+    async def _end_session(self) -> None:
+        rounds = self.settings.rounds
+        ref = await self._publish_model(rounds + 1, self.weights)
+        end = EndSession(self.settings.session_id, rounds, self._message(ref))
+        nodes = self.registry.snapshot()
+        for node in nodes:
+            await self._emit("end_session", end.to_wire(), node.sid)
+        logger.info("session %s: end_session sent to %d node(s)", self.settings.session_id, len(nodes))
+        if not await self._wait_until_nodes_leave(self.settings.end_grace_s):
+            logger.warning("%d node(s) still connected after %.0fs; closing anyway", len(self.registry),
+                           self.settings.end_grace_s)
+
+    async def _wait_until_nodes_leave(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while len(self.registry) > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            await self.registry.wait_changed(remaining)
+        return True
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())

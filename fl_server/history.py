@@ -1,0 +1,66 @@
+"""Round history: one JSON document per session, rewritten atomically after every round."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HISTORY_FORMAT = "fl-history/1"
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(document, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+class SessionHistory:
+    """The history document of one session and where it lives."""
+
+    def __init__(self, directory: Path, session_id: str, config: dict[str, Any]) -> None:
+        self.path = Path(directory) / f"{session_id}.json"
+        self.document: dict[str, Any] = {
+            "format": HISTORY_FORMAT,
+            "session_id": session_id,
+            "config": config,
+            "started_at": utc_now(),
+            "finished_at": None,
+            "status": "running",
+            "rounds": [],
+        }
+
+    @property
+    def rounds(self) -> list[dict[str, Any]]:
+        rounds: list[dict[str, Any]] = self.document["rounds"]
+        return rounds
+
+    def add_round(self, record: dict[str, Any]) -> None:
+        self.rounds.append(record)
+        self.save()
+
+    def finish(self, status: str = "completed", **extra: Any) -> None:
+        self.document["finished_at"] = utc_now()
+        self.document["status"] = status
+        self.document.update(extra)
+        self.save()
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.document)
