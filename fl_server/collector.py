@@ -50,8 +50,14 @@ class RoundCollector:
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
         self.ignored = 0
+        self._counted: set[tuple[str, str, int]] = set()
 
-    def reject(self, reason: str, detail: str) -> None:
+    def reject(self, reason: str, detail: str, *, update_key: tuple[str, int] | None = None) -> None:
+        """Count a rejection. Records that belong to one identifiable update (node, round) count once."""
+        if update_key is not None:
+            if (reason, *update_key) in self._counted:
+                return
+            self._counted.add((reason, *update_key))
         self.rejected[reason] += 1
         logger.warning("round %d: rejected update record (%s): %s", self.server_round, reason, detail)
 
@@ -65,15 +71,23 @@ class RoundCollector:
         if chunk.kind != KIND_UPDATE or chunk.session_id != self.session_id:
             self.ignored += 1  # another session's or the model topic's traffic: not ours to judge
             return None
-        if chunk.server_round < self.server_round:
-            self.reject("stale_round", f"node {chunk.node_id} sent round {chunk.server_round}")
-            return None
-        if chunk.server_round > self.server_round:
-            self.reject("future_round", f"node {chunk.node_id} sent round {chunk.server_round}")
+        # Checks that do not depend on timing come first, so a record is judged the same whenever it arrives.
+        expected = self._expected[chunk.layer_index] if chunk.layer_index < len(self._expected) else None
+        if chunk.num_layers != len(self._expected) or chunk.spec != expected:
+            self.reject("shape_mismatch", f"node {chunk.node_id} layer {chunk.layer_index}: "
+                        f"{chunk.spec.dtype}{list(chunk.spec.shape)} of {chunk.num_layers} layers does not fit the model",
+                        update_key=(chunk.node_id, chunk.server_round))
             return None
         node_id = chunk.node_id
+        update_key = (node_id, chunk.server_round)
         if node_id not in self.participants:
-            self.reject("unknown_node", f"{node_id!r} is not a participant of this round")
+            self.reject("unknown_node", f"{node_id!r} is not a participant of round {self.server_round}", update_key=update_key)
+            return None
+        if chunk.server_round < self.server_round:
+            self.reject("stale_round", f"node {node_id} sent round {chunk.server_round}", update_key=update_key)
+            return None
+        if chunk.server_round > self.server_round:
+            self.reject("future_round", f"node {node_id} sent round {chunk.server_round}", update_key=update_key)
             return None
         if node_id in self.completed or node_id in self.failed:
             self.duplicates += 1
