@@ -57,7 +57,10 @@ class WeightAssembler:
         seen = layer_chunks.get(chunk.chunk_index)
         if seen is not None:
             if seen != chunk.data:
-                raise ProtocolError("conflicting_duplicate", f"layer {chunk.layer_index} chunk {chunk.chunk_index} resent with other bytes")
+                raise ProtocolError(
+                    "conflicting_duplicate",
+                    f"layer {chunk.layer_index} chunk {chunk.chunk_index} resent with other bytes",
+                )
             return False
         received = self._layer_bytes.get(chunk.layer_index, 0) + len(chunk.data)
         if received > chunk.spec.num_bytes:

@@ -24,9 +24,9 @@ def add_option(
     parser: argparse.ArgumentParser,
     flag: str,
     *,
-    type: Callable[[str], Any] = str,  # noqa: A002 - mirrors argparse
+    type: Callable[[str], Any] = str,
     default: Any = None,
-    help: str,  # noqa: A002 - mirrors argparse
+    help: str,
     env: str | None = None,
     **kwargs: Any,
 ) -> None:
@@ -42,7 +42,7 @@ def add_option(
     parser.add_argument(flag, type=type, default=default, help=f"{help} [env {env}{shown}]", **kwargs)
 
 
-def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, env: str | None = None) -> None:  # noqa: A002
+def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, env: str | None = None) -> None:
     """A boolean switch, also on when its environment variable is 1/true/yes."""
     env = env or env_name(flag)
     default = os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")

@@ -34,7 +34,7 @@ def holdout_split(labels: np.ndarray, *, holdout_fraction: float, seed: int) -> 
     holdout: list[np.ndarray] = []
     for label in np.unique(labels):
         rows = rng.permutation(np.flatnonzero(labels == label))
-        cut = int(round(len(rows) * holdout_fraction))
+        cut = round(len(rows) * holdout_fraction)
         holdout.append(rows[:cut])
         train.append(rows[cut:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(holdout))

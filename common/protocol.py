@@ -158,10 +158,11 @@ def decode_chunk(value: bytes | None, *, max_record_bytes: int = MAX_RECORD_BYTE
     kind = obj.get("kind")
     if kind not in (KIND_UPDATE, KIND_MODEL):
         raise ProtocolError("bad_schema", f"unknown kind {kind!r:.40}")
-    node_id = obj.get("node_id")
     if kind == KIND_UPDATE:
-        check_node_id(node_id)
-    elif node_id != SERVER_SENDER_ID:
+        node_id = check_node_id(obj.get("node_id"))
+    elif obj.get("node_id") == SERVER_SENDER_ID:
+        node_id = SERVER_SENDER_ID
+    else:
         raise ProtocolError("bad_schema", "model chunks must come from the server")
     num_layers = _int_in(obj, "num_layers", 1, MAX_LAYERS, where=where)
     num_chunks = _int_in(obj, "num_chunks", 1, MAX_CHUNKS, where=where)

@@ -1,4 +1,5 @@
-from fl_node.cli import main
 import sys
+
+from fl_node.cli import main
 
 sys.exit(main())

@@ -37,7 +37,7 @@ class LocalTrainer:
 
     @property
     def num_samples(self) -> int:
-        return int(len(self.y))
+        return len(self.y)
 
     def _model_for(self, architecture: str) -> Any:
         digest = hashlib.sha256(architecture.encode()).hexdigest()

@@ -1,4 +1,5 @@
-from fl_server.cli import main
 import sys
+
+from fl_server.cli import main
 
 sys.exit(main())

@@ -74,7 +74,7 @@ async def run_session(args: argparse.Namespace) -> Path:
     compile_model(model, spec)
     holdout = KerasHoldout(model, dataset.x_holdout, dataset.y_holdout)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(session_id=session_id, num_holdout=int(len(dataset.y_holdout)),
+    config.update(session_id=session_id, num_holdout=len(dataset.y_holdout),
                   num_parameters=int(model.count_params()))
     history = SessionHistory(args.history_dir, session_id, config)
     history.save()

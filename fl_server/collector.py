@@ -74,14 +74,15 @@ class RoundCollector:
         # Checks that do not depend on timing come first, so a record is judged the same whenever it arrives.
         expected = self._expected[chunk.layer_index] if chunk.layer_index < len(self._expected) else None
         if chunk.num_layers != len(self._expected) or chunk.spec != expected:
-            self.reject("shape_mismatch", f"node {chunk.node_id} layer {chunk.layer_index}: "
-                        f"{chunk.spec.dtype}{list(chunk.spec.shape)} of {chunk.num_layers} layers does not fit the model",
+            shown = f"{chunk.spec.dtype}{list(chunk.spec.shape)} of {chunk.num_layers} layers"
+            self.reject("shape_mismatch", f"node {chunk.node_id} layer {chunk.layer_index}: {shown} does not fit",
                         update_key=(chunk.node_id, chunk.server_round))
             return None
         node_id = chunk.node_id
         update_key = (node_id, chunk.server_round)
         if node_id not in self.participants:
-            self.reject("unknown_node", f"{node_id!r} is not a participant of round {self.server_round}", update_key=update_key)
+            self.reject("unknown_node", f"{node_id!r} is not a participant of round {self.server_round}",
+                        update_key=update_key)
             return None
         if chunk.server_round < self.server_round:
             self.reject("stale_round", f"node {node_id} sent round {chunk.server_round}", update_key=update_key)

@@ -42,7 +42,8 @@ def format_table(document: dict[str, Any]) -> str:
         t = r.get("timings_s", {})
         holdout = r.get("holdout", {})
         rows.append([
-            str(r.get("round")), str(r.get("status", "")), f"{len(r.get('accepted', []))}/{len(r.get('participants', []))}",
+            str(r.get("round")), str(r.get("status", "")),
+            f"{len(r.get('accepted', []))}/{len(r.get('participants', []))}",
             _num(r.get("train", {}).get("loss")), _num(holdout.get("loss")), _num(holdout.get("accuracy")),
             _num(t.get("train"), 2), _num(t.get("transport"), 2), _num(t.get("aggregate"), 3),
             _num(t.get("evaluate"), 2), _num(t.get("total"), 2), str(r.get("rejected_updates", 0)),

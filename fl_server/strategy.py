@@ -46,7 +46,7 @@ def weighted_average(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> lis
     ]
 
 
-def _cast_like(values: np.ndarray, like: np.ndarray) -> np.ndarray:
+def _cast_like(values: np.ndarray | float, like: np.ndarray) -> np.ndarray:
     if np.issubdtype(like.dtype, np.integer) or like.dtype == np.bool_:
         values = np.rint(values)
     return np.asarray(values).astype(like.dtype)
