@@ -1,0 +1,59 @@
+"""docker-compose.yml checked statically (no Docker engine on CI): it parses and agrees with the CLIs."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.config import env_name
+from fl_node.cli import build_parser as node_parser
+from fl_server.cli import build_parser as server_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def known_env(parser) -> set[str]:
+    return {env_name(a.option_strings[0]) for a in parser()._actions if a.option_strings and a.dest != "help"}
+
+
+def test_services_and_images(compose):
+    services = compose["services"]
+    assert {"kafka", "server", "node-0", "node-1", "node-2"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert (ROOT / services["server"]["build"] / "Dockerfile").is_file()
+
+
+def test_environment_names_are_real_flags(compose):
+    services = compose["services"]
+    assert set(services["server"]["environment"]) <= known_env(server_parser)
+    for name in ("node-0", "node-1", "node-2"):
+        assert set(services[name]["environment"]) <= known_env(node_parser), name
+
+
+def test_addresses_and_ports_agree(compose):
+    services = compose["services"]
+    kafka_env = services["kafka"]["environment"]
+    advertised = kafka_env["KAFKA_ADVERTISED_LISTENERS"]
+    server_env = services["server"]["environment"]
+    assert f"//{server_env['FL_KAFKA']}" in advertised
+    assert server_env["FL_HOST"] == "0.0.0.0"
+    assert f"{server_env['FL_PORT']}:{server_env['FL_PORT']}" in services["server"]["ports"]
+    nodes = [services[f"node-{i}"] for i in range(3)]
+    partitions = sorted(n["environment"]["FL_PARTITION"] for n in nodes)
+    assert partitions == ["0/3", "1/3", "2/3"]
+    assert int(server_env["FL_MIN_NODES"]) == len(nodes)
+    for node in nodes:
+        env = node["environment"]
+        assert env["FL_SERVER"] == f"http://server:{server_env['FL_PORT']}"
+        assert f"//{env['FL_KAFKA']}" in advertised
+        assert env["FL_DATASET"] == server_env["FL_DATASET"]
+    assert len({n["environment"]["FL_NODE_ID"] for n in nodes}) == 3
+    host_port = re.search(r"EXTERNAL://localhost:(\d+)", advertised).group(1)
+    assert f"{host_port}:{host_port}" in services["kafka"]["ports"]
