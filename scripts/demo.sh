@@ -38,9 +38,11 @@ for ((i = 0; i < nodes; i++)); do
   pids+=("$!")
 done
 
-if ! wait "$server_pid"; then
-  echo "demo: the server failed; see the log above" >&2
-  exit 1
+rc=0
+wait "$server_pid" || rc=$?
+if [[ $rc != 0 ]]; then
+  echo "demo: the server stopped with exit code $rc (130: interrupted); see the log above" >&2
+  exit "$rc"
 fi
 history_file=$(tail -n 1 "$logs/server.out")
 for pid in "${pids[@]:1}"; do wait "$pid" || echo "demo: a node exited with an error; see $logs/" >&2; done
