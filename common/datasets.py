@@ -1,8 +1,9 @@
 """Built-in datasets and local data loading.
 
-A dataset is a loader function returning ``Dataset``: training rows (which nodes
-partition among themselves) and a holdout split that only the server evaluates on.
-The split is deterministic for a seed, so server and nodes agree without talking.
+Tabular datasets are pandas frames with a target column; they go through the federation's schema
+(``common.tabular``) like any user's CSV. Image datasets are arrays with a fixed scale. Every
+built-in has a deterministic stratified holdout split that only the server evaluates on; nodes share
+out the remaining training rows.
 """
 
 from __future__ import annotations
@@ -13,17 +14,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from common.partition import holdout_split, iid_partition
+from common.partition import holdout_split, partition
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
 DEFAULT_HOLDOUT_FRACTION = 0.2
+TARGET = "target"
 
 
 @dataclass(frozen=True)
-class Dataset:
+class TabularData:
+    name: str
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    target: str = TARGET
+
+
+@dataclass(frozen=True)
+class ImageData:
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
@@ -36,62 +47,82 @@ class Dataset:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
 
-def _split(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, seed: int, holdout_fraction: float) -> Dataset:
-    train_rows, holdout_rows = holdout_split(y, holdout_fraction=holdout_fraction, seed=seed)
-    return Dataset(name, x[train_rows], y[train_rows], x[holdout_rows], y[holdout_rows], num_classes)
+Dataset = TabularData | ImageData
 
 
-def load_digits(*, seed: int = DEFAULT_SEED, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> Dataset:
-    """scikit-learn's bundled UCI handwritten digits: 1,797 8x8 images, 10 classes (ships in the wheel)."""
-    from sklearn.datasets import load_digits as sk_load_digits
-
-    bunch = sk_load_digits()
-    # Pixel values are 0..16 by construction, so a fixed scale needs no data statistics.
-    x = (bunch.data / 16.0).astype(np.float32)
-    return _split("digits", x, bunch.target.astype(np.int64), 10, seed, holdout_fraction)
-
-
-def load_mnist(*, seed: int = DEFAULT_SEED, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> Dataset:
-    """MNIST through ``keras.datasets`` (downloads on first use; needs internet), flattened to 784 features."""
-    import keras
-
-    (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
-    x = np.concatenate([x_train, x_test]).reshape(-1, 28 * 28).astype(np.float32) / 255.0
-    y = np.concatenate([y_train, y_test]).astype(np.int64)
-    return _split("mnist", x, y, 10, seed, holdout_fraction)
+def _sklearn_frame(loader: Callable[..., object], name: str, seed: int, holdout_fraction: float) -> TabularData:
+    bunch = loader(as_frame=True)
+    frame: pd.DataFrame = bunch.frame  # type: ignore[attr-defined]
+    frame = frame.rename(columns={frame.columns[-1]: TARGET}) if TARGET not in frame.columns else frame
+    train_rows, holdout_rows = holdout_split(frame[TARGET].to_numpy(), holdout_fraction=holdout_fraction, seed=seed)
+    return TabularData(name, frame.iloc[train_rows].reset_index(drop=True),
+                       frame.iloc[holdout_rows].reset_index(drop=True))
 
 
-BUILTIN_DATASETS: dict[str, Callable[..., Dataset]] = {"digits": load_digits, "mnist": load_mnist}
+def _sklearn(name: str) -> Callable[..., TabularData]:
+    def load(*, seed: int = DEFAULT_SEED, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> TabularData:
+        import sklearn.datasets
+
+        return _sklearn_frame(getattr(sklearn.datasets, f"load_{name}"), name, seed, holdout_fraction)
+
+    load.__doc__ = f"scikit-learn's bundled {name} dataset (ships inside the wheel; no download)."
+    return load
+
+
+def _keras_images(name: str, scale: float) -> Callable[..., ImageData]:
+    def load(*, seed: int = DEFAULT_SEED, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> ImageData:
+        import keras
+
+        (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
+        x = np.concatenate([x_train, x_test]).astype(np.float32) / scale
+        if x.ndim == 3:
+            x = x[..., None]
+        y = np.concatenate([y_train, y_test]).reshape(-1).astype(np.int64)
+        train_rows, holdout_rows = holdout_split(y, holdout_fraction=holdout_fraction, seed=seed)
+        return ImageData(name, x[train_rows], y[train_rows], x[holdout_rows], y[holdout_rows], int(y.max()) + 1)
+
+    load.__doc__ = f"{name} through keras.datasets (downloads on first use: needs internet)."
+    return load
+
+
+BUILTIN_DATASETS: dict[str, Callable[..., Dataset]] = {
+    "digits": _sklearn("digits"),
+    "breast_cancer": _sklearn("breast_cancer"),
+    "wine": _sklearn("wine"),
+    "iris": _sklearn("iris"),
+    "mnist": _keras_images("mnist", 255.0),
+    "fashion_mnist": _keras_images("fashion_mnist", 255.0),
+    "cifar10": _keras_images("cifar10", 255.0),
+}
 
 
 def load_builtin(name: str, *, seed: int = DEFAULT_SEED) -> Dataset:
     try:
         loader = BUILTIN_DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; built-in: {sorted(BUILTIN_DATASETS)}") from None
+        raise ValueError(f"unknown dataset {name!r}; built-in: {', '.join(sorted(BUILTIN_DATASETS))}") from None
     return loader(seed=seed)
 
 
-def node_share(dataset: Dataset, index: int, count: int, *, seed: int = DEFAULT_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Node ``index`` of ``count``: a disjoint, reproducible iid share of the training rows."""
-    rows = iid_partition(len(dataset.y_train), count, seed=seed)[index]
-    return dataset.x_train[rows], dataset.y_train[rows]
+def labels_of(dataset: Dataset) -> np.ndarray:
+    if isinstance(dataset, ImageData):
+        return dataset.y_train
+    return dataset.train[dataset.target].to_numpy()
 
 
-def load_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """A node's own CSV: numeric feature columns and an integer class column ``target``."""
-    import pandas as pd
+def node_rows(dataset: Dataset, index: int, count: int, *, scheme: str = "iid", alpha: float = 0.5,
+              seed: int = DEFAULT_SEED) -> np.ndarray:
+    """Row indices of node ``index`` of ``count`` under a partition scheme (disjoint, reproducible)."""
+    return partition(labels_of(dataset), count, scheme=scheme, seed=seed, alpha=alpha)[index]
 
-    frame = pd.read_csv(path)
-    if target not in frame.columns:
-        raise ValueError(f"{path}: no column {target!r} (columns: {', '.join(map(str, frame.columns))})")
-    features = frame.drop(columns=[target])
-    non_numeric = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if non_numeric:
-        raise ValueError(f"{path}: non-numeric feature columns {non_numeric}")
-    x = features.fillna(0.0).to_numpy(dtype=np.float32)
-    y = frame[target].to_numpy()
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{path}: target column {target!r} must hold integer class labels")
-    logger.info("loaded %d rows x %d features from %s", x.shape[0], x.shape[1], path)
-    return x, y.astype(np.int64)
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A site's own CSV file (any mix of numeric and text columns; empty cells are missing values)."""
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read CSV ({exc})") from exc
+    if frame.empty:
+        raise ValueError(f"{path}: no rows")
+    logger.info("loaded %d rows x %d columns from %s", len(frame), frame.shape[1], path)
+    return frame

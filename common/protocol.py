@@ -282,14 +282,17 @@ class ModelRef:
 
 @dataclass(frozen=True)
 class ModelMessage:
-    """The global model as the server announces it: architecture, compile settings, weights reference."""
+    """The global model as the server announces it: architecture, compile settings, weights reference,
+    and the data spec (``common.dataspec``: tabular schema or image shape) every node encodes its data with."""
 
     architecture: str
     compile: dict[str, Any]
     weights: ModelRef
+    data: dict[str, Any]
 
     def to_wire(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "compile": self.compile, "weights": self.weights.to_wire()}
+        return {"architecture": self.architecture, "compile": self.compile, "weights": self.weights.to_wire(),
+                "data": self.data}
 
     @classmethod
     def from_wire(cls, obj: object) -> ModelMessage:
@@ -298,10 +301,14 @@ class ModelMessage:
         compile_spec = obj.get("compile")
         if not isinstance(compile_spec, dict):
             raise ProtocolError("bad_schema", "model.compile must be an object")
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            raise ProtocolError("bad_schema", "model.data must be an object")
         return cls(
             architecture=_require(obj, "architecture", str, where="model"),
             compile=compile_spec,
             weights=ModelRef.from_wire(obj.get("weights")),
+            data=data,
         )
 
 
@@ -424,3 +431,32 @@ def _float_map(obj: object, where: str, max_items: int = 64) -> dict[str, float]
             raise ProtocolError("bad_schema", f"{where} keys must be short strings")
         out[key] = float(_require(obj, key, float, where=where))
     return out
+
+
+@dataclass(frozen=True)
+class NodeRefusal:
+    """Node -> server (``fl_refuse``): my data cannot take part (e.g. a column the schema needs is missing)."""
+
+    session_id: str
+    server_round: int
+    node_id: str
+    reason: str
+    detail: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"session_id": self.session_id, "round": self.server_round, "node_id": self.node_id,
+                "reason": self.reason, "detail": self.detail}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> NodeRefusal:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_schema", "fl_refuse must be an object")
+        reason = _require(obj, "reason", str, where="fl_refuse")
+        detail = _require(obj, "detail", str, where="fl_refuse")
+        return cls(
+            session_id=check_session_id(obj.get("session_id")),
+            server_round=_int_in(obj, "round", 0, 1_000_000, where="fl_refuse"),
+            node_id=check_node_id(obj.get("node_id")),
+            reason=reason[:64],
+            detail=detail[:500],
+        )

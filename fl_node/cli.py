@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.config import add_common_options, add_option, positive_float, positive_int, setup_logging
 from common.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
 
@@ -28,8 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--node-id", default=None, help="node id (default: node-<random hex>)")
     add_option(parser, "--dataset", default="digits", help="built-in dataset to take a share of")
     add_option(parser, "--partition", default="0/1", help="this node's share i/n of the dataset (0-based i)")
+    add_option(parser, "--scheme", default="iid", choices=["iid", "dirichlet", "shards", "quantity"],
+               help="how the built-in dataset is shared out among the n nodes (all nodes must agree)")
+    add_option(parser, "--alpha", type=positive_float, default=0.5,
+               help="Dirichlet concentration for --scheme dirichlet/quantity (small: more skew)")
     add_option(parser, "--data", type=Path, default=None, help="local CSV file instead of a built-in dataset")
-    add_option(parser, "--target", default=None, help="class column of --data")
+    add_option(parser, "--target", default=None, help="class column of --data (optional: the server names it)")
     add_option(parser, "--seed", type=int, default=42, help="seed of the dataset split (must match the server)")
     add_option(parser, "--out-dir", type=Path, default=Path("models"), help="where the final model is saved")
     add_option(parser, "--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES,
@@ -40,17 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_local_data(args: argparse.Namespace) -> tuple[Any, Any]:
-    from common.datasets import load_builtin, load_csv, node_share
+def load_local_data(args: argparse.Namespace) -> Any:
+    """This node's rows: its own CSV, or its share of a built-in dataset's training split."""
+    from common.datasets import ImageData, load_builtin, node_rows, read_csv
     from common.partition import parse_partition
+    from fl_node.data import LocalData
 
     if args.data is not None:
-        if not args.target:
-            raise ValueError("--data needs --target (the class column)")
-        return load_csv(args.data, args.target)
+        frame = read_csv(args.data)
+        if args.target and args.target not in frame.columns:
+            raise ValueError(f"{args.data}: no column {args.target!r} (columns: {', '.join(map(str, frame.columns))})")
+        return LocalData(frame=frame, target=args.target)
     index, count = parse_partition(args.partition)
     dataset = load_builtin(args.dataset, seed=args.seed)
-    return node_share(dataset, index, count, seed=args.seed)
+    rows = node_rows(dataset, index, count, scheme=args.scheme, alpha=args.alpha, seed=args.seed)
+    if isinstance(dataset, ImageData):
+        return LocalData(x=dataset.x_train[rows], y=dataset.y_train[rows])
+    return LocalData(frame=dataset.train.iloc[rows].reset_index(drop=True), target=dataset.target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     node_id = args.node_id or f"node-{secrets.token_hex(3)}"
     try:
         check_node_id(node_id)
-        x, y = load_local_data(args)
+        data = load_local_data(args)
     except (ValueError, ProtocolError, OSError) as exc:
         logger.error("%s", exc)
         return 2
@@ -72,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = NodeSettings(node_id=node_id, server_url=args.server, kafka=args.kafka,
                             updates_topic=args.updates_topic, out_dir=args.out_dir, chunk_bytes=args.chunk_bytes,
                             fetch_timeout_s=args.fetch_timeout)
-    logger.info("node %s: %d local samples, server %s, Kafka %s", node_id, len(y), args.server, args.kafka)
-    node = FederatedNode(settings, LocalTrainer(x, y, node_id=node_id))
+    logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, data.num_rows, args.server, args.kafka)
+    node = FederatedNode(settings, data, LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id))
 
     async def runner() -> Path | None:
         task = asyncio.current_task()
@@ -88,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except asyncio.CancelledError:
         logger.warning("node %s stopped by signal", node_id)
         return 130
+    if node.refused is not None:
+        logger.error("node %s could not take part: %s", node_id, node.refused)
+        return 2
     if path is None:
         return 1
     sys.stdout.write(f"{path}\n")

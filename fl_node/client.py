@@ -14,16 +14,20 @@ import socketio
 from kafka import KafkaConsumer
 
 from common import kafka_io
+from common.dataspec import DataSpec
 from common.protocol import (
     KIND_UPDATE,
     EndSession,
     Hello,
     ModelMessage,
+    NodeRefusal,
     ProtocolError,
     StartRound,
     UpdateAck,
     split_weights,
 )
+from common.tabular import SchemaError
+from fl_node.data import LocalData
 from fl_node.trainer import LocalTrainer
 
 logger = logging.getLogger(__name__)
@@ -44,9 +48,11 @@ class NodeSettings:
 class FederatedNode:
     """Connects, trains when told, publishes updates, saves the final model on ``end_session``."""
 
-    def __init__(self, settings: NodeSettings, trainer: LocalTrainer) -> None:
+    def __init__(self, settings: NodeSettings, data: LocalData, trainer: LocalTrainer) -> None:
         self.settings = settings
+        self.data = data
         self.trainer = trainer
+        self.refused: str | None = None
         self.final_model_path: Path | None = None
         self.rounds_done: set[tuple[str, int]] = set()
         self._in_progress: set[tuple[str, int]] = set()
@@ -62,12 +68,13 @@ class FederatedNode:
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("start_round", self._on_start_round)
         self.sio.on("end_session", self._on_end_session)
+        self.sio.on("fl_stats", self._on_stats)
 
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> Path | None:
         """Connect (retrying until the server answers) and serve rounds until ``end_session``."""
-        hello = Hello(self.settings.node_id, self.trainer.num_samples)
+        hello = Hello(self.settings.node_id, max(self.data.num_rows, 1))
         try:
             await self.sio.connect(self.settings.server_url, auth=hello.to_wire(), transports=["websocket"],
                                    retry=True, wait_timeout=10)
@@ -110,8 +117,41 @@ class FederatedNode:
             return
         if key in self._in_progress:
             return
+        try:
+            x, y = self.data.prepare(DataSpec.from_wire(start.model.data))
+        except SchemaError as exc:
+            await self._refuse(start, exc)
+            return
+        self.trainer.set_data(x, y)
         self._in_progress.add(key)
         self._spawn(self._run_round(start))
+
+    async def _refuse(self, start: StartRound, exc: SchemaError) -> None:
+        """Our data does not fit the federation's schema: say why, then leave (the session goes on without us)."""
+        self.refused = str(exc)
+        logger.error("node %s refuses round %d: %s", self.settings.node_id, start.server_round, exc)
+        refusal = NodeRefusal(start.session_id, start.server_round, self.settings.node_id, "schema_mismatch", str(exc))
+        try:
+            await self.sio.call("fl_refuse", refusal.to_wire(), timeout=self.settings.ack_timeout_s)
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as send_error:
+            logger.warning("node %s: refusal not confirmed (%s)", self.settings.node_id, send_error)
+        finally:
+            self._finished.set()
+
+    async def _on_stats(self, data: Any = None) -> dict[str, Any]:
+        """Column statistics for the federation's schema: counts, sums, value counts; never rows."""
+        if not isinstance(data, dict) or not isinstance(data.get("target"), str):
+            return {"error": "fl_stats needs a target column name"}
+        categorical = data.get("categorical") or []
+        if not isinstance(categorical, list) or not all(isinstance(c, str) for c in categorical):
+            return {"error": "categorical must be a list of column names"}
+        try:
+            stats = self.data.statistics(data["target"], categorical)
+        except SchemaError as exc:
+            logger.error("node %s cannot share statistics: %s", self.settings.node_id, exc)
+            return {"error": str(exc)}
+        logger.info("node %s shared statistics of %d column(s)", self.settings.node_id, len(stats["columns"]))
+        return stats
 
     async def _on_end_session(self, data: Any = None) -> None:
         try:

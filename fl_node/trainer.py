@@ -39,6 +39,10 @@ class LocalTrainer:
     def num_samples(self) -> int:
         return len(self.y)
 
+    def set_data(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Train on these (already encoded) local examples from now on."""
+        self.x, self.y = x, y
+
     def _model_for(self, architecture: str) -> Any:
         digest = hashlib.sha256(architecture.encode()).hexdigest()
         if digest != self._architecture_digest:

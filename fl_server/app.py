@@ -18,7 +18,16 @@ import socketio
 from aiohttp import web
 
 from common import kafka_io
-from common.protocol import KIND_MODEL, SERVER_SENDER_ID, Hello, ModelRef, ProtocolError, UpdateAck, split_weights
+from common.protocol import (
+    KIND_MODEL,
+    SERVER_SENDER_ID,
+    Hello,
+    ModelRef,
+    NodeRefusal,
+    ProtocolError,
+    UpdateAck,
+    split_weights,
+)
 from fl_server.coordinator import Coordinator
 from fl_server.registry import NodeInfo, NodeRegistry
 
@@ -43,10 +52,12 @@ class SocketIOFrontend:
         self.registry = registry
         self.coordinator: Coordinator | None = None
         self.refused: int = 0
+        self.refusals: dict[str, str] = {}
         self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
         self.sio.on("fl_update", self.on_update)
+        self.sio.on("fl_refuse", self.on_refuse)
         self.sio.on("*", self.on_unknown)
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
@@ -89,6 +100,40 @@ class SocketIOFrontend:
             return {"accepted": False, "reason": "no_session"}
         self.coordinator.on_ack(ack)
         return {"accepted": True}
+
+    async def on_refuse(self, sid: str, data: Any = None) -> dict[str, Any]:
+        node_id = self.registry.node_for_sid(sid)
+        try:
+            refusal = NodeRefusal.from_wire(data)
+        except ProtocolError as exc:
+            logger.warning("bad fl_refuse from %s: %s", node_id or sid, exc)
+            return {"received": False}
+        if node_id is None or refusal.node_id != node_id:
+            logger.warning("fl_refuse from %s names node %s; dropped", node_id or sid, refusal.node_id)
+            return {"received": False}
+        logger.warning("node %s refused to take part (%s): %s", node_id, refusal.reason, refusal.detail)
+        self.refusals[node_id] = f"{refusal.reason}: {refusal.detail}"
+        if self.coordinator is not None:
+            self.coordinator.on_refusal(refusal)
+        return {"received": True}
+
+    async def gather_statistics(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """Ask every connected node for its column statistics (``fl_stats``); failures are logged and skipped."""
+        nodes = self.registry.snapshot()
+        replies = await asyncio.gather(
+            *(self.sio.call("fl_stats", request, to=node.sid, timeout=timeout_s) for node in nodes),
+            return_exceptions=True,
+        )
+        collected: dict[str, Any] = {}
+        for node, reply in zip(nodes, replies, strict=True):
+            if isinstance(reply, BaseException):
+                logger.warning("node %s gave no statistics (%r)", node.node_id, reply)
+            elif isinstance(reply, dict) and "error" in reply:
+                logger.warning("node %s cannot share statistics: %.300s", node.node_id, reply["error"])
+                self.refusals[node.node_id] = f"statistics: {reply['error']!s:.300}"
+            else:
+                collected[node.node_id] = reply
+        return collected
 
     async def on_unknown(self, event: str, sid: str, data: Any = None) -> None:
         logger.warning("ignored unknown event %.40r from %s", event, self.registry.node_for_sid(sid) or sid)

@@ -33,7 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--port", type=int, default=5000, help="Socket.IO port (0 picks a free one)")
     add_option(parser, "--min-nodes", type=positive_int, default=2, help="nodes that must be connected to start")
     add_option(parser, "--rounds", type=positive_int, default=5, help="number of rounds")
-    add_option(parser, "--dataset", default="digits", help="built-in dataset whose holdout split the server keeps")
+    add_option(parser, "--dataset", default="digits",
+               help="built-in dataset whose holdout split the server keeps: digits, breast_cancer, wine, iris "
+               "(bundled), mnist, fashion_mnist, cifar10 (keras.datasets, need internet)")
+    add_option(parser, "--holdout", type=Path, default=None,
+               help="evaluate on this CSV instead of a built-in dataset's holdout (needs --target)")
+    add_option(parser, "--target", default=None, help="class column of --holdout and of the nodes' CSV files")
+    add_option(parser, "--schema", type=Path, default=None,
+               help="declared data schema (JSON); default: merged from the nodes' column statistics")
+    add_option(parser, "--categorical", default=None,
+               help="comma-separated columns to treat as categorical even if they hold numbers")
     add_option(parser, "--model", default="mlp", help="model: logreg, mlp or mlp:H1,H2,... (hidden sizes)")
     add_option(parser, "--strategy", default="fedavg", choices=sorted(STRATEGIES), help="aggregation strategy")
     add_option(parser, "--epochs", type=positive_int, default=1, help="local epochs per round")
@@ -59,57 +68,74 @@ def new_session_id() -> str:
 
 async def run_session(args: argparse.Namespace) -> Path:
     """Run one session end to end; returns the history file path."""
-    from common.datasets import load_builtin
     from common.models import build_model, compile_model, compile_spec
     from common.tf_setup import configure_tensorflow
+    from fl_server.data import resolve_server_data
     from fl_server.evaluation import KerasHoldout
 
     configure_tensorflow(args.tf_threads or None)
     session_id = args.session_id or new_session_id()
     if not SESSION_ID_PATTERN.match(session_id):
         raise ValueError(f"session id {session_id!r} must match {SESSION_ID_PATTERN.pattern}")
-    dataset = load_builtin(args.dataset, seed=args.seed)
-    model = build_model(args.model, dataset.input_shape, dataset.num_classes, seed=args.seed)
-    spec = compile_spec(args.optimizer, args.learning_rate)
-    compile_model(model, spec)
-    holdout = KerasHoldout(model, dataset.x_holdout, dataset.y_holdout)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(session_id=session_id, num_holdout=len(dataset.y_holdout),
-                  num_parameters=int(model.count_params()))
-    history = SessionHistory(args.history_dir, session_id, config)
-    history.save()
-
     registry = NodeRegistry()
     frontend = SocketIOFrontend(registry)
     endpoints = Endpoints(args.host, args.port, args.kafka, args.updates_topic, args.models_topic,
                           chunk_bytes=args.chunk_bytes)
     kafka = KafkaPlane(endpoints, session_id)
-    settings = SessionSettings(
-        session_id=session_id,
-        rounds=args.rounds,
-        min_nodes=args.min_nodes,
-        round_timeout_s=args.round_timeout,
-        train=TrainConfig(args.epochs, args.batch_size, args.learning_rate),
-        end_grace_s=args.end_grace,
-    )
-    coordinator = Coordinator(
-        settings=settings,
-        registry=registry,
-        strategy=make_strategy(args.strategy),
-        model=GlobalModel(model.to_json(), spec, model.get_weights()),
-        evaluate=holdout,
-        publish_model=kafka.publish_model,
-        emit=frontend.emit,
-        history=history,
-    )
-    frontend.coordinator = coordinator
-    logger.info("session %s: %s on %s, %d rounds, %d parameters; history at %s", session_id, args.model,
-                args.dataset, args.rounds, model.count_params(), history.path)
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config["session_id"] = session_id
+    history = SessionHistory(args.history_dir, session_id, config)
+    coordinator: Coordinator | None = None
+    early_records: list[bytes | None] = []  # records that arrive before round 1 are judged in round 1
+
+    def on_record(value: bytes | None) -> None:
+        if coordinator is None:
+            early_records.append(value)
+        else:
+            coordinator.on_record(value)
+
     runner = None
     status = "failed"
     try:
-        await kafka.start(coordinator.on_record)
+        await kafka.start(on_record)
         runner = await serve_socketio(frontend, args.host, args.port)
+        history.save()
+        await wait_for_nodes(registry, args.min_nodes)
+        data = await resolve_server_data(
+            dataset=args.dataset, holdout_csv=args.holdout, target=args.target, schema_file=args.schema,
+            categorical=[c for c in (args.categorical or "").split(",") if c], seed=args.seed,
+            gather_statistics=lambda request: frontend.gather_statistics(request, timeout_s=args.round_timeout),
+        )
+        model = build_model(args.model, data.spec.input_shape, data.spec.num_classes, seed=args.seed)
+        spec = compile_spec(args.optimizer, args.learning_rate)
+        compile_model(model, spec)
+        holdout = KerasHoldout(model, data.x_holdout, data.y_holdout)
+        config.update(num_holdout=len(data.y_holdout), num_parameters=int(model.count_params()),
+                      data=data.spec.to_wire(), data_source=data.source)
+        settings = SessionSettings(
+            session_id=session_id,
+            rounds=args.rounds,
+            min_nodes=args.min_nodes,
+            round_timeout_s=args.round_timeout,
+            train=TrainConfig(args.epochs, args.batch_size, args.learning_rate),
+            end_grace_s=args.end_grace,
+        )
+        coordinator = Coordinator(
+            settings=settings,
+            registry=registry,
+            strategy=make_strategy(args.strategy),
+            model=GlobalModel(model.to_json(), spec, model.get_weights(), data.spec.to_wire()),
+            evaluate=holdout,
+            publish_model=kafka.publish_model,
+            emit=frontend.emit,
+            history=history,
+        )
+        for value in early_records:
+            coordinator.on_record(value)
+        early_records.clear()
+        frontend.coordinator = coordinator
+        logger.info("session %s: %s on %s, %d rounds, %d parameters; history at %s", session_id, args.model,
+                    data.source, args.rounds, model.count_params(), history.path)
         weights = await coordinator.run()
         loop = asyncio.get_running_loop()
         model_path = final_model_path(history.path)
@@ -122,13 +148,20 @@ async def run_session(args: argparse.Namespace) -> Path:
         logger.warning("session %s interrupted", session_id)
         raise
     finally:
-        history.document["rejected_updates_total"] = dict(coordinator.rejected_total)
+        if coordinator is not None:
+            history.document["rejected_updates_total"] = dict(coordinator.rejected_total)
         history.document["refused_connections"] = frontend.refused
+        history.document["refused_nodes"] = dict(frontend.refusals)
         history.finish(status)
         if runner is not None:
             await runner.cleanup()
         await kafka.stop()
     return history.path
+
+
+async def wait_for_nodes(registry: NodeRegistry, count: int) -> None:
+    while not await registry.wait_for(count, timeout_s=10.0):
+        logger.info("waiting for nodes: %d of %d connected", len(registry), count)
 
 
 def main(argv: list[str] | None = None) -> int:

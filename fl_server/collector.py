@@ -16,7 +16,7 @@ import numpy as np
 
 from common.assembly import WeightAssembler
 from common.codec import ArraySpec
-from common.protocol import KIND_UPDATE, ProtocolError, UpdateAck, decode_chunk
+from common.protocol import KIND_UPDATE, NodeRefusal, ProtocolError, UpdateAck, decode_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class RoundCollector:
         self.completed: dict[str, CompletedUpdate] = {}
         self.failed: dict[str, str] = {}
         self.acks: dict[str, UpdateAck] = {}
+        self.refused: dict[str, str] = {}
         self.rejected: Counter[str] = Counter()
         self.duplicates = 0
         self.ignored = 0
@@ -122,6 +123,16 @@ class RoundCollector:
             return "unknown_node"
         self.acks[ack.node_id] = ack
         return None
+
+    def offer_refusal(self, refusal: NodeRefusal) -> None:
+        """A participant said its data cannot take part: stop waiting for it this round."""
+        if refusal.session_id != self.session_id or refusal.node_id not in self.participants:
+            return
+        if refusal.node_id not in self.completed:
+            self.failed[refusal.node_id] = refusal.reason
+            self.refused[refusal.node_id] = f"{refusal.reason}: {refusal.detail}"
+            logger.warning("round %d: node %s refused to take part (%s): %s", self.server_round, refusal.node_id,
+                           refusal.reason, refusal.detail)
 
     def done(self) -> bool:
         """True when every participant has a complete acknowledged update or has failed."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.codec import ArraySpec
-from common.protocol import EndSession, ModelMessage, ModelRef, StartRound, TrainConfig, UpdateAck
+from common.protocol import EndSession, ModelMessage, ModelRef, NodeRefusal, StartRound, TrainConfig, UpdateAck
 from fl_server.collector import RoundCollector
 from fl_server.history import SessionHistory, utc_now
 from fl_server.registry import NodeRegistry
@@ -47,6 +47,7 @@ class GlobalModel:
     architecture: str
     compile: dict[str, Any]
     weights: Weights
+    data: dict[str, Any]
 
 
 class Coordinator:
@@ -85,6 +86,9 @@ class Coordinator:
 
     def on_ack(self, ack: UpdateAck) -> None:
         self._inbox.put_nowait(("ack", ack))
+
+    def on_refusal(self, refusal: NodeRefusal) -> None:
+        self._inbox.put_nowait(("refusal", refusal))
 
     def pending_start(self, node_id: str) -> StartRound | None:
         """The open round's ``start_round`` if ``node_id`` takes part and has not delivered yet (for reconnects)."""
@@ -148,6 +152,9 @@ class Coordinator:
             except TimeoutError:
                 timed_out = True
                 break
+            if kind == "refusal":
+                collector.offer_refusal(item)
+                continue
             if kind == "ack":
                 reason = collector.offer_ack(item)
                 if reason:
@@ -229,10 +236,11 @@ class Coordinator:
             "rejected_updates": sum(collector.rejected.values()),
             "rejected_updates_by_reason": dict(sorted(collector.rejected.items())),
             "duplicates": collector.duplicates,
+            "refused_nodes": dict(collector.refused),
         }
 
     def _message(self, ref: ModelRef) -> ModelMessage:
-        return ModelMessage(self.model.architecture, self.model.compile, ref)
+        return ModelMessage(self.model.architecture, self.model.compile, ref, self.model.data)
 
     async def _end_session(self) -> None:
         rounds = self.settings.rounds

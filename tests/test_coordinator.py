@@ -53,7 +53,7 @@ async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1
     fake = FakeFederation(behaviour)
     settings = SessionSettings("s", rounds, len(connect), timeout_s, TrainConfig(1, 8, 0.1), end_grace_s=0.1)
     coordinator = Coordinator(
-        settings=settings, registry=registry, strategy=FedAvg(), model=GlobalModel("{}", {}, INITIAL),
+        settings=settings, registry=registry, strategy=FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}),
         evaluate=lambda r, w: {"loss": float(np.sum(w[0]))}, publish_model=fake.publish_model, emit=fake.emit,
         history=SessionHistory(tmp_path, "s", {}),
     )

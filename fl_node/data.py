@@ -1,0 +1,62 @@
+"""A node's local data and how it meets the federation's data spec (pure: no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from common.dataspec import IMAGE, DataSpec
+from common.tabular import SchemaError, encode_frame, local_statistics
+
+logger = logging.getLogger(__name__)
+
+
+class LocalData:
+    """Either a frame (tabular: encoded with the schema the server sends) or image arrays."""
+
+    def __init__(self, *, frame: pd.DataFrame | None = None, target: str | None = None,
+                 x: np.ndarray | None = None, y: np.ndarray | None = None) -> None:
+        if (frame is None) == (x is None):
+            raise ValueError("give either a frame or arrays")
+        self.frame = frame
+        self.target = target
+        self._arrays = (x, y) if x is not None else None
+        self._cache: tuple[str, np.ndarray, np.ndarray] | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.frame) if self.frame is not None else len(self._arrays[1])  # type: ignore[index,arg-type]
+
+    def statistics(self, target: str, categorical: list[str]) -> dict[str, Any]:
+        """Column statistics for the schema (counts, sums, value counts); never rows."""
+        if self.frame is None:
+            raise SchemaError("this node holds image data; it has no column statistics")
+        return local_statistics(self.frame, target, categorical)
+
+    def prepare(self, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
+        """Features and labels under ``spec``; raises ``SchemaError`` naming what does not fit."""
+        digest = hashlib.sha256(json.dumps(spec.to_wire(), sort_keys=True).encode()).hexdigest()
+        if self._cache is not None and self._cache[0] == digest:
+            return self._cache[1], self._cache[2]
+        if spec.kind == IMAGE:
+            if self._arrays is None:
+                raise SchemaError("the federation trains on images; this node holds a table")
+            x, y = self._arrays
+            assert x is not None and y is not None
+            if tuple(x.shape[1:]) != spec.input_shape:
+                raise SchemaError(f"images of shape {x.shape[1:]} do not match the model's {spec.input_shape}")
+        else:
+            if self.frame is None or spec.schema is None:
+                raise SchemaError("the federation trains on a table; this node holds images")
+            x, y, dropped = encode_frame(self.frame, spec.schema)
+            if dropped:
+                logger.warning("%d local row(s) have a class outside the schema and are left out", dropped)
+            if len(y) == 0:
+                raise SchemaError("no local row has a class the schema knows")
+        self._cache = (digest, x, y)
+        return x, y

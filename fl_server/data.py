@@ -1,0 +1,81 @@
+"""The server's side of the data: its holdout set and the data spec it sends to the nodes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.datasets import ImageData, load_builtin, read_csv
+from common.dataspec import DataSpec
+from common.tabular import Schema, SchemaError, encode_frame, merge_statistics
+
+logger = logging.getLogger(__name__)
+
+GatherFn = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class ServerData:
+    spec: DataSpec
+    x_holdout: np.ndarray
+    y_holdout: np.ndarray
+    source: str
+
+
+def load_schema(path: Path) -> Schema:
+    try:
+        return Schema.from_wire(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read schema ({exc})") from exc
+    except SchemaError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+
+
+async def resolve_server_data(
+    *,
+    dataset: str,
+    holdout_csv: Path | None,
+    target: str | None,
+    schema_file: Path | None,
+    categorical: list[str],
+    seed: int,
+    gather_statistics: GatherFn,
+) -> ServerData:
+    """Holdout and data spec: image datasets have a fixed spec; tabular data gets a declared schema
+    or one merged from the nodes' statistics (``gather_statistics`` asks every connected node)."""
+    if holdout_csv is not None:
+        if not target:
+            raise ValueError("--holdout needs --target (the class column)")
+        holdout, source = read_csv(holdout_csv), str(holdout_csv)
+    else:
+        builtin = load_builtin(dataset, seed=seed)
+        if isinstance(builtin, ImageData):
+            spec = DataSpec.image(builtin.input_shape, builtin.num_classes)
+            return ServerData(spec, builtin.x_holdout, builtin.y_holdout, f"builtin:{dataset}")
+        holdout, target, source = builtin.holdout, builtin.target, f"builtin:{dataset}"
+    assert target is not None
+    if schema_file is not None:
+        schema = load_schema(schema_file)
+        logger.info("schema from %s: %d feature columns, %d classes", schema_file, len(schema.features),
+                    schema.num_classes)
+    else:
+        stats = await gather_statistics({"target": target, "categorical": categorical})
+        try:
+            schema = merge_statistics(list(stats.values()), target, categorical)
+        except SchemaError as exc:
+            raise ValueError(f"cannot build a schema from the nodes' statistics: {exc}") from exc
+        logger.info("schema merged from %d node(s)' statistics: %d feature columns (%d encoded), %d classes",
+                    len(stats), len(schema.features), schema.num_features, schema.num_classes)
+    try:
+        x, y, dropped = encode_frame(holdout, schema)
+    except SchemaError as exc:
+        raise ValueError(f"holdout {source}: {exc}") from exc
+    if dropped:
+        logger.warning("holdout: %d row(s) with a class the schema does not know were left out", dropped)
+    return ServerData(DataSpec.tabular(schema), x, y, source)
