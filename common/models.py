@@ -7,7 +7,10 @@ they need no model code. Training settings travel as a small whitelisted compile
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 ALLOWED_OPTIMIZERS = ("adam", "sgd")
@@ -15,12 +18,15 @@ ALLOWED_LOSSES = ("sparse_categorical_crossentropy",)
 ALLOWED_METRICS = ("accuracy",)
 
 
+CATALOGUE = ("logreg", "mlp", "mlp:H1,H2,...", "cnn", "path/to/module.py:function")
+
+
 def parse_model_name(name: str) -> tuple[str, list[int]]:
-    """``"mlp"``, ``"mlp:256,128"`` (hidden sizes) or ``"logreg"``."""
+    """``"logreg"``, ``"mlp"``, ``"mlp:256,128"`` (hidden sizes) or ``"cnn"``; see ``build_model`` for files."""
     kind, _, sizes = name.partition(":")
-    if kind == "logreg":
+    if kind in ("logreg", "cnn"):
         if sizes:
-            raise ValueError("logreg takes no sizes")
+            raise ValueError(f"{kind} takes no sizes")
         return kind, []
     if kind == "mlp":
         try:
@@ -30,17 +36,54 @@ def parse_model_name(name: str) -> tuple[str, list[int]]:
         if not hidden or any(h < 1 for h in hidden):
             raise ValueError(f"model {name!r}: sizes must be positive")
         return kind, hidden
-    raise ValueError(f"unknown model {name!r}; choose logreg, mlp or mlp:H1,H2,...")
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(CATALOGUE)}")
+
+
+def _user_builder(spec: str) -> Callable[..., Any]:
+    """``path/to/module.py:function`` -> the function (a Keras builder taking input_shape and num_classes)."""
+    path_text, _, function = spec.rpartition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise ValueError(f"model file {path} not found")
+    module_spec = importlib.util.spec_from_file_location(f"fl_user_model_{path.stem}", path)
+    if module_spec is None or module_spec.loader is None:
+        raise ValueError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    builder = getattr(module, function, None)
+    if not callable(builder):
+        raise ValueError(f"{path} has no function {function!r}")
+    return builder
 
 
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0) -> Any:
-    """Build a catalogue model (uncompiled)."""
+    """Build a catalogue model, or call a user's builder ``file.py:function(input_shape, num_classes)``.
+
+    A user's model travels to the nodes as architecture JSON; it must use built-in Keras layers (Keras
+    safe mode on the nodes refuses custom code).
+    """
     import keras
 
-    kind, hidden = parse_model_name(name)
     keras.utils.set_random_seed(seed)
+    if ".py:" in name:
+        model = _user_builder(name)(input_shape=tuple(input_shape), num_classes=num_classes)
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"{name} did not return a keras.Model")
+        return model
+    kind, hidden = parse_model_name(name)
     layers: list[Any] = [keras.Input(shape=input_shape)]
-    if len(input_shape) > 1:
+    if kind == "cnn":
+        if len(input_shape) != 3:
+            raise ValueError(f"cnn needs image inputs (height, width, channels), got {input_shape}")
+        layers += [
+            keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(64, 3, activation="relu", padding="same"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(128, activation="relu"),
+        ]
+    elif len(input_shape) > 1:
         layers.append(keras.layers.Flatten())
     layers += [keras.layers.Dense(h, activation="relu") for h in hidden]
     layers.append(keras.layers.Dense(num_classes, activation="softmax"))

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                help="declared data schema (JSON); default: merged from the nodes' column statistics")
     add_option(parser, "--categorical", default=None,
                help="comma-separated columns to treat as categorical even if they hold numbers")
-    add_option(parser, "--model", default="mlp", help="model: logreg, mlp or mlp:H1,H2,... (hidden sizes)")
+    add_option(parser, "--model", default="mlp",
+               help="model: logreg, mlp, mlp:H1,H2,... (hidden sizes), cnn (images) or path/to/file.py:function "
+               "(your Keras builder taking input_shape and num_classes)")
     add_option(parser, "--strategy", default="fedavg", choices=sorted(STRATEGIES), help="aggregation strategy")
     add_option(parser, "--epochs", type=positive_int, default=1, help="local epochs per round")
     add_option(parser, "--batch-size", type=positive_int, default=32, help="local batch size")

@@ -1,0 +1,5 @@
+import sys
+
+from fl_data.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""``fl-data partition``: write one CSV per node plus a holdout CSV, with iid or skewed class mixes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.config import add_option, positive_float, positive_int, setup_logging
+from common.datasets import BUILTIN_DATASETS, TabularData, load_builtin, read_csv
+from common.partition import SCHEMES, dominant_class_share, holdout_split, partition
+from common.tabular import label_text
+
+logger = logging.getLogger("fl_data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fl-data", description="Prepare data for federated experiments.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    part = commands.add_parser(
+        "partition",
+        help="split a dataset into per-node CSV files and a holdout CSV",
+        description="Split a built-in dataset or a CSV into node-<i>.csv files (one per node) and holdout.csv, "
+        "and print rows and class counts per node. Same seed, same partition.",
+    )
+    source = part.add_mutually_exclusive_group()
+    source.add_argument("--dataset", default=None,
+                        help=f"built-in tabular dataset ({', '.join(sorted(BUILTIN_DATASETS))}; default digits)")
+    source.add_argument("--data", type=Path, default=None, help="a CSV file to split")
+    part.add_argument("--target", default=None, help="class column of --data")
+    add_option(part, "--nodes", type=positive_int, default=3, help="number of nodes")
+    add_option(part, "--scheme", default="iid", choices=list(SCHEMES), help="how rows are shared out")
+    add_option(part, "--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (dirichlet, quantity)")
+    add_option(part, "--seed", type=int, default=42, help="seed of the holdout split and the partition")
+    add_option(part, "--holdout-fraction", type=positive_float, default=0.2,
+               help="share of --data kept as holdout.csv (built-in datasets use their fixed holdout split)")
+    part.add_argument("--out", type=Path, required=True, help="output folder")
+    part.add_argument("--plot", action="store_true", help="also write class-mix.png (class mix per node)")
+    return parser
+
+
+def load_source(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """Training rows, holdout rows, target column."""
+    if args.data is not None:
+        if not args.target:
+            raise ValueError("--data needs --target")
+        frame = read_csv(args.data)
+        if args.target not in frame.columns:
+            raise ValueError(f"{args.data}: no column {args.target!r}")
+        labels = frame[args.target].map(label_text).to_numpy()
+        train_rows, holdout_rows = holdout_split(labels, holdout_fraction=args.holdout_fraction, seed=args.seed)
+        return frame.iloc[train_rows], frame.iloc[holdout_rows], args.target
+    dataset = load_builtin(args.dataset or "digits", seed=args.seed)
+    if not isinstance(dataset, TabularData):
+        raise ValueError(f"{dataset.name} is an image dataset; fl-data partitions tabular data")
+    return dataset.train, dataset.holdout, dataset.target
+
+
+def class_table(labels: np.ndarray, parts: list[np.ndarray]) -> pd.DataFrame:
+    classes = sorted(set(labels), key=lambda v: (len(v), v))
+    rows = []
+    for node, part in enumerate(parts):
+        counts = pd.Series(labels[part]).value_counts()
+        rows.append({"node": node, "rows": len(part), **{c: int(counts.get(c, 0)) for c in classes}})
+    return pd.DataFrame(rows).set_index("node")
+
+
+def plot_class_mix(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = table.drop(columns=["rows"])
+    shares = counts.div(counts.sum(axis=1), axis=0)
+    fig, ax = plt.subplots(figsize=(max(6, len(table) * 0.8), 4))
+    bottom = np.zeros(len(shares))
+    cmap = plt.get_cmap("tab20")
+    for i, label in enumerate(shares.columns):
+        ax.bar([f"node {n}" for n in shares.index], shares[label], bottom=bottom, label=str(label), color=cmap(i % 20))
+        bottom += shares[label].to_numpy()
+    ax.set_ylabel("share of the node's rows")
+    ax.set_title("class mix per node")
+    ax.legend(title="class", bbox_to_anchor=(1.01, 1), loc="upper left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def partition_command(args: argparse.Namespace) -> int:
+    train, holdout, target = load_source(args)
+    labels = train[target].map(label_text).to_numpy()
+    parts = partition(labels, args.nodes, scheme=args.scheme, seed=args.seed, alpha=args.alpha)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for node, rows in enumerate(parts):
+        train.iloc[rows].to_csv(args.out / f"node-{node}.csv", index=False)
+    holdout.to_csv(args.out / "holdout.csv", index=False)
+    table = class_table(labels, parts)
+    out = sys.stdout
+    out.write(table.to_string() + "\n")
+    out.write(f"scheme {args.scheme}" + (f" alpha {args.alpha}" if args.scheme in ("dirichlet", "quantity") else "")
+              + f", seed {args.seed}: mean dominant-class share {dominant_class_share(labels, parts):.3f} "
+              f"(iid would be about {1 / len(table.columns[1:]):.3f}); holdout {len(holdout)} rows\n")
+    out.write(f"wrote {args.nodes} node files and holdout.csv to {args.out}\n")
+    if args.plot:
+        plot_class_mix(table, args.out / "class-mix.png")
+        out.write(f"plot: {args.out / 'class-mix.png'}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("WARNING")
+    try:
+        return partition_command(args)
+    except (ValueError, OSError) as exc:
+        sys.stderr.write(f"fl-data: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
