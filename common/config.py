@@ -61,6 +61,14 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                help="cap TensorFlow intra/inter-op threads (0: TensorFlow's default)")
 
 
+def add_training_options(parser: argparse.ArgumentParser) -> None:
+    """Local training settings, shared by fl-server (sent to nodes) and fl-baseline (same budget)."""
+    add_option(parser, "--epochs", type=positive_int, default=1, help="local epochs per round")
+    add_option(parser, "--batch-size", type=positive_int, default=32, help="local batch size")
+    add_option(parser, "--learning-rate", type=positive_float, default=0.005, help="local learning rate")
+    add_option(parser, "--optimizer", default="adam", choices=["adam", "sgd"], help="local optimizer")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:

@@ -314,22 +314,38 @@ class ModelMessage:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Local training settings of one round. ``proximal_mu`` > 0 adds FedProx's ``mu/2 * ||w - w_global||^2``
+    to the node's loss; on the wire it is optional (absent means 0.0, and it is only sent when > 0)."""
+
     epochs: int
     batch_size: int
     learning_rate: float
+    proximal_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
+            raise ValueError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu}")
 
     def to_wire(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate}
+        wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
+                                "learning_rate": self.learning_rate}
+        if self.proximal_mu > 0:
+            wire["proximal_mu"] = self.proximal_mu
+        return wire
 
     @classmethod
     def from_wire(cls, obj: object) -> TrainConfig:
         if not isinstance(obj, dict):
             raise ProtocolError("bad_schema", "config must be an object")
         rate = _require(obj, "learning_rate", float, where="config")
+        mu = float(_require(obj, "proximal_mu", float, where="config")) if "proximal_mu" in obj else 0.0
+        if mu < 0:
+            raise ProtocolError("bad_schema", f"config: proximal_mu={mu} must be >= 0")
         return cls(
             epochs=_int_in(obj, "epochs", 1, 10_000, where="config"),
             batch_size=_int_in(obj, "batch_size", 1, 1 << 20, where="config"),
             learning_rate=float(rate),
+            proximal_mu=mu,
         )
 
 

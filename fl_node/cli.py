@@ -15,6 +15,7 @@ import numpy as np
 
 from common.config import add_common_options, add_option, positive_float, positive_int, setup_logging
 from common.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
+from fl_node.attacks import ATTACKS
 
 logger = logging.getLogger("fl_node")
 
@@ -42,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                help="largest raw weight slice per Kafka record")
     add_option(parser, "--fetch-timeout", type=positive_float, default=120.0,
                help="seconds to wait for the global model in Kafka")
+    add_option(parser, "--attack", default="none", choices=list(ATTACKS),
+               help="FOR ROBUSTNESS EXPERIMENTS ONLY: poison this node's published update; sign-flip publishes "
+               "w_global - S * (w_local - w_global)")
+    add_option(parser, "--attack-scale", type=positive_float, default=1.0,
+               help="FOR ROBUSTNESS EXPERIMENTS ONLY: the factor S of --attack sign-flip")
     add_common_options(parser)
     return parser
 
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_tensorflow(args.tf_threads or None)
     settings = NodeSettings(node_id=node_id, server_url=args.server, kafka=args.kafka,
                             updates_topic=args.updates_topic, out_dir=args.out_dir, chunk_bytes=args.chunk_bytes,
-                            fetch_timeout_s=args.fetch_timeout)
+                            fetch_timeout_s=args.fetch_timeout, attack=args.attack, attack_scale=args.attack_scale)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, data.num_rows, args.server, args.kafka)
     node = FederatedNode(settings, data, LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id))
 

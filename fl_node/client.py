@@ -27,6 +27,7 @@ from common.protocol import (
     split_weights,
 )
 from common.tabular import SchemaError
+from fl_node.attacks import apply_attack
 from fl_node.data import LocalData
 from fl_node.trainer import LocalTrainer
 
@@ -43,6 +44,8 @@ class NodeSettings:
     chunk_bytes: int
     fetch_timeout_s: float = 120.0
     ack_timeout_s: float = 60.0
+    attack: str = "none"  # robustness experiments only: see fl_node.attacks
+    attack_scale: float = 1.0
 
 
 class FederatedNode:
@@ -195,7 +198,11 @@ class FederatedNode:
         result = self.trainer.train(start.model.architecture, start.model.compile, weights, start.config,
                                     server_round=start.server_round)
         t1 = time.perf_counter()
-        chunks = list(split_weights(result.weights, kind=KIND_UPDATE, session_id=start.session_id,
+        published = apply_attack(self.settings.attack, weights, result.weights, scale=self.settings.attack_scale)
+        if self.settings.attack != "none":
+            logger.warning("node %s round %d: ATTACK %s x%g applied to the published update (robustness experiment)",
+                           self.settings.node_id, start.server_round, self.settings.attack, self.settings.attack_scale)
+        chunks = list(split_weights(published, kind=KIND_UPDATE, session_id=start.session_id,
                                     server_round=start.server_round, node_id=self.settings.node_id,
                                     num_samples=self.trainer.num_samples, chunk_bytes=self.settings.chunk_bytes))
         if self._producer is None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from common.models import compile_model, model_from_architecture
 from common.protocol import TrainConfig
+from fl_node.proximal import fit_proximal
 
 logger = logging.getLogger(__name__)
 
@@ -70,17 +71,25 @@ class LocalTrainer:
         model.set_weights(list(weights))
         node_id = self.node_id
 
+        def log_epoch(epoch: int, logs: dict[str, float] | None = None) -> None:
+            shown = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+            logger.info("node %s round %d: epoch %d/%d %s", node_id, server_round, epoch + 1, config.epochs, shown)
+
         class EpochLog(keras.callbacks.Callback):
             def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-                shown = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
-                logger.info("node %s round %d: epoch %d/%d %s", node_id, server_round, epoch + 1, config.epochs,
-                            shown)
+                log_epoch(epoch, logs)
 
         started = time.perf_counter()
-        fit = model.fit(self.x, self.y, epochs=config.epochs, batch_size=config.batch_size, verbose=0,
-                        shuffle=True, callbacks=[EpochLog()])
+        if config.proximal_mu > 0:  # FedProx: custom loop with the proximal term
+            metrics = fit_proximal(model, self.x, self.y, epochs=config.epochs, batch_size=config.batch_size,
+                                   proximal_mu=config.proximal_mu,
+                                   with_accuracy="accuracy" in compile_spec.get("metrics", []),
+                                   on_epoch_end=log_epoch)
+        else:
+            fit = model.fit(self.x, self.y, epochs=config.epochs, batch_size=config.batch_size, verbose=0,
+                            shuffle=True, callbacks=[EpochLog()])
+            metrics = {name: float(values[-1]) for name, values in fit.history.items()}
         train_s = time.perf_counter() - started
-        metrics = {name: float(values[-1]) for name, values in fit.history.items()}
         return TrainResult(model.get_weights(), metrics, train_s)
 
     def save(self, architecture: str, weights: Sequence[np.ndarray], path: Path) -> None:

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.config import add_option, positive_float, positive_int, setup_logging
+from common.config import add_option, add_training_options, positive_int, setup_logging
 from fl_server.history import SessionHistory, utc_now
 
 logger = logging.getLogger("fl_baseline")
@@ -33,10 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--categorical", default=None, help="comma-separated columns to treat as categorical")
     add_option(parser, "--model", default="mlp", help="model name, as for fl-server")
     add_option(parser, "--rounds", type=positive_int, default=5, help="rounds of the federated run to match")
-    add_option(parser, "--epochs", type=positive_int, default=1, help="local epochs per round to match")
-    add_option(parser, "--batch-size", type=positive_int, default=32, help="batch size")
-    add_option(parser, "--learning-rate", type=positive_float, default=0.005, help="learning rate")
-    add_option(parser, "--optimizer", default="adam", choices=["adam", "sgd"], help="optimizer")
+    add_training_options(parser)
     add_option(parser, "--seed", type=int, default=42, help="seed of the holdout split and initial weights")
     add_option(parser, "--history-dir", type=Path, default=Path("history"), help="where the history JSON goes")
     add_option(parser, "--session-id", default=None, help="history file name (default: baseline-<time>)")

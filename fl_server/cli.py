@@ -12,13 +12,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.config import add_common_options, add_option, positive_float, positive_int, setup_logging
+from common.config import (
+    add_common_options,
+    add_option,
+    add_training_options,
+    positive_float,
+    positive_int,
+    setup_logging,
+)
 from common.protocol import DEFAULT_CHUNK_BYTES, SESSION_ID_PATTERN, TrainConfig
 from fl_server.app import Endpoints, KafkaPlane, SocketIOFrontend, final_model_path, serve_socketio
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
 from fl_server.history import SessionHistory
 from fl_server.registry import NodeRegistry
-from fl_server.strategy import STRATEGIES, make_strategy
+from fl_server.strategy_options import add_strategy_options, strategy_from_args
 
 logger = logging.getLogger("fl_server")
 
@@ -46,11 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--model", default="mlp",
                help="model: logreg, mlp, mlp:H1,H2,... (hidden sizes), cnn (images) or path/to/file.py:function "
                "(your Keras builder taking input_shape and num_classes)")
-    add_option(parser, "--strategy", default="fedavg", choices=sorted(STRATEGIES), help="aggregation strategy")
-    add_option(parser, "--epochs", type=positive_int, default=1, help="local epochs per round")
-    add_option(parser, "--batch-size", type=positive_int, default=32, help="local batch size")
-    add_option(parser, "--learning-rate", type=positive_float, default=0.005, help="local learning rate")
-    add_option(parser, "--optimizer", default="adam", choices=["adam", "sgd"], help="local optimizer")
+    add_strategy_options(parser)
+    add_training_options(parser)
     add_option(parser, "--round-timeout", type=positive_float, default=120.0,
                help="seconds a round waits for updates before closing with what it has")
     add_option(parser, "--history-dir", type=Path, default=Path("history"), help="where history JSON is written")
@@ -75,6 +79,7 @@ async def run_session(args: argparse.Namespace) -> Path:
     from fl_server.data import resolve_server_data
     from fl_server.evaluation import KerasHoldout
 
+    strategy = strategy_from_args(args)  # before anything starts: a strategy that cannot run refuses here
     configure_tensorflow(args.tf_threads or None)
     session_id = args.session_id or new_session_id()
     if not SESSION_ID_PATTERN.match(session_id):
@@ -86,6 +91,7 @@ async def run_session(args: argparse.Namespace) -> Path:
     kafka = KafkaPlane(endpoints, session_id)
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config["session_id"] = session_id
+    config["strategy_params"] = strategy.params()
     history = SessionHistory(args.history_dir, session_id, config)
     coordinator: Coordinator | None = None
     early_records: list[bytes | None] = []  # records that arrive before round 1 are judged in round 1
@@ -125,7 +131,7 @@ async def run_session(args: argparse.Namespace) -> Path:
         coordinator = Coordinator(
             settings=settings,
             registry=registry,
-            strategy=make_strategy(args.strategy),
+            strategy=strategy,
             model=GlobalModel(model.to_json(), spec, model.get_weights(), data.spec.to_wire()),
             evaluate=holdout,
             publish_model=kafka.publish_model,

@@ -44,7 +44,7 @@ class RoundCollector:
         self.participants = frozenset(participants)
         self._expected = list(expected_specs)
         self._assemblers: dict[str, WeightAssembler] = {}
-        self.completed: dict[str, CompletedUpdate] = {}
+        self.completed: dict[str, CompletedUpdate] = {}  # bookkeeping only: weights=[]
         self.failed: dict[str, str] = {}
         self.acks: dict[str, UpdateAck] = {}
         self.refused: dict[str, str] = {}
@@ -111,9 +111,10 @@ class RoundCollector:
                 self.failed[node_id] = "non_finite"
                 self.reject("non_finite", f"node {node_id}: layer {index} has NaN or Inf")
                 return None
-        update = CompletedUpdate(node_id=node_id, num_samples=assembler.num_samples, weights=weights)
-        self.completed[node_id] = update
-        return update
+        # The weights go to the caller (the strategy folds them in); the collector keeps only the bookkeeping,
+        # so a round does not hold one model per node.
+        self.completed[node_id] = CompletedUpdate(node_id=node_id, num_samples=assembler.num_samples, weights=[])
+        return CompletedUpdate(node_id=node_id, num_samples=assembler.num_samples, weights=weights)
 
     def offer_ack(self, ack: UpdateAck) -> str | None:
         """Record a node's acknowledgement; returns a refusal reason or None."""

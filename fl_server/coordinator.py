@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ from common.protocol import EndSession, ModelMessage, ModelRef, NodeRefusal, Sta
 from fl_server.collector import RoundCollector
 from fl_server.history import SessionHistory, utc_now
 from fl_server.registry import NodeRegistry
-from fl_server.strategy import Strategy
+from fl_server.strategies import AggregationError, Strategy
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,8 @@ class Coordinator:
         )
         self.strategy.begin_round(server_round, self.weights)
         ref = await self._publish_model(server_round, self.weights)
-        start = StartRound(self.settings.session_id, server_round, self.settings.train, self._message(ref))
+        train = replace(self.settings.train, **self.strategy.train_config(server_round))
+        start = StartRound(self.settings.session_id, server_round, train, self._message(ref))
         logger.info("round %d: started with %d node(s): %s", server_round, len(participants),
                     ", ".join(n.node_id for n in participants))
         self._current = (start, collector)
@@ -176,12 +177,17 @@ class Coordinator:
                            self.settings.round_timeout_s, ", ".join(missing) or "none (acks only)")
 
         t_agg = time.perf_counter()
-        new_weights = await loop.run_in_executor(None, self.strategy.aggregate)
+        failure: str | None = None
+        try:
+            new_weights = await loop.run_in_executor(None, self.strategy.aggregate)
+        except AggregationError as exc:  # e.g. too few updates for Krum: the round fails, the session goes on
+            new_weights, failure = None, str(exc)
         aggregate_s += time.perf_counter() - t_agg
         status = "completed"
         if new_weights is None:
             status = "failed"
-            logger.error("round %d: no update accepted; global model unchanged", server_round)
+            failure = failure or "no update accepted"
+            logger.error("round %d: failed (%s); global model unchanged", server_round, failure)
         else:
             self.weights = new_weights
 
@@ -190,6 +196,8 @@ class Coordinator:
         evaluate_s = time.perf_counter() - t_eval
         record = self._round_record(server_round, status, started_at, participants, collector, timed_out, holdout,
                                     collect_s, aggregate_s, evaluate_s, time.perf_counter() - t0)
+        record["failure_reason"] = failure
+        record["aggregation"] = self.strategy.last_round_info() if failure is None else {}
         self.rejected_total.update(collector.rejected)
         await loop.run_in_executor(None, self.history.add_round, record)
         logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", server_round, status, len(collector.completed),

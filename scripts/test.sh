@@ -9,7 +9,7 @@ ensure_broker
 trap stop_broker_if_started EXIT
 
 echo "== ruff" >&2
-ruff check common fl_server fl_node tests scripts
+ruff check common fl_server fl_node fl_data tests bench
 echo "== mypy" >&2
 mypy
 echo "== pytest" >&2

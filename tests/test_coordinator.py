@@ -8,7 +8,7 @@ from common.protocol import KIND_UPDATE, ModelRef, StartRound, TrainConfig, Upda
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
 from fl_server.history import SessionHistory
 from fl_server.registry import NodeInfo, NodeRegistry
-from fl_server.strategy import FedAvg
+from fl_server.strategies import FedAvg
 
 INITIAL = [np.zeros(3, np.float32)]
 

@@ -11,6 +11,7 @@ from common.protocol import (
     Hello,
     ProtocolError,
     StartRound,
+    TrainConfig,
     UpdateAck,
     decode_chunk,
     encode_chunk,
@@ -116,3 +117,26 @@ def test_control_messages_round_trip_and_validate():
         UpdateAck.from_wire({**ack.to_wire(), "metrics": {"loss": float("nan")}})
     with pytest.raises(ProtocolError):
         StartRound.from_wire({"session_id": "s1", "round": 1, "config": {}, "model": {}})
+
+
+@pytest.mark.parametrize(("wire", "mu"), [
+    ({"epochs": 1, "batch_size": 8, "learning_rate": 0.1}, 0.0),  # absent = 0.0 (FedAvg, older servers)
+    ({"epochs": 1, "batch_size": 8, "learning_rate": 0.1, "proximal_mu": 0.5}, 0.5),
+    ({"epochs": 1, "batch_size": 8, "learning_rate": 0.1, "proximal_mu": 0}, 0.0),
+])
+def test_train_config_proximal_mu_is_optional(wire, mu):
+    config = TrainConfig.from_wire(wire)
+    assert config.proximal_mu == mu
+    assert TrainConfig.from_wire(config.to_wire()) == config
+    assert ("proximal_mu" in config.to_wire()) == (mu > 0)
+
+
+@pytest.mark.parametrize("mu", [-0.5, float("nan"), float("inf"), "0.1", True])
+def test_train_config_refuses_bad_proximal_mu(mu):
+    with pytest.raises(ProtocolError):
+        TrainConfig.from_wire({"epochs": 1, "batch_size": 8, "learning_rate": 0.1, "proximal_mu": mu})
+
+
+def test_train_config_constructor_refuses_negative_mu():
+    with pytest.raises(ValueError, match="proximal_mu"):
+        TrainConfig(1, 8, 0.1, proximal_mu=-1.0)

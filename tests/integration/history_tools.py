@@ -27,11 +27,12 @@ def check_history_tools(federation: Federation, capsys) -> None:
 
     out = federation.tmp_path / "curves.png"
     assert fl_history(["plot", str(history_file), str(history_file), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
     width, height = png_size(out)
     assert 600 <= width <= 3000 and 300 <= height <= 2000
 
     accuracies = [r["holdout"]["accuracy"] for r in rounds]
-    target = (accuracies[0] + accuracies[-1]) / 2
+    target = round((accuracies[0] + accuracies[-1]) / 2, 6)
     expected_round = next(r["round"] for r in rounds if r["holdout"]["accuracy"] >= target)
     assert fl_history(["compare", str(history_file), "--target", f"{target:.6f}"]) == 0
     row = capsys.readouterr().out.strip().splitlines()[1].split()

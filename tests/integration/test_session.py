@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 
 from common.protocol import KIND_MODEL, KIND_UPDATE, encode_chunk, split_weights
-from fl_server.strategy import weighted_average
+from fl_server.strategies import weighted_average
 from tests.integration.harness import Federation, read_weights
+from tests.integration.history_tools import check_history_tools
 
 ROUND_FIELDS = {"round", "started_at", "ended_at", "participants", "num_samples", "train", "holdout", "timings_s",
                 "rejected_updates"}
@@ -32,7 +33,7 @@ def assert_round_is_fedavg_of_updates(federation: Federation, server_round: int)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_three_nodes_train_three_rounds(federation: Federation) -> None:
+def test_three_nodes_train_three_rounds(federation: Federation, capsys) -> None:
     server = federation.start_server("--min-nodes", "3", "--rounds", "3", "--round-timeout", "90", "--epochs", "2")
     nodes = start_nodes(federation, 3)
     assert server.wait(240) == 0, server.log()[-3000:]
@@ -58,6 +59,7 @@ def test_three_nodes_train_three_rounds(federation: Federation) -> None:
     assert_round_is_fedavg_of_updates(federation, 3)
     assert Path(history["final_model"]).is_file()
     assert len(list((federation.tmp_path / "models").glob("*.keras"))) == 3
+    check_history_tools(federation, capsys)
 
 
 def test_model_over_5_mb_travels_both_ways_and_aggregates(federation: Federation) -> None:
