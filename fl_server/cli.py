@@ -108,7 +108,7 @@ async def run_session(args: argparse.Namespace) -> Path:
         await kafka.start(on_record)
         runner = await serve_socketio(frontend, args.host, args.port)
         history.save()
-        await wait_for_nodes(registry, args.min_nodes)
+        await registry.wait_for_logged(args.min_nodes)
         data = await resolve_server_data(
             dataset=args.dataset, holdout_csv=args.holdout, target=args.target, schema_file=args.schema,
             categorical=[c for c in (args.categorical or "").split(",") if c], seed=args.seed,
@@ -165,11 +165,6 @@ async def run_session(args: argparse.Namespace) -> Path:
             await runner.cleanup()
         await kafka.stop()
     return history.path
-
-
-async def wait_for_nodes(registry: NodeRegistry, count: int) -> None:
-    while not await registry.wait_for(count, timeout_s=10.0):
-        logger.info("waiting for nodes: %d of %d connected", len(registry), count)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,18 +107,13 @@ class Coordinator:
         initial = await loop.run_in_executor(None, self._evaluate, 0, self.weights)
         self.history.document["initial_holdout"] = initial
         logger.info("session %s: initial holdout %s", settings.session_id, _fmt(initial))
-        await self._wait_for_nodes(settings.min_nodes)
+        await self.registry.wait_for_logged(settings.min_nodes)
         for server_round in range(1, settings.rounds + 1):
             if len(self.registry) == 0:
-                await self._wait_for_nodes(1)
+                await self.registry.wait_for_logged(1)
             await self._run_round(server_round)
         await self._end_session()
         return self.weights
-
-    async def _wait_for_nodes(self, count: int) -> None:
-        while not await self.registry.wait_for(count, timeout_s=10.0):
-            logger.info("waiting for nodes: %d of %d connected", len(self.registry), count)
-        logger.info("%d node(s) connected", len(self.registry))
 
     async def _run_round(self, server_round: int) -> None:
         loop = asyncio.get_running_loop()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +66,12 @@ class NodeRegistry:
             except TimeoutError:
                 return False
         return True
+
+    async def wait_for_logged(self, count: int, log_every_s: float = 10.0) -> None:
+        """Wait until ``count`` nodes are connected, logging progress while waiting."""
+        while not await self.wait_for(count, timeout_s=log_every_s):
+            logger.info("waiting for nodes: %d of %d connected", len(self), count)
+        logger.info("%d node(s) connected", len(self))
 
     async def wait_changed(self, timeout_s: float) -> None:
         """Wait for any connect or disconnect (or the timeout)."""
