@@ -12,24 +12,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from common.config import add_option, env_name, positive_float, positive_int
+from common.config import add_option, env_name, non_negative_float, non_negative_int, positive_float, positive_int
 from fl_server.strategies import STRATEGIES, AggregationError, Strategy, make_strategy, strategy_parameters
 
 MAX_SUGGESTED_NODES = 10_000
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise ValueError("must be a finite number >= 0")
-    return value
 
 
 def decay_rate(text: str) -> float:
