@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from common.config import add_option, add_training_options, positive_int, setup_logging
-from fl_server.history import SessionHistory, utc_now
+from fl_server.history import SessionHistory, config_from_args, utc_now
 
 logger = logging.getLogger("fl_baseline")
 
@@ -75,7 +75,7 @@ def run_baseline(args: argparse.Namespace) -> Path:
     model = build_model(args.model, spec.input_shape, spec.num_classes, seed=args.seed)
     compile_model(model, compile_spec(args.optimizer, args.learning_rate))
     session_id = args.session_id or "baseline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = config_from_args(args)
     config.update(kind="central_baseline", num_holdout=len(y_holdout),
                   num_parameters=int(model.count_params()))
     history = SessionHistory(args.history_dir, session_id, config)

@@ -23,7 +23,7 @@ from common.config import (
 from common.protocol import DEFAULT_CHUNK_BYTES, SESSION_ID_PATTERN, TrainConfig
 from fl_server.app import Endpoints, KafkaPlane, SocketIOFrontend, final_model_path, serve_socketio
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
-from fl_server.history import SessionHistory
+from fl_server.history import SessionHistory, config_from_args
 from fl_server.registry import NodeRegistry
 from fl_server.strategy_options import add_strategy_options, strategy_from_args
 
@@ -89,7 +89,7 @@ async def run_session(args: argparse.Namespace) -> Path:
     endpoints = Endpoints(args.host, args.port, args.kafka, args.updates_topic, args.models_topic,
                           chunk_bytes=args.chunk_bytes)
     kafka = KafkaPlane(endpoints, session_id)
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    config = config_from_args(args)
     config["session_id"] = session_id
     config["strategy_params"] = strategy.params()
     history = SessionHistory(args.history_dir, session_id, config)

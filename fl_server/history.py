@@ -16,6 +16,11 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+def config_from_args(args: Any) -> dict[str, Any]:
+    """The command-line settings of a run, JSON-ready, for the history's ``config``."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
 def write_json_atomic(path: Path, document: Any) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ class FakeFederation:
         self.behaviour = behaviour  # node_id -> "ok" | "silent"
         self.coordinator: Coordinator | None = None
         self.starts: list[tuple[str, int]] = []
+        self.configs: list[TrainConfig] = []  # every start_round config the nodes were sent
 
     async def publish_model(self, server_round, weights):
         return ModelRef("models", 0, server_round, server_round, 1)
@@ -29,6 +30,7 @@ class FakeFederation:
             return
         start = StartRound.from_wire(data)
         self.starts.append((sid, start.server_round))
+        self.configs.append(start.config)
         behaviour = self.behaviour.get(sid)
         if behaviour == "late":  # answers after the round's timeout has passed
             asyncio.get_running_loop().call_later(0.5, self._answer, start, sid)
@@ -46,14 +48,14 @@ class FakeFederation:
                                           {"loss": factor}, {"train": 0.01}))
 
 
-async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1", "n3")):
+async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1", "n3"), strategy=None):
     registry = NodeRegistry()
     for node_id in connect:
         await registry.add(NodeInfo(node_id, node_id, 1))
     fake = FakeFederation(behaviour)
     settings = SessionSettings("s", rounds, len(connect), timeout_s, TrainConfig(1, 8, 0.1), end_grace_s=0.1)
     coordinator = Coordinator(
-        settings=settings, registry=registry, strategy=FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}),
+        settings=settings, registry=registry, strategy=strategy or FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}),
         evaluate=lambda r, w: {"loss": float(np.sum(w[0]))}, publish_model=fake.publish_model, emit=fake.emit,
         history=SessionHistory(tmp_path, "s", {}),
     )

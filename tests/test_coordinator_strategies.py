@@ -1,44 +1,17 @@
 """The round loop with other strategies: per-round node config, and aggregation failures recorded as data."""
 
-import asyncio
 
 import numpy as np
 
-from common.protocol import StartRound, TrainConfig
-from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
-from fl_server.history import SessionHistory
-from fl_server.registry import NodeInfo, NodeRegistry
 from fl_server.strategies import FedProx, Krum, Median
-from tests.test_coordinator import INITIAL, FakeFederation
-
-
-class RecordingFederation(FakeFederation):
-    """Also keeps every ``start_round`` config the nodes were sent."""
-
-    def __init__(self, behaviour):
-        super().__init__(behaviour)
-        self.configs: list[TrainConfig] = []
-
-    async def emit(self, event, data, sid):
-        if event == "start_round":
-            self.configs.append(StartRound.from_wire(data).config)
-        await super().emit(event, data, sid)
+from tests.test_coordinator import INITIAL
+from tests.test_coordinator import run_session as base_run_session
 
 
 async def run_session(tmp_path, strategy, connect, rounds=2):
-    registry = NodeRegistry()
-    for node_id in connect:
-        await registry.add(NodeInfo(node_id, node_id, 1))
-    fake = RecordingFederation({node_id: "ok" for node_id in connect})
-    settings = SessionSettings("s", rounds, len(connect), 0.5, TrainConfig(1, 8, 0.1), end_grace_s=0.1)
-    coordinator = Coordinator(
-        settings=settings, registry=registry, strategy=strategy, model=GlobalModel("{}", {}, INITIAL, {}),
-        evaluate=lambda r, w: {"loss": float(np.sum(w[0]))}, publish_model=fake.publish_model, emit=fake.emit,
-        history=SessionHistory(tmp_path, "s", {}),
-    )
-    fake.coordinator = coordinator
-    weights = await asyncio.wait_for(coordinator.run(), 10)
-    return weights, coordinator.history.document, fake
+    """Every node answers; the session runs with ``strategy``."""
+    return await base_run_session(tmp_path, dict.fromkeys(connect, "ok"), rounds=rounds, timeout_s=0.5,
+                                  connect=connect, strategy=strategy)
 
 
 async def test_fedprox_sends_mu_to_every_node_every_round(tmp_path):
