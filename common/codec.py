@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,3 +123,13 @@ def decode_array(fields: object) -> np.ndarray:
         raise CodecError("bad_schema", "an encoded array must be an object")
     spec = validate_spec(fields.get("dtype"), fields.get("shape"))
     return array_from_bytes(b64decode(fields.get("data")), spec)
+
+
+def weights_digest(weights: Sequence[np.ndarray]) -> str:
+    """SHA-256 over every layer's dtype, shape and little-endian bytes: equal digests, equal models."""
+    digest = hashlib.sha256()
+    for array in weights:
+        spec, raw = array_to_bytes(np.asarray(array))
+        digest.update(f"{spec.dtype}{list(spec.shape)}:{len(raw)}:".encode())
+        digest.update(raw)
+    return digest.hexdigest()

@@ -97,6 +97,20 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+def positive_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError("must be > 0 and <= 1")
+    return value
+
+
 def setup_logging(level: str, quiet: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else getattr(logging, level), format=LOG_FORMAT,
                         stream=sys.stderr, force=True)

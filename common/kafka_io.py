@@ -6,22 +6,31 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
 
 from common.assembly import WeightAssembler
-from common.protocol import ModelRef, ProtocolError, WeightChunk, decode_chunk, encode_chunk
+from common.protocol import ModelRef, ProtocolError, RawRecord, WeightChunk, decode_chunk, encode_chunk
 
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT_S = 60.0
 
 
-def make_producer(bootstrap: str, client_id: str) -> KafkaProducer:
-    """Idempotent producer waiting for all in-sync replicas (kafka-python 3 defaults, spelled out)."""
+ClientConfig = dict[str, Any]  # extra kafka-python settings (SSL/SASL: see common.kafka_security)
+Signer = Callable[[WeightChunk, bytes], list[tuple[str, bytes]]]
+
+
+def make_producer(bootstrap: str, client_id: str, config: ClientConfig | None = None) -> KafkaProducer:
+    """Idempotent producer waiting for all in-sync replicas (kafka-python 3 defaults, spelled out).
+
+    Retries are the client's: a send is retried until ``delivery_timeout_ms`` (2 min) passes, with
+    sequence numbers so that a retry after a lost acknowledgement is not written twice."""
     return KafkaProducer(
         bootstrap_servers=bootstrap,
         client_id=client_id,
@@ -29,12 +38,20 @@ def make_producer(bootstrap: str, client_id: str) -> KafkaProducer:
         enable_idempotence=True,
         linger_ms=5,
         request_timeout_ms=30_000,
+        **(config or {}),
     )
 
 
-def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
+def make_consumer(bootstrap: str, client_id: str, config: ClientConfig | None = None,
+                  group_id: str | None = None) -> KafkaConsumer:
+    """A consumer that never commits on its own (the caller decides what has been processed)."""
+    return KafkaConsumer(bootstrap_servers=bootstrap, client_id=client_id, group_id=group_id,
+                         enable_auto_commit=False, fetch_max_wait_ms=100, **(config or {}))
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int], config: ClientConfig | None = None) -> None:
     """Create missing topics (name -> partitions); existing ones are left as they are."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="fl-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="fl-admin", **(config or {}))
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(name, partitions, 1) for name, partitions in topics.items() if name not in existing]
@@ -48,15 +65,39 @@ def ensure_topics(bootstrap: str, topics: dict[str, int]) -> None:
         admin.close()
 
 
-def publish_chunks(producer: KafkaProducer, topic: str, chunks: Iterable[WeightChunk]) -> list[tuple[int, int]]:
-    """Send chunks keyed by sender (one partition, in order); return (partition, offset) of each once acked."""
-    futures = [
-        producer.send(topic, key=chunk.node_id.encode(), value=encode_chunk(chunk), headers=chunk.headers())
-        for chunk in chunks
-    ]
-    producer.flush(timeout=SEND_TIMEOUT_S)
-    metadata = [future.get(timeout=SEND_TIMEOUT_S) for future in futures]
+def publish_chunks(producer: KafkaProducer, topic: str, chunks: Iterable[WeightChunk], *,
+                   sign: Signer | None = None, timeout_s: float = SEND_TIMEOUT_S) -> list[tuple[int, int]]:
+    """Send chunks keyed by sender (one partition, in order); return (partition, offset) of each once acked.
+
+    ``sign(chunk, value)`` returns the record's headers (``common.integrity.signed_headers``)."""
+    futures = []
+    for chunk in chunks:
+        value = encode_chunk(chunk)
+        headers = sign(chunk, value) if sign is not None else chunk.headers()
+        futures.append(producer.send(topic, key=chunk.node_id.encode(), value=value, headers=headers))
+    producer.flush(timeout=timeout_s)
+    metadata = [future.get(timeout=timeout_s) for future in futures]
     return [(m.partition, m.offset) for m in metadata]
+
+
+def publish_until(deadline_s: float, publish: Callable[[], list[tuple[int, int]]], what: str,
+                  on_retry: Callable[[], None] | None = None) -> list[tuple[int, int]]:
+    """Call ``publish`` until it succeeds or ``deadline_s`` (monotonic) passes, backing off 1, 2, 4 .. 15 s.
+
+    A retry may write records the broker already had (their acknowledgement was lost);
+    receivers de-duplicate on (session, round, node, layer, chunk)."""
+    delay = 1.0
+    while True:
+        try:
+            return publish()
+        except KafkaError as exc:
+            if time.monotonic() + delay > deadline_s:
+                raise
+            logger.warning("%s failed (%r); retrying in %.0fs", what, exc, delay)
+            if on_retry is not None:
+                on_retry()
+            time.sleep(delay)
+            delay = min(delay * 2, 15.0)
 
 
 def model_ref(topic: str, positions: Sequence[tuple[int, int]]) -> ModelRef:
@@ -100,45 +141,70 @@ def fetch_weights(
     return assembler.result()
 
 
-class RecordTailer:
-    """Reads every partition of a topic from its end in a background thread and hands raw values to a callback.
+class UpdateConsumer:
+    """Reads every partition of a topic in a background thread and hands ``RawRecord``s to a callback.
 
-    The callback runs on the tailer's thread: give it something thread-safe
+    It starts at ``start_offsets`` (partition -> offset, e.g. from a checkpoint) and at the end
+    of the partitions it has no offset for. It never commits by itself: ``request_commit`` asks
+    its thread to commit offsets under ``group_id`` once the caller has persisted what they fed.
+    A broker that goes away is waited out: on an error the thread reopens its consumer at the
+    next offset it has not delivered yet, so nothing is skipped and nothing is delivered twice
+    by this class (the broker may still redeliver; receivers de-duplicate).
+
+    The callback runs on the consumer's thread: give it something thread-safe
     (e.g. ``loop.call_soon_threadsafe``).
     """
 
-    def __init__(self, bootstrap: str, topic: str, on_value: Callable[[bytes | None], None]) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        on_record: Callable[[RawRecord], None],
+        *,
+        group_id: str | None = None,
+        start_offsets: dict[int, int] | None = None,
+        config: ClientConfig | None = None,
+    ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
-        self._on_value = on_value
+        self._on_record = on_record
+        self._group_id = group_id
+        self._config = config or {}
+        self.positions: dict[int, int] = dict(start_offsets or {})  # next offset to deliver, per partition
+        self.start_positions: dict[int, int] = {}
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"tail-{topic}", daemon=True)
+        self._commit_lock = threading.Lock()
+        self._pending_commit: dict[int, int] | None = None
+        self.committed: dict[int, int] = {}
+        self.reconnects = 0
+        self._thread = threading.Thread(target=self._run, name=f"consume-{topic}", daemon=True)
 
-    def start(self, timeout_s: float = 60.0) -> None:
-        """Start reading; returns once positioned at the current end of every partition."""
+    def start(self, timeout_s: float = 60.0) -> dict[int, int]:
+        """Start reading; returns the start offset of every partition once positioned."""
         self._thread.start()
         if not self._ready.wait(timeout_s):
             raise TimeoutError(f"could not position on topic {self._topic} within {timeout_s:.0f}s")
         if self._error is not None:
-            raise RuntimeError(f"tailer for {self._topic} failed to start") from self._error
+            raise RuntimeError(f"consumer of {self._topic} failed to start: {self._error!r}") from self._error
+        return dict(self.start_positions)
+
+    def request_commit(self, offsets: dict[int, int]) -> None:
+        """Commit these offsets (partition -> next offset) from the consumer's thread, retrying until done."""
+        if self._group_id is None:
+            return
+        with self._commit_lock:
+            self._pending_commit = dict(offsets)
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=15)
 
-    def _run(self) -> None:
-        consumer: KafkaConsumer | None = None
+    def _open(self) -> KafkaConsumer:
+        consumer = make_consumer(self._bootstrap, f"fl-consume-{self._topic}", self._config, self._group_id)
         try:
-            consumer = KafkaConsumer(
-                bootstrap_servers=self._bootstrap,
-                client_id=f"fl-tail-{self._topic}",
-                group_id=None,
-                enable_auto_commit=False,
-                fetch_max_wait_ms=100,
-            )
             partitions = consumer.partitions_for_topic(self._topic) or set()
             deadline = time.monotonic() + 30
             while not partitions and time.monotonic() < deadline and not self._stop.is_set():
@@ -148,22 +214,69 @@ class RecordTailer:
                 raise RuntimeError(f"topic {self._topic} has no partitions")
             assigned = [TopicPartition(self._topic, p) for p in sorted(partitions)]
             consumer.assign(assigned)
-            consumer.seek_to_end(*assigned)
             for tp in assigned:
-                consumer.position(tp)  # seek_to_end is lazy; resolve it before reporting ready
+                if tp.partition in self.positions:
+                    consumer.seek(tp, self.positions[tp.partition])
+                else:
+                    consumer.seek_to_end(tp)
+                    self.positions[tp.partition] = consumer.position(tp)  # seek_to_end is lazy: resolve it now
+        except BaseException:
+            consumer.close()
+            raise
+        return consumer
+
+    def _commit_pending(self, consumer: KafkaConsumer) -> None:
+        with self._commit_lock:
+            offsets, self._pending_commit = self._pending_commit, None
+        if not offsets:
+            return
+        try:
+            consumer.commit({TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
+            self.committed = offsets
+        except KafkaError:
+            with self._commit_lock:  # keep it for the next try unless a newer one came in
+                self._pending_commit = self._pending_commit or offsets
+            raise
+
+    def _run(self) -> None:
+        consumer: KafkaConsumer | None = None
+        try:
+            consumer = self._open()
+            self.start_positions = dict(self.positions)
         except BaseException as exc:  # noqa: BLE001 - reported to start() which re-raises
             self._error = exc
             self._ready.set()
-            if consumer is not None:
-                consumer.close()
             return
         self._ready.set()
-        try:
-            while not self._stop.is_set():
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = self._open()
+                    logger.info("consumer of %s reconnected at offsets %s", self._topic, self.positions)
+                self._commit_pending(consumer)
                 for records in consumer.poll(timeout_ms=200).values():
                     for record in records:
-                        self._on_value(record.value)
-        except Exception:
-            logger.exception("Kafka tailer for %s stopped on an error", self._topic)
-        finally:
+                        if record.offset < self.positions.get(record.partition, 0):
+                            continue  # already delivered before a reconnect
+                        self.positions[record.partition] = record.offset + 1
+                        self._on_record(RawRecord(record.value, record.key, tuple(record.headers or ()),
+                                                  record.partition, record.offset))
+                backoff = 0.5
+            except Exception as exc:  # noqa: BLE001 - the broker may be restarting: reopen and go on
+                logger.warning("consumer of %s: %r; reopening in %.1fs", self._topic, exc, backoff)
+                if consumer is not None:
+                    try:
+                        consumer.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+                    consumer = None
+                self.reconnects += 1
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        if consumer is not None:
+            try:
+                self._commit_pending(consumer)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("final offset commit on %s failed: %r", self._topic, exc)
             consumer.close()

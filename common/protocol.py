@@ -224,15 +224,32 @@ def split_weights(
 
 
 @dataclass(frozen=True)
+class RawRecord:
+    """A Kafka record as the server's consumer hands it over. Key, headers and value are untrusted;
+    partition and offset are the consumer's own bookkeeping (-1 when not from Kafka)."""
+
+    value: bytes | None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    partition: int = -1
+    offset: int = -1
+
+    def header_map(self) -> dict[str, bytes]:
+        return {name: value for name, value in self.headers if isinstance(value, bytes)}
+
+
+@dataclass(frozen=True)
 class Hello:
-    """Sent by a node as Socket.IO connect ``auth``."""
+    """Sent by a node as Socket.IO connect ``auth``. ``proof`` (ts, nonce, mac) shows it holds its key."""
 
     node_id: str
     num_samples: int
     protocol: int = PROTOCOL_VERSION
+    proof: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "num_samples": self.num_samples, "protocol": self.protocol}
+        wire = {"node_id": self.node_id, "num_samples": self.num_samples, "protocol": self.protocol}
+        return {**wire, **(self.proof or {})}
 
     @classmethod
     def from_wire(cls, obj: object) -> Hello:
@@ -240,9 +257,11 @@ class Hello:
             raise ProtocolError("bad_hello", "connect auth must be an object with node_id and num_samples")
         if obj.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError("bad_version", f"protocol {obj.get('protocol')!r:.20} is not {PROTOCOL_VERSION}")
+        proof = {k: obj[k] for k in ("ts", "nonce", "mac") if k in obj}
         return cls(
             node_id=check_node_id(obj.get("node_id")),
             num_samples=_int_in(obj, "num_samples", 1, 1 << 40, where="hello"),
+            proof=proof or None,
         )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from common.config import add_common_options, add_option, positive_float, positive_int, setup_logging
+from common.integrity import read_key_file
 from common.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
 from fl_node.attacks import ATTACKS
 
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
                help="largest raw weight slice per Kafka record")
     add_option(parser, "--fetch-timeout", type=positive_float, default=120.0,
                help="seconds to wait for the global model in Kafka")
+    add_option(parser, "--publish-timeout", type=positive_float, default=300.0,
+               help="seconds to keep retrying an update's publication while Kafka is unreachable")
+    add_option(parser, "--key-file", type=Path, default=None,
+               help="this node's secret key (from fl-keys); signs its connection and every update record. "
+               "Without it the server must run with --allow-unauthenticated")
     add_option(parser, "--attack", default="none", choices=list(ATTACKS),
                help="FOR ROBUSTNESS EXPERIMENTS ONLY: poison this node's published update; sign-flip publishes "
                "w_global - S * (w_local - w_global)")
@@ -77,19 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     node_id = args.node_id or f"node-{secrets.token_hex(3)}"
     try:
         check_node_id(node_id)
+        key = read_key_file(args.key_file) if args.key_file is not None else None
         data = load_local_data(args)
     except (ValueError, ProtocolError, OSError) as exc:
         logger.error("%s", exc)
         return 2
 
     from common.tf_setup import configure_tensorflow
-    from fl_node.client import FederatedNode, NodeSettings
+    from fl_node.client import FederatedNode, NodeSettings, ServerRefused
     from fl_node.trainer import LocalTrainer
 
     configure_tensorflow(args.tf_threads or None)
     settings = NodeSettings(node_id=node_id, server_url=args.server, kafka=args.kafka,
                             updates_topic=args.updates_topic, out_dir=args.out_dir, chunk_bytes=args.chunk_bytes,
-                            fetch_timeout_s=args.fetch_timeout, attack=args.attack, attack_scale=args.attack_scale)
+                            fetch_timeout_s=args.fetch_timeout, publish_timeout_s=args.publish_timeout,
+                            attack=args.attack, attack_scale=args.attack_scale, key=key)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, data.num_rows, args.server, args.kafka)
     node = FederatedNode(settings, data, LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id))
 
@@ -106,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except asyncio.CancelledError:
         logger.warning("node %s stopped by signal", node_id)
         return 130
+    except ServerRefused as exc:
+        logger.error("%s", exc)
+        return 2
     if node.refused is not None:
         logger.error("node %s could not take part: %s", node_id, node.refused)
         return 2

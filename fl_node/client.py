@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from kafka import KafkaConsumer
 
 from common import kafka_io
 from common.dataspec import DataSpec
+from common.integrity import connect_proof, signed_headers
 from common.protocol import (
     KIND_UPDATE,
     EndSession,
@@ -44,8 +47,16 @@ class NodeSettings:
     chunk_bytes: int
     fetch_timeout_s: float = 120.0
     ack_timeout_s: float = 60.0
+    publish_timeout_s: float = 300.0
     attack: str = "none"  # robustness experiments only: see fl_node.attacks
     attack_scale: float = 1.0
+    key: bytes | None = field(default=None, repr=False)  # signs connect proofs and update records
+    kafka_config: dict[str, Any] = field(default_factory=dict, repr=False)  # SSL/SASL settings for kafka-python
+    ssl_context: ssl.SSLContext | None = None  # TLS to the server (https://)
+
+
+class ServerRefused(RuntimeError):
+    """The server refused this node's connection (unknown node, bad key, bad hello)."""
 
 
 class FederatedNode:
@@ -56,6 +67,7 @@ class FederatedNode:
         self.data = data
         self.trainer = trainer
         self.refused: str | None = None
+        self.connect_error: str | None = None
         self.final_model_path: Path | None = None
         self.rounds_done: set[tuple[str, int]] = set()
         self._in_progress: set[tuple[str, int]] = set()
@@ -65,9 +77,12 @@ class FederatedNode:
         self._finished = asyncio.Event()
         self._producer: Any = None
         self._consumer: KafkaConsumer | None = None
+        self._http: Any = None
         self.sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
-                                        reconnection_delay_max=5, handle_sigint=False)
+                                        reconnection_delay_max=5, randomization_factor=0.5, handle_sigint=False,
+                                        **self._tls_kwargs())
         self.sio.on("connect", self._on_connect)
+        self.sio.on("connect_error", self._on_connect_error)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("start_round", self._on_start_round)
         self.sio.on("end_session", self._on_end_session)
@@ -75,12 +90,29 @@ class FederatedNode:
 
     # ------------------------------------------------------------ lifecycle
 
+    def _tls_kwargs(self) -> dict[str, Any]:
+        if self.settings.ssl_context is None:
+            return {}
+        return {}
+
+    def _hello(self) -> dict[str, Any]:
+        """Connect auth, made afresh for every (re)connection: a proof is only good once."""
+        key, node_id = self.settings.key, self.settings.node_id
+        proof = connect_proof(key, node_id) if key is not None else None
+        return Hello(node_id, max(self.data.num_rows, 1), proof=proof).to_wire()
+
     async def run(self) -> Path | None:
-        """Connect (retrying until the server answers) and serve rounds until ``end_session``."""
-        hello = Hello(self.settings.node_id, max(self.data.num_rows, 1))
+        """Connect (retrying until the server answers) and serve rounds until ``end_session``.
+
+        Raises ``ServerRefused`` if the server answers but will not let this node in."""
         try:
-            await self.sio.connect(self.settings.server_url, auth=hello.to_wire(), transports=["websocket"],
-                                   retry=True, wait_timeout=10)
+            try:
+                await self.sio.connect(self.settings.server_url, auth=self._hello, transports=["websocket"],
+                                       retry=True, wait_timeout=10)
+            except socketio.exceptions.ConnectionError as exc:
+                if self.connect_error is not None:
+                    raise ServerRefused(f"server refused node {self.settings.node_id}: {self.connect_error}") from exc
+                raise
             await self._finished.wait()
         finally:
             await self.close()
@@ -101,6 +133,10 @@ class FederatedNode:
 
     async def _on_connect(self) -> None:
         logger.info("node %s connected to %s", self.settings.node_id, self.settings.server_url)
+
+    async def _on_connect_error(self, data: Any = None) -> None:
+        self.connect_error = str(data.get("message", data) if isinstance(data, dict) else data)[:200]
+        logger.warning("node %s: connection refused or failed: %s", self.settings.node_id, self.connect_error)
 
     async def _on_disconnect(self, reason: Any = None) -> None:
         if not self._finished.is_set():
@@ -205,9 +241,17 @@ class FederatedNode:
         chunks = list(split_weights(published, kind=KIND_UPDATE, session_id=start.session_id,
                                     server_round=start.server_round, node_id=self.settings.node_id,
                                     num_samples=self.trainer.num_samples, chunk_bytes=self.settings.chunk_bytes))
-        if self._producer is None:
-            self._producer = kafka_io.make_producer(self.settings.kafka, f"fl-node-{self.settings.node_id}")
-        kafka_io.publish_chunks(self._producer, self.settings.updates_topic, chunks)
+        sign = partial(signed_headers, self.settings.key) if self.settings.key is not None else None
+
+        def publish() -> list[tuple[int, int]]:
+            if self._producer is None:
+                self._producer = kafka_io.make_producer(self.settings.kafka, f"fl-node-{self.settings.node_id}",
+                                                        self.settings.kafka_config)
+            return kafka_io.publish_chunks(self._producer, self.settings.updates_topic, chunks, sign=sign)
+
+        kafka_io.publish_until(time.monotonic() + self.settings.publish_timeout_s, publish,
+                               f"node {self.settings.node_id}: publishing round {start.server_round}",
+                               on_retry=self._drop_producer)
         publish_s = time.perf_counter() - t1
         logger.info("node %s round %d: trained in %.2fs, published %d records in %.2fs (%s)", self.settings.node_id,
                     start.server_round, result.train_s, len(chunks), publish_s,
@@ -225,8 +269,8 @@ class FederatedNode:
 
     def _fetch(self, model: ModelMessage, session_id: str, server_round: int) -> list[Any]:
         if self._consumer is None:
-            self._consumer = KafkaConsumer(bootstrap_servers=self.settings.kafka, group_id=None,
-                                           enable_auto_commit=False, client_id=f"fl-node-{self.settings.node_id}")
+            self._consumer = kafka_io.make_consumer(self.settings.kafka, f"fl-node-{self.settings.node_id}",
+                                                    self.settings.kafka_config)
         return kafka_io.fetch_weights(self._consumer, model.weights, session_id=session_id,
                                       server_round=server_round, timeout_s=self.settings.fetch_timeout_s)
 
@@ -247,6 +291,15 @@ class FederatedNode:
             logger.exception("node %s: could not save the final model", self.settings.node_id)
         finally:
             self._finished.set()
+
+    def _drop_producer(self) -> None:
+        """After a failed publish: start the next attempt with a fresh producer."""
+        if self._producer is not None:
+            try:
+                self._producer.close(timeout=5)
+            except Exception:  # noqa: BLE001 - it failed already; a new one replaces it
+                pass
+            self._producer = None
 
     def _close_kafka(self) -> None:
         if self._producer is not None:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,6 +21,7 @@ import socketio
 from aiohttp import web
 
 from common import kafka_io
+from common.integrity import ConnectVerifier
 from common.protocol import (
     KIND_MODEL,
     SERVER_SENDER_ID,
@@ -25,6 +29,7 @@ from common.protocol import (
     ModelRef,
     NodeRefusal,
     ProtocolError,
+    RawRecord,
     UpdateAck,
     split_weights,
 )
@@ -43,15 +48,20 @@ class Endpoints:
     models_topic: str
     update_partitions: int = 3
     chunk_bytes: int = 512 * 1024
+    publish_timeout_s: float = 300.0
 
 
 class SocketIOFrontend:
-    """Socket.IO event handlers: connect (hello), disconnect, fl_update; anything else is logged and dropped."""
+    """Socket.IO event handlers: connect (hello), disconnect, fl_update; anything else is logged and dropped.
 
-    def __init__(self, registry: NodeRegistry) -> None:
+    With a ``verifier`` every connect must carry a fresh proof of the node's key (``common.integrity``);
+    without one (``--allow-unauthenticated``) any well-formed hello is let in."""
+
+    def __init__(self, registry: NodeRegistry, verifier: ConnectVerifier | None = None) -> None:
         self.registry = registry
+        self.verifier = verifier
         self.coordinator: Coordinator | None = None
-        self.refused: int = 0
+        self.refused_by_reason: Counter[str] = Counter()
         self.refusals: dict[str, str] = {}
         self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
         self.sio.on("connect", self.on_connect)
@@ -60,13 +70,20 @@ class SocketIOFrontend:
         self.sio.on("fl_refuse", self.on_refuse)
         self.sio.on("*", self.on_unknown)
 
+    @property
+    def refused(self) -> int:
+        return sum(self.refused_by_reason.values())
+
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         try:
             hello = Hello.from_wire(auth)
+            if self.verifier is not None:
+                self.verifier.verify(hello.node_id, hello.proof or {})
         except ProtocolError as exc:
-            self.refused += 1
-            logger.warning("refused connection %s: %s", sid, exc)
-            raise socketio.exceptions.ConnectionRefusedError(str(exc)) from None
+            self.refused_by_reason[exc.reason] += 1
+            peer = environ.get("REMOTE_ADDR", "?") if isinstance(environ, dict) else "?"
+            logger.warning("refused connection %s from %s: %s", sid, peer, exc)
+            raise socketio.exceptions.ConnectionRefusedError(exc.reason) from None
         previous = await self.registry.add(NodeInfo(hello.node_id, sid, hello.num_samples))
         if previous is not None:
             logger.info("node %s reconnected (replacing connection %s)", hello.node_id, previous.sid)
@@ -143,55 +160,75 @@ class SocketIOFrontend:
 
 
 class KafkaPlane:
-    """The server's Kafka clients: a producer for global models and a tailer of node updates."""
+    """The server's Kafka clients: a producer for global models and a consumer of node updates.
 
-    def __init__(self, endpoints: Endpoints, session_id: str) -> None:
+    The consumer commits under group ``fl-server.<session>``, and only the offsets the coordinator
+    hands to ``commit`` after persisting a round."""
+
+    def __init__(self, endpoints: Endpoints, session_id: str, *, config: kafka_io.ClientConfig | None = None,
+                 start_offsets: dict[int, int] | None = None) -> None:
         self.endpoints = endpoints
         self.session_id = session_id
+        self.config = config or {}
+        self.group_id = f"fl-server.{session_id}"
+        self._start_offsets = start_offsets
         self._producer: Any = None
-        self._tailer: kafka_io.RecordTailer | None = None
+        self._consumer: kafka_io.UpdateConsumer | None = None
 
-    async def start(self, on_value: Any) -> None:
+    async def start(self, on_record: Callable[[RawRecord], None]) -> dict[int, int]:
+        """Create topics, open the producer, position the consumer; returns where it starts reading."""
         loop = asyncio.get_running_loop()
         e = self.endpoints
         await loop.run_in_executor(
-            None, kafka_io.ensure_topics, e.kafka, {e.updates_topic: e.update_partitions, e.models_topic: 1}
+            None, kafka_io.ensure_topics, e.kafka, {e.updates_topic: e.update_partitions, e.models_topic: 1},
+            self.config,
         )
-        self._producer = await loop.run_in_executor(None, kafka_io.make_producer, e.kafka, "fl-server")
+        self._producer = await loop.run_in_executor(None, kafka_io.make_producer, e.kafka, "fl-server", self.config)
 
-        def deliver(value: bytes | None) -> None:
-            loop.call_soon_threadsafe(on_value, value)
+        def deliver(record: RawRecord) -> None:
+            loop.call_soon_threadsafe(on_record, record)
 
-        self._tailer = kafka_io.RecordTailer(e.kafka, e.updates_topic, deliver)
-        await loop.run_in_executor(None, self._tailer.start)
-        logger.info("Kafka at %s: reading %s, publishing models to %s", e.kafka, e.updates_topic, e.models_topic)
+        self._consumer = kafka_io.UpdateConsumer(e.kafka, e.updates_topic, deliver, group_id=self.group_id,
+                                                 start_offsets=self._start_offsets, config=self.config)
+        positions = await loop.run_in_executor(None, self._consumer.start)
+        logger.info("Kafka at %s: reading %s from offsets %s (group %s), publishing models to %s", e.kafka,
+                    e.updates_topic, positions, self.group_id, e.models_topic)
+        return positions
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        if self._consumer is not None:
+            self._consumer.request_commit(offsets)
 
     async def publish_model(self, server_round: int, weights: Sequence[np.ndarray]) -> ModelRef:
-        chunks = split_weights(weights, kind=KIND_MODEL, session_id=self.session_id, server_round=server_round,
-                               node_id=SERVER_SENDER_ID, num_samples=0, chunk_bytes=self.endpoints.chunk_bytes)
+        chunks = list(split_weights(weights, kind=KIND_MODEL, session_id=self.session_id, server_round=server_round,
+                                    node_id=SERVER_SENDER_ID, num_samples=0, chunk_bytes=self.endpoints.chunk_bytes))
+        topic = self.endpoints.models_topic
+        deadline = time.monotonic() + self.endpoints.publish_timeout_s
+        publish = partial(kafka_io.publish_chunks, self._producer, topic, chunks)
         loop = asyncio.get_running_loop()
         positions = await loop.run_in_executor(
-            None, kafka_io.publish_chunks, self._producer, self.endpoints.models_topic, list(chunks)
+            None, kafka_io.publish_until, deadline, publish, f"publishing the round {server_round} model"
         )
-        return kafka_io.model_ref(self.endpoints.models_topic, positions)
+        return kafka_io.model_ref(topic, positions)
 
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._tailer is not None:
-            await loop.run_in_executor(None, self._tailer.stop)
-            self._tailer = None
+        if self._consumer is not None:
+            await loop.run_in_executor(None, self._consumer.stop)
+            self._consumer = None
         if self._producer is not None:
             await loop.run_in_executor(None, partial(self._producer.close, timeout=10))
             self._producer = None
 
 
-async def serve_socketio(frontend: SocketIOFrontend, host: str, port: int) -> web.AppRunner:
+async def serve_socketio(frontend: SocketIOFrontend, host: str, port: int,
+                         ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     app = web.Application()
     frontend.sio.attach(app)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    logger.info("Socket.IO listening on http://%s:%d", host, port)
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    logger.info("Socket.IO listening on %s://%s:%d", "https" if ssl_context else "http", host, port)
     return runner
 
 

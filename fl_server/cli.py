@@ -8,24 +8,30 @@ import logging
 import secrets
 import signal
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common.config import (
     add_common_options,
+    add_flag,
     add_option,
     add_training_options,
+    fraction,
     positive_float,
+    positive_fraction,
     positive_int,
     setup_logging,
 )
-from common.protocol import DEFAULT_CHUNK_BYTES, SESSION_ID_PATTERN, TrainConfig
+from common.integrity import ConnectVerifier, KeyRegistry
+from common.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, SESSION_ID_PATTERN, RawRecord, TrainConfig
 from fl_server.app import Endpoints, KafkaPlane, SocketIOFrontend, final_model_path, serve_socketio
+from fl_server.checkpoint import Checkpoint, CheckpointError, checkpoint_path, load_checkpoint_for
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
-from fl_server.history import SessionHistory, config_from_args
+from fl_server.history import SessionHistory, config_from_args, utc_now
 from fl_server.registry import NodeRegistry
-from fl_server.strategy_options import add_strategy_options, strategy_from_args
+from fl_server.strategy_options import STRATEGY_FLAGS, add_strategy_options, strategy_from_args
 
 logger = logging.getLogger("fl_server")
 
@@ -57,6 +63,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(parser)
     add_option(parser, "--round-timeout", type=positive_float, default=120.0,
                help="seconds a round waits for updates before closing with what it has")
+    add_option(parser, "--fraction-fit", type=positive_fraction, default=1.0,
+               help="share of the connected nodes sampled to train each round (seeded by --seed and the round)")
+    add_option(parser, "--min-fit", type=positive_int, default=1,
+               help="accepted updates a round needs to change the global model (and nodes needed to start it)")
+    add_option(parser, "--min-fit-fraction", type=fraction, default=0.0,
+               help="as --min-fit, as a share of the round's sampled nodes (the larger of the two applies)")
+    add_option(parser, "--max-update-norm", type=positive_float, default=None,
+               help="reject an update whose L2 distance from the global model exceeds this")
+    add_option(parser, "--max-record-bytes", type=positive_int, default=MAX_RECORD_BYTES,
+               help="reject update records larger than this (the broker's default message.max.bytes)")
+    add_option(parser, "--node-keys", type=Path, default=None,
+               help="registry of node keys (JSON made by fl-keys): nodes must prove their key to connect, "
+               "and every update record must carry its HMAC")
+    add_flag(parser, "--allow-unauthenticated",
+             help="DEMOS ONLY: without --node-keys, let any client join and accept unsigned updates")
+    add_option(parser, "--resume", type=Path, default=None,
+               help="continue the session of this history file (history/<session>.json) from its last "
+               "completed round; the session's own settings come from its checkpoint")
     add_option(parser, "--history-dir", type=Path, default=Path("history"), help="where history JSON is written")
     add_option(parser, "--session-id", default=None, help="session id (default: UTC time + random suffix)")
     add_option(parser, "--seed", type=int, default=42, help="seed for the holdout split and initial weights")
@@ -68,54 +92,125 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Settings that define a session: on --resume they come from the checkpoint, not the command line.
+SESSION_SETTINGS = (
+    "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "epochs", "batch_size",
+    "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction", "max_update_norm",
+    *(keyword for keyword, _, _ in STRATEGY_FLAGS.values()),
+)
+
+
 def new_session_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+def node_keys_from_args(args: argparse.Namespace) -> KeyRegistry | None:
+    """The key registry, or None when the operator chose --allow-unauthenticated (loudly)."""
+    if args.node_keys is not None:
+        keys = KeyRegistry.load(args.node_keys)
+        logger.info("node authentication on: %d node(s) in %s", len(keys), args.node_keys)
+        return keys
+    if not args.allow_unauthenticated:
+        raise ValueError("no --node-keys given: create keys with `fl-keys create NODE...` and pass "
+                         "--node-keys keys/registry.json (or --allow-unauthenticated for a demo)")
+    logger.warning("*** --allow-unauthenticated: ANY client that reaches this server can join, and ANY writer "
+                   "to the updates topic can submit updates in a node's name. Use --node-keys outside demos. ***")
+    return None
+
+
+def apply_checkpoint_settings(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
+    """Take the session-defining settings from the checkpoint, saying where the command line differed."""
+    saved = checkpoint.history.get("config", {})
+    for name in SESSION_SETTINGS:
+        if name not in saved:
+            continue
+        value, current = saved[name], getattr(args, name, None)
+        if isinstance(current, Path) and value is not None:
+            value = Path(value)
+        if current != value:
+            logger.info("--resume: %s is %r in this session (the command line's %r is not used)", name, value,
+                        current)
+        setattr(args, name, value)
+
+
+def kafka_client_config(args: argparse.Namespace) -> dict[str, Any]:
+    return {}
+
+
+def tls_context(args: argparse.Namespace) -> Any:
+    return None
+
+
 async def run_session(args: argparse.Namespace) -> Path:
-    """Run one session end to end; returns the history file path."""
-    from common.models import build_model, compile_model, compile_spec
+    """Run one session end to end (or the rest of one, with --resume); returns the history file path."""
+    from common.dataspec import DataSpec
+    from common.models import build_model, compile_model, compile_spec, model_from_architecture
     from common.tf_setup import configure_tensorflow
     from fl_server.data import resolve_server_data
     from fl_server.evaluation import KerasHoldout
 
+    checkpoint: Checkpoint | None = None
+    if args.resume is not None:
+        try:
+            checkpoint, _ = load_checkpoint_for(args.resume)
+        except CheckpointError as exc:
+            raise ValueError(f"cannot resume: {exc}") from None
+        apply_checkpoint_settings(args, checkpoint)
+        args.session_id = checkpoint.session_id
+        args.history_dir = Path(args.resume).parent
     strategy = strategy_from_args(args)  # before anything starts: a strategy that cannot run refuses here
+    keys = node_keys_from_args(args)
     configure_tensorflow(args.tf_threads or None)
     session_id = args.session_id or new_session_id()
     if not SESSION_ID_PATTERN.match(session_id):
         raise ValueError(f"session id {session_id!r} must match {SESSION_ID_PATTERN.pattern}")
     registry = NodeRegistry()
-    frontend = SocketIOFrontend(registry)
+    frontend = SocketIOFrontend(registry, ConnectVerifier(keys) if keys is not None else None)
     endpoints = Endpoints(args.host, args.port, args.kafka, args.updates_topic, args.models_topic,
                           chunk_bytes=args.chunk_bytes)
-    kafka = KafkaPlane(endpoints, session_id)
-    config = config_from_args(args)
-    config["session_id"] = session_id
-    config["strategy_params"] = strategy.params()
-    history = SessionHistory(args.history_dir, session_id, config)
+    kafka = KafkaPlane(endpoints, session_id, config=kafka_client_config(args),
+                       start_offsets=checkpoint.offsets if checkpoint else None)
+    if checkpoint is not None:
+        history = SessionHistory.restore(Path(args.resume), checkpoint.history)
+        history.document.setdefault("resumes", []).append(
+            {"at": utc_now(), "after_round": checkpoint.completed_round, "model_sha256": checkpoint.weights_sha256})
+        history.document.update(status="running", finished_at=None)
+        config = history.document["config"]
+    else:
+        config = config_from_args(args)
+        config["session_id"] = session_id
+        config["strategy_params"] = strategy.params()
+        config["authenticated"] = keys is not None
+        history = SessionHistory(args.history_dir, session_id, config)
     coordinator: Coordinator | None = None
-    early_records: list[bytes | None] = []  # records that arrive before round 1 are judged in round 1
+    early_records: list[RawRecord] = []  # records that arrive before the first round are judged in it
 
-    def on_record(value: bytes | None) -> None:
+    def on_record(record: RawRecord) -> None:
         if coordinator is None:
-            early_records.append(value)
+            early_records.append(record)
         else:
-            coordinator.on_record(value)
+            coordinator.on_record(record)
 
     runner = None
     status = "failed"
     try:
-        await kafka.start(on_record)
-        runner = await serve_socketio(frontend, args.host, args.port)
+        start_offsets = await kafka.start(on_record)
+        runner = await serve_socketio(frontend, args.host, args.port, tls_context(args))
         history.save()
         await registry.wait_for_logged(args.min_nodes)
+        declared = DataSpec.from_wire(checkpoint.model["data"]) if checkpoint else None
         data = await resolve_server_data(
             dataset=args.dataset, holdout_csv=args.holdout, target=args.target, schema_file=args.schema,
             categorical=[c for c in (args.categorical or "").split(",") if c], seed=args.seed,
             gather_statistics=lambda request: frontend.gather_statistics(request, timeout_s=args.round_timeout),
+            declared=declared,
         )
-        model = build_model(args.model, data.spec.input_shape, data.spec.num_classes, seed=args.seed)
-        spec = compile_spec(args.optimizer, args.learning_rate)
+        if checkpoint is not None:
+            model = model_from_architecture(checkpoint.model["architecture"])
+            spec = checkpoint.model["compile"]
+        else:
+            model = build_model(args.model, data.spec.input_shape, data.spec.num_classes, seed=args.seed)
+            spec = compile_spec(args.optimizer, args.learning_rate)
         compile_model(model, spec)
         holdout = KerasHoldout(model, data.x_holdout, data.y_holdout)
         config.update(num_holdout=len(data.y_holdout), num_parameters=int(model.count_params()),
@@ -127,6 +222,12 @@ async def run_session(args: argparse.Namespace) -> Path:
             round_timeout_s=args.round_timeout,
             train=TrainConfig(args.epochs, args.batch_size, args.learning_rate),
             end_grace_s=args.end_grace,
+            fraction_fit=args.fraction_fit,
+            min_fit=args.min_fit,
+            min_fit_fraction=args.min_fit_fraction,
+            seed=args.seed,
+            max_update_norm=args.max_update_norm,
+            max_record_bytes=args.max_record_bytes,
         )
         coordinator = Coordinator(
             settings=settings,
@@ -137,13 +238,18 @@ async def run_session(args: argparse.Namespace) -> Path:
             publish_model=kafka.publish_model,
             emit=frontend.emit,
             history=history,
+            keys=keys,
+            checkpoint_file=checkpoint_path(args.history_dir, session_id),
+            commit=kafka.commit,
+            resume=checkpoint,
+            offsets=start_offsets,
         )
-        for value in early_records:
-            coordinator.on_record(value)
+        for record in early_records:
+            coordinator.on_record(record)
         early_records.clear()
         frontend.coordinator = coordinator
-        logger.info("session %s: %s on %s, %d rounds, %d parameters; history at %s", session_id, args.model,
-                    data.source, args.rounds, model.count_params(), history.path)
+        logger.info("session %s: %s on %s, rounds %d..%d, %d parameters; history at %s", session_id, args.model,
+                    data.source, coordinator.first_round, args.rounds, model.count_params(), history.path)
         weights = await coordinator.run()
         loop = asyncio.get_running_loop()
         model_path = final_model_path(history.path)
@@ -156,9 +262,12 @@ async def run_session(args: argparse.Namespace) -> Path:
         logger.warning("session %s interrupted", session_id)
         raise
     finally:
-        if coordinator is not None:
-            history.document["rejected_updates_total"] = dict(coordinator.rejected_total)
+        totals: Counter[str] = Counter()
+        for round_record in history.rounds:
+            totals.update(round_record.get("rejected_updates_by_reason", {}))
+        history.document["rejected_updates_total"] = dict(sorted(totals.items()))
         history.document["refused_connections"] = frontend.refused
+        history.document["refused_connections_by_reason"] = dict(frontend.refused_by_reason)
         history.document["refused_nodes"] = dict(frontend.refusals)
         history.finish(status)
         if runner is not None:

@@ -1,13 +1,26 @@
 """Collects one round's node updates from raw Kafka records (pure: no I/O).
 
-Every record is untrusted. The collector decodes it, checks it belongs to this session,
-this round and a participant, de-duplicates at-least-once deliveries, reassembles chunked
-layers, and hands back a node's complete update once. What it refuses is counted by reason.
+Every record is untrusted. The collector checks it in a fixed order, cheapest and most
+fundamental first, and counts what it refuses by reason:
+
+  size (``oversize``) -> signature when keys are configured (``unsigned``, ``unknown_node``,
+  ``bad_signature``) -> JSON and field checks (``not_json``, ``bad_schema``, ``bad_base64``,
+  ``bad_dtype``, ...) -> signed headers agree with the value (``header_mismatch``) ->
+  session (other sessions are ignored, not judged) -> round (``replayed`` if these exact
+  bytes were taken before, ``late_update`` for an earlier round, ``wrong_round`` for a later
+  one) -> layer count, dtype and shape (``shape_mismatch``) -> participant (``not_participant``)
+  -> chunk consistency -> values (``non_finite``, ``norm_exceeded``).
+
+At-least-once deliveries of the same chunk count once (``duplicates``), keyed on session,
+round, node, layer and chunk. When records are signed, a participant whose own signed record
+fails a check forfeits the round (it is faulty or compromised); the round stops waiting for it.
+Unsigned records are never held against a participant: anyone could have written them.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,7 +29,16 @@ import numpy as np
 
 from common.assembly import WeightAssembler
 from common.codec import ArraySpec
-from common.protocol import KIND_UPDATE, NodeRefusal, ProtocolError, UpdateAck, decode_chunk
+from common.integrity import KeyRegistry, check_headers_match, value_digest
+from common.protocol import (
+    KIND_UPDATE,
+    MAX_RECORD_BYTES,
+    NodeRefusal,
+    ProtocolError,
+    RawRecord,
+    UpdateAck,
+    decode_chunk,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +48,16 @@ class CompletedUpdate:
     node_id: str
     num_samples: int
     weights: list[np.ndarray]
+
+
+def update_norm(weights: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
+    """L2 norm of ``weights - reference`` over every floating-point layer (in float64)."""
+    total = 0.0
+    for w, r in zip(weights, reference, strict=True):
+        if np.issubdtype(np.asarray(w).dtype, np.floating):
+            delta = np.asarray(w, dtype=np.float64) - np.asarray(r, dtype=np.float64)
+            total += float(np.dot(delta.ravel(), delta.ravel()))
+    return math.sqrt(total)
 
 
 class RoundCollector:
@@ -38,11 +70,23 @@ class RoundCollector:
         server_round: int,
         participants: Iterable[str],
         expected_specs: Sequence[ArraySpec],
+        keys: KeyRegistry | None = None,
+        reference: Sequence[np.ndarray] | None = None,
+        max_update_norm: float | None = None,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+        seen: set[bytes] | None = None,
     ) -> None:
+        if max_update_norm is not None and reference is None:
+            raise ValueError("max_update_norm needs the reference (global) weights")
         self.session_id = session_id
         self.server_round = server_round
         self.participants = frozenset(participants)
         self._expected = list(expected_specs)
+        self._keys = keys
+        self._reference = reference
+        self._max_update_norm = max_update_norm
+        self._max_record_bytes = max_record_bytes
+        self.seen: set[bytes] = seen if seen is not None else set()  # digests of records taken (session-wide)
         self._assemblers: dict[str, WeightAssembler] = {}
         self.completed: dict[str, CompletedUpdate] = {}  # bookkeeping only: weights=[]
         self.failed: dict[str, str] = {}
@@ -53,8 +97,13 @@ class RoundCollector:
         self.ignored = 0
         self._counted: set[tuple[str, str, int]] = set()
 
-    def reject(self, reason: str, detail: str, *, update_key: tuple[str, int] | None = None) -> None:
-        """Count a rejection. Records that belong to one identifiable update (node, round) count once."""
+    def reject(self, reason: str, detail: str, *, update_key: tuple[str, int] | None = None,
+               forfeit: str | None = None) -> None:
+        """Count a rejection. Records that belong to one identifiable update (node, round) count once.
+        ``forfeit`` names an authenticated participant that loses this round because of it."""
+        if forfeit is not None and forfeit in self.participants and forfeit not in self.completed:
+            self.failed.setdefault(forfeit, reason)
+            self._assemblers.pop(forfeit, None)
         if update_key is not None:
             if (reason, *update_key) in self._counted:
                 return
@@ -62,34 +111,52 @@ class RoundCollector:
         self.rejected[reason] += 1
         logger.warning("round %d: rejected update record (%s): %s", self.server_round, reason, detail)
 
-    def offer_record(self, value: bytes | None) -> CompletedUpdate | None:
+    def offer_record(self, record: RawRecord) -> CompletedUpdate | None:
         """Feed one raw record; returns the node's update when this record completes it."""
-        try:
-            chunk = decode_chunk(value)
-        except ProtocolError as exc:
-            self.reject(exc.reason, str(exc))
+        value = record.value
+        if value is not None and len(value) > self._max_record_bytes:
+            self.reject("oversize", f"record of {len(value)} bytes exceeds {self._max_record_bytes}")
             return None
+        signer: str | None = None
+        headers = record.header_map()
+        if self._keys is not None:
+            try:
+                signer = self._keys.verify_record(record.key, headers, value or b"")
+            except ProtocolError as exc:
+                self.reject(exc.reason, str(exc))
+                return None
+        try:
+            chunk = decode_chunk(value, max_record_bytes=self._max_record_bytes)
+            if signer is not None:
+                check_headers_match(headers, chunk)
+        except ProtocolError as exc:
+            self._reject_signed(exc.reason, str(exc), signer)
+            return None
+        assert value is not None  # decode_chunk refuses None
         if chunk.kind != KIND_UPDATE or chunk.session_id != self.session_id:
             self.ignored += 1  # another session's or the model topic's traffic: not ours to judge
             return None
-        # Checks that do not depend on timing come first, so a record is judged the same whenever it arrives.
+        node_id = chunk.node_id
+        update_key = (node_id, chunk.server_round)
+        # Timing-independent checks first, so a record is judged the same whenever it arrives.
+        digest = value_digest(value)
+        if chunk.server_round < self.server_round:
+            reason = "replayed" if digest in self.seen else "late_update"
+            self.reject(reason, f"node {node_id} sent round {chunk.server_round}", update_key=update_key)
+            return None
+        if chunk.server_round > self.server_round:
+            self._reject_signed("wrong_round", f"node {node_id} sent round {chunk.server_round}", signer,
+                                update_key=update_key)
+            return None
         expected = self._expected[chunk.layer_index] if chunk.layer_index < len(self._expected) else None
         if chunk.num_layers != len(self._expected) or chunk.spec != expected:
             shown = f"{chunk.spec.dtype}{list(chunk.spec.shape)} of {chunk.num_layers} layers"
-            self.reject("shape_mismatch", f"node {chunk.node_id} layer {chunk.layer_index}: {shown} does not fit",
-                        update_key=(chunk.node_id, chunk.server_round))
+            self._reject_signed("shape_mismatch", f"node {node_id} layer {chunk.layer_index}: {shown} does not fit",
+                                signer, update_key=update_key)
             return None
-        node_id = chunk.node_id
-        update_key = (node_id, chunk.server_round)
         if node_id not in self.participants:
-            self.reject("unknown_node", f"{node_id!r} is not a participant of round {self.server_round}",
+            self.reject("not_participant", f"{node_id!r} is not a participant of round {self.server_round}",
                         update_key=update_key)
-            return None
-        if chunk.server_round < self.server_round:
-            self.reject("stale_round", f"node {node_id} sent round {chunk.server_round}", update_key=update_key)
-            return None
-        if chunk.server_round > self.server_round:
-            self.reject("future_round", f"node {node_id} sent round {chunk.server_round}", update_key=update_key)
             return None
         if node_id in self.completed or node_id in self.failed:
             self.duplicates += 1
@@ -99,29 +166,57 @@ class RoundCollector:
             if not assembler.add(chunk):
                 self.duplicates += 1
                 return None
-            if not assembler.complete:
-                return None
+        except ProtocolError as exc:
+            # Chunks that contradict each other: mixing them could build a layer from two different
+            # updates, so the node's update for this round is void.
+            self.failed[node_id] = exc.reason
+            self._assemblers.pop(node_id, None)
+            self.reject(exc.reason, f"node {node_id}: {exc}", update_key=update_key)
+            return None
+        self.seen.add(digest)
+        if not assembler.complete:
+            return None
+        try:
             weights = assembler.result()
         except ProtocolError as exc:
-            self.reject(exc.reason, f"node {node_id}: {exc}")
+            self.failed[node_id] = exc.reason
+            self.reject(exc.reason, f"node {node_id}: {exc}", update_key=update_key)
             return None
-        del self._assemblers[node_id]
-        for index, layer in enumerate(weights):
-            if np.issubdtype(layer.dtype, np.floating) and not np.isfinite(layer).all():
-                self.failed[node_id] = "non_finite"
-                self.reject("non_finite", f"node {node_id}: layer {index} has NaN or Inf")
-                return None
+        finally:
+            self._assemblers.pop(node_id, None)
+        problem = self._check_values(weights)
+        if problem is not None:
+            reason, detail = problem
+            self.failed[node_id] = reason
+            self.reject(reason, f"node {node_id}: {detail}", update_key=update_key)
+            return None
         # The weights go to the caller (the strategy folds them in); the collector keeps only the bookkeeping,
         # so a round does not hold one model per node.
         self.completed[node_id] = CompletedUpdate(node_id=node_id, num_samples=assembler.num_samples, weights=[])
         return CompletedUpdate(node_id=node_id, num_samples=assembler.num_samples, weights=weights)
 
+    def _reject_signed(self, reason: str, detail: str, signer: str | None,
+                       update_key: tuple[str, int] | None = None) -> None:
+        self.reject(reason, detail, update_key=update_key, forfeit=signer)
+
+    def _check_values(self, weights: Sequence[np.ndarray]) -> tuple[str, str] | None:
+        """(reason, detail) if the values may not touch the global model."""
+        for index, layer in enumerate(weights):
+            if np.issubdtype(layer.dtype, np.floating) and not np.isfinite(layer).all():
+                return "non_finite", f"layer {index} has NaN or Inf"
+        if self._max_update_norm is not None:
+            assert self._reference is not None
+            norm = update_norm(weights, self._reference)
+            if norm > self._max_update_norm:
+                return "norm_exceeded", f"update norm {norm:.4g} exceeds --max-update-norm {self._max_update_norm:g}"
+        return None
+
     def offer_ack(self, ack: UpdateAck) -> str | None:
         """Record a node's acknowledgement; returns a refusal reason or None."""
         if ack.session_id != self.session_id or ack.server_round != self.server_round:
-            return "stale_round"
+            return "late_update" if ack.server_round < self.server_round else "wrong_round"
         if ack.node_id not in self.participants:
-            return "unknown_node"
+            return "not_participant"
         self.acks[ack.node_id] = ack
         return None
 

@@ -1,8 +1,13 @@
 """The round loop: waits for nodes, runs rounds, aggregates, evaluates, records history.
 
-It owns no sockets and no Kafka clients. Transport is injected (``publish_model`` and
-``emit``), records and acknowledgements arrive through ``on_record`` / ``on_ack``, and
+It owns no sockets and no Kafka clients. Transport is injected (``publish_model``, ``emit``
+and ``commit``), records and acknowledgements arrive through ``on_record`` / ``on_ack``, and
 holdout evaluation is a plain callable, so tests can drive it with fakes.
+
+After every round it persists, in this order: the checkpoint (weights, strategy state, the
+update-topic offsets consumed so far, the history), the history JSON, and only then asks the
+Kafka consumer to commit those offsets. A crash at any point therefore resumes from the last
+persisted round and re-reads every record the interrupted round had seen.
 """
 
 from __future__ import annotations
@@ -13,15 +18,29 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.codec import ArraySpec
-from common.protocol import EndSession, ModelMessage, ModelRef, NodeRefusal, StartRound, TrainConfig, UpdateAck
+from common.codec import ArraySpec, weights_digest
+from common.integrity import KeyRegistry
+from common.protocol import (
+    MAX_RECORD_BYTES,
+    EndSession,
+    ModelMessage,
+    ModelRef,
+    NodeRefusal,
+    RawRecord,
+    StartRound,
+    TrainConfig,
+    UpdateAck,
+)
+from fl_server.checkpoint import Checkpoint, save_checkpoint
 from fl_server.collector import RoundCollector
 from fl_server.history import SessionHistory, utc_now
 from fl_server.registry import NodeRegistry
+from fl_server.sampling import required_updates, sample_participants
 from fl_server.strategies import AggregationError, Strategy
 
 logger = logging.getLogger(__name__)
@@ -30,6 +49,7 @@ Weights = list[np.ndarray]
 EvaluateFn = Callable[[int, Sequence[np.ndarray]], dict[str, float]]
 PublishModelFn = Callable[[int, Sequence[np.ndarray]], Awaitable[ModelRef]]
 EmitFn = Callable[[str, dict[str, Any], str], Awaitable[None]]
+CommitFn = Callable[[dict[int, int]], None]
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,12 @@ class SessionSettings:
     round_timeout_s: float
     train: TrainConfig
     end_grace_s: float = 30.0
+    fraction_fit: float = 1.0
+    min_fit: int = 1
+    min_fit_fraction: float = 0.0
+    seed: int = 0
+    max_update_norm: float | None = None
+    max_record_bytes: int = MAX_RECORD_BYTES
 
 
 @dataclass(frozen=True)
@@ -64,13 +90,30 @@ class Coordinator:
         publish_model: PublishModelFn,
         emit: EmitFn,
         history: SessionHistory,
+        keys: KeyRegistry | None = None,
+        checkpoint_file: Path | None = None,
+        commit: CommitFn | None = None,
+        resume: Checkpoint | None = None,
+        offsets: dict[int, int] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.strategy = strategy
         self.model = model
         self.weights: Weights = [np.array(w, copy=True) for w in model.weights]
+        self.first_round = 1
+        if resume is not None:
+            self.weights = [np.array(w, copy=True) for w in resume.weights]
+            self.first_round = resume.completed_round + 1
+            strategy.load_state(resume.strategy_state)
         self._specs = [ArraySpec.of(w) for w in self.weights]
+        if [ArraySpec.of(w) for w in model.weights] != self._specs:
+            raise ValueError("the checkpoint's weights do not fit the model")
+        self._keys = keys
+        self._checkpoint_file = checkpoint_file
+        self._commit = commit
+        self.offsets: dict[int, int] = dict(offsets or {})  # partition -> next offset, as consumed by rounds
+        self._seen: set[bytes] = set()
         self._evaluate = evaluate
         self._publish_model = publish_model
         self._emit = emit
@@ -81,8 +124,8 @@ class Coordinator:
 
     # ------------------------------------------------------------ inputs (event-loop thread)
 
-    def on_record(self, value: bytes | None) -> None:
-        self._inbox.put_nowait(("record", value))
+    def on_record(self, record: RawRecord) -> None:
+        self._inbox.put_nowait(("record", record))
 
     def on_ack(self, ack: UpdateAck) -> None:
         self._inbox.put_nowait(("ack", ack))
@@ -104,33 +147,49 @@ class Coordinator:
     async def run(self) -> Weights:
         settings = self.settings
         loop = asyncio.get_running_loop()
-        initial = await loop.run_in_executor(None, self._evaluate, 0, self.weights)
-        self.history.document["initial_holdout"] = initial
-        logger.info("session %s: initial holdout %s", settings.session_id, _fmt(initial))
+        if self.first_round == 1:
+            initial = await loop.run_in_executor(None, self._evaluate, 0, self.weights)
+            self.history.document["initial_holdout"] = initial
+            logger.info("session %s: initial holdout %s", settings.session_id, _fmt(initial))
+        else:
+            logger.info("session %s: resuming at round %d of %d from model %s", settings.session_id,
+                        self.first_round, settings.rounds, weights_digest(self.weights)[:16])
         await self.registry.wait_for_logged(settings.min_nodes)
-        for server_round in range(1, settings.rounds + 1):
-            if len(self.registry) == 0:
-                await self.registry.wait_for_logged(1)
+        for server_round in range(self.first_round, settings.rounds + 1):
+            if len(self.registry) < max(settings.min_fit, 1):
+                await self.registry.wait_for_logged(max(settings.min_fit, 1))
             await self._run_round(server_round)
         await self._end_session()
         return self.weights
 
     async def _run_round(self, server_round: int) -> None:
         loop = asyncio.get_running_loop()
+        settings = self.settings
         started_at, t0 = utc_now(), time.perf_counter()
-        participants = self.registry.snapshot()
+        connected = self.registry.snapshot()
+        chosen = set(sample_participants([n.node_id for n in connected], fraction=settings.fraction_fit,
+                                         min_count=settings.min_fit, seed=settings.seed, server_round=server_round))
+        participants = [n for n in connected if n.node_id in chosen]
+        required = required_updates(len(participants), min_fit=settings.min_fit,
+                                    min_fit_fraction=settings.min_fit_fraction)
+        start_digest = weights_digest(self.weights)
         collector = RoundCollector(
-            session_id=self.settings.session_id,
+            session_id=settings.session_id,
             server_round=server_round,
             participants=[n.node_id for n in participants],
             expected_specs=self._specs,
+            keys=self._keys,
+            reference=self.weights if settings.max_update_norm is not None else None,
+            max_update_norm=settings.max_update_norm,
+            max_record_bytes=settings.max_record_bytes,
+            seen=self._seen,
         )
         self.strategy.begin_round(server_round, self.weights)
         ref = await self._publish_model(server_round, self.weights)
         train = replace(self.settings.train, **self.strategy.train_config(server_round))
         start = StartRound(self.settings.session_id, server_round, train, self._message(ref))
-        logger.info("round %d: started with %d node(s): %s", server_round, len(participants),
-                    ", ".join(n.node_id for n in participants))
+        logger.info("round %d: started with %d of %d connected node(s): %s", server_round, len(participants),
+                    len(connected), ", ".join(n.node_id for n in participants))
         self._current = (start, collector)
         for node in participants:
             await self._emit("start_round", start.to_wire(), node.sid)
@@ -156,6 +215,8 @@ class Coordinator:
                 if reason:
                     logger.warning("round %d: ignored acknowledgement from %s (%s)", server_round, item.node_id, reason)
                 continue
+            if item.partition >= 0:
+                self.offsets[item.partition] = max(self.offsets.get(item.partition, 0), item.offset + 1)
             update = collector.offer_record(item)
             if update is not None:
                 t_acc = time.perf_counter()
@@ -173,10 +234,14 @@ class Coordinator:
 
         t_agg = time.perf_counter()
         failure: str | None = None
-        try:
-            new_weights = await loop.run_in_executor(None, self.strategy.aggregate)
-        except AggregationError as exc:  # e.g. too few updates for Krum: the round fails, the session goes on
-            new_weights, failure = None, str(exc)
+        new_weights: Weights | None = None
+        if len(collector.completed) < required:
+            failure = f"{len(collector.completed)} update(s) accepted, the round needs {required} (--min-fit)"
+        else:
+            try:
+                new_weights = await loop.run_in_executor(None, self.strategy.aggregate)
+            except AggregationError as exc:  # e.g. too few updates for Krum: the round fails, the session goes on
+                failure = str(exc)
         aggregate_s += time.perf_counter() - t_agg
         status = "completed"
         if new_weights is None:
@@ -193,10 +258,30 @@ class Coordinator:
                                     collect_s, aggregate_s, evaluate_s, time.perf_counter() - t0)
         record["failure_reason"] = failure
         record["aggregation"] = self.strategy.last_round_info() if failure is None else {}
+        record.update(connected=len(connected), required_updates=required, start_model_sha256=start_digest,
+                      model_sha256=weights_digest(self.weights), ignored_records=collector.ignored)
         self.rejected_total.update(collector.rejected)
-        await loop.run_in_executor(None, self.history.add_round, record)
+        self.history.rounds.append(record)
+        await loop.run_in_executor(None, self._persist, server_round)
+        if self._commit is not None:
+            self._commit(dict(self.offsets))
         logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", server_round, status, len(collector.completed),
                     len(participants), _fmt(holdout), record["timings_s"]["total"])
+
+    def _persist(self, server_round: int) -> None:
+        """Checkpoint first, then the history: the checkpoint is never older than the history."""
+        if self._checkpoint_file is not None:
+            save_checkpoint(self._checkpoint_file, Checkpoint(
+                session_id=self.settings.session_id,
+                completed_round=server_round,
+                weights=self.weights,
+                model={"architecture": self.model.architecture, "compile": self.model.compile,
+                       "data": self.model.data},
+                history=self.history.document,
+                strategy_state=self.strategy.state(),
+                offsets=self.offsets,
+            ))
+        self.history.save()
 
     def _round_record(
         self,

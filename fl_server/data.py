@@ -46,9 +46,11 @@ async def resolve_server_data(
     categorical: list[str],
     seed: int,
     gather_statistics: GatherFn,
+    declared: DataSpec | None = None,
 ) -> ServerData:
     """Holdout and data spec: image datasets have a fixed spec; tabular data gets a declared schema
-    or one merged from the nodes' statistics (``gather_statistics`` asks every connected node)."""
+    (``declared``, e.g. from a checkpoint, or ``schema_file``) or one merged from the nodes' statistics
+    (``gather_statistics`` asks every connected node)."""
     if holdout_csv is not None:
         if not target:
             raise ValueError("--holdout needs --target (the class column)")
@@ -60,7 +62,9 @@ async def resolve_server_data(
             return ServerData(spec, builtin.x_holdout, builtin.y_holdout, f"builtin:{dataset}")
         holdout, target, source = builtin.holdout, builtin.target, f"builtin:{dataset}"
     assert target is not None
-    if schema_file is not None:
+    if declared is not None and declared.schema is not None:
+        schema = declared.schema
+    elif schema_file is not None:
         schema = load_schema(schema_file)
         logger.info("schema from %s: %d feature columns, %d classes", schema_file, len(schema.features),
                     schema.num_classes)

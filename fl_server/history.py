@@ -52,6 +52,14 @@ class SessionHistory:
             "rounds": [],
         }
 
+    @classmethod
+    def restore(cls, path: Path, document: dict[str, Any]) -> SessionHistory:
+        """The history of a session being resumed (the document comes from its checkpoint)."""
+        history = cls.__new__(cls)
+        history.path = Path(path)
+        history.document = document
+        return history
+
     @property
     def rounds(self) -> list[dict[str, Any]]:
         rounds: list[dict[str, Any]] = self.document["rounds"]

@@ -4,7 +4,16 @@ import asyncio
 
 import numpy as np
 
-from common.protocol import KIND_UPDATE, ModelRef, StartRound, TrainConfig, UpdateAck, encode_chunk, split_weights
+from common.protocol import (
+    KIND_UPDATE,
+    ModelRef,
+    RawRecord,
+    StartRound,
+    TrainConfig,
+    UpdateAck,
+    encode_chunk,
+    split_weights,
+)
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
 from fl_server.history import SessionHistory
 from fl_server.registry import NodeInfo, NodeRegistry
@@ -43,21 +52,26 @@ class FakeFederation:
         for chunk in split_weights(weights, kind=KIND_UPDATE, session_id=start.session_id,
                                    server_round=start.server_round, node_id=sid, num_samples=int(factor),
                                    chunk_bytes=4):
-            self.coordinator.on_record(encode_chunk(chunk))
+            self.coordinator.on_record(RawRecord(encode_chunk(chunk)))
         self.coordinator.on_ack(UpdateAck(start.session_id, start.server_round, sid, int(factor), 3,
                                           {"loss": factor}, {"train": 0.01}))
 
 
-async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1", "n3"), strategy=None):
+async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1", "n3"), strategy=None,
+                      history=None, **options):
+    """A session with fake nodes; ``options`` go to ``SessionSettings`` or, for the checkpoint/resume
+    keywords (``checkpoint_file``, ``commit``, ``resume``), to the ``Coordinator``."""
     registry = NodeRegistry()
     for node_id in connect:
         await registry.add(NodeInfo(node_id, node_id, 1))
     fake = FakeFederation(behaviour)
-    settings = SessionSettings("s", rounds, len(connect), timeout_s, TrainConfig(1, 8, 0.1), end_grace_s=0.1)
+    wiring = {k: options.pop(k) for k in ("checkpoint_file", "commit", "resume") if k in options}
+    settings = SessionSettings("s", rounds, len(connect), timeout_s, TrainConfig(1, 8, 0.1), end_grace_s=0.1,
+                               **options)
     coordinator = Coordinator(
         settings=settings, registry=registry, strategy=strategy or FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}),
         evaluate=lambda r, w: {"loss": float(np.sum(w[0]))}, publish_model=fake.publish_model, emit=fake.emit,
-        history=SessionHistory(tmp_path, "s", {}),
+        history=history or SessionHistory(tmp_path, "s", {}), **wiring,
     )
     fake.coordinator = coordinator
     weights = await asyncio.wait_for(coordinator.run(), 10)
@@ -86,9 +100,67 @@ async def test_round_without_updates_fails_and_keeps_the_model(tmp_path):
     assert history["rounds"][0]["status"] == "failed"
 
 
-async def test_late_updates_are_refused_as_stale_in_the_next_round(tmp_path):
+async def test_late_updates_are_refused_and_counted_in_the_next_round(tmp_path):
     weights, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "late"}, rounds=2, timeout_s=0.3)
     first, second = history["rounds"]
     assert first["accepted"] == ["n1"] and first["timed_out"]
-    assert second["rejected_updates_by_reason"] == {"stale_round": 1}  # n3's round-1 record, judged in round 2
+    assert second["rejected_updates_by_reason"] == {"late_update": 1}  # n3's round-1 record, judged in round 2
     np.testing.assert_allclose(weights[0], [2.0] * 3)  # only n1's round-2 update made it in
+
+
+async def test_round_below_min_fit_fails_and_keeps_the_model(tmp_path):
+    weights, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "silent"}, rounds=1, min_fit=2)
+    record = history["rounds"][0]
+    assert record["status"] == "failed" and record["accepted"] == ["n1"] and record["required_updates"] == 2
+    assert "the round needs 2" in record["failure_reason"]
+    np.testing.assert_array_equal(weights[0], INITIAL[0])
+    assert record["model_sha256"] == record["start_model_sha256"]
+
+
+async def test_fraction_fit_samples_a_seeded_share_of_nodes_each_round(tmp_path):
+    nodes = ("n1", "n2", "n3", "n4")
+    _, history, fake = await run_session(tmp_path, dict.fromkeys(nodes, "ok"), rounds=4, connect=nodes,
+                                         fraction_fit=0.5, seed=3)
+    chosen = [r["participants"] for r in history["rounds"]]
+    assert all(len(p) == 2 for p in chosen) and len({tuple(p) for p in chosen}) > 1
+    assert [sorted(sid for sid, r in fake.starts if r == i + 1) for i in range(4)] == chosen  # only they were asked
+    assert all(r["connected"] == 4 for r in history["rounds"])
+    _, again, _ = await run_session(tmp_path / "again", dict.fromkeys(nodes, "ok"), rounds=4, connect=nodes,
+                                    fraction_fit=0.5, seed=3)
+    assert [r["participants"] for r in again["rounds"]] == chosen
+
+
+async def test_resume_from_the_round_2_checkpoint_reproduces_the_uninterrupted_session(tmp_path):
+    """Run 4 rounds straight; separately stop after round 2 and resume from its checkpoint. Same rounds, same model."""
+    from fl_server.checkpoint import load_checkpoint_for
+    from fl_server.strategies import FedAvgM
+
+    behaviour = {"n1": "ok", "n3": "ok"}
+    straight, straight_history, _ = await run_session(tmp_path / "a", behaviour, rounds=4, strategy=FedAvgM())
+
+    ckpt = tmp_path / "b" / "checkpoints" / "s.json"
+    history = SessionHistory(tmp_path / "b", "s", {})
+    saved: dict[int, bytes] = {}
+    commits: list[dict[int, int]] = []
+
+    def commit(offsets):  # called after each round is persisted: keep round 2's checkpoint as it was
+        commits.append(offsets)
+        saved[len(commits)] = ckpt.read_bytes()
+
+    await run_session(tmp_path / "b", behaviour, rounds=4, strategy=FedAvgM(), checkpoint_file=ckpt, commit=commit,
+                      history=history)
+    assert len(commits) == 4
+    ckpt.write_bytes(saved[2])
+    history.document["rounds"] = history.document["rounds"][:2]
+    history.document["status"] = "running"
+    history.save()
+    checkpoint, _ = load_checkpoint_for(history.path)
+    assert checkpoint.completed_round == 2
+    resumed_history = SessionHistory.restore(history.path, checkpoint.history)
+    resumed, document, fake = await run_session(tmp_path / "b", behaviour, rounds=4, strategy=FedAvgM(),
+                                                resume=checkpoint, history=resumed_history, checkpoint_file=ckpt)
+    assert sorted({r for _, r in fake.starts}) == [3, 4]  # rounds 1 and 2 were not run again
+    assert [r["round"] for r in document["rounds"]] == [1, 2, 3, 4]
+    assert document["rounds"][2]["start_model_sha256"] == document["rounds"][1]["model_sha256"]
+    np.testing.assert_array_equal(resumed[0], straight[0])  # the momentum came back too
+    assert [r["model_sha256"] for r in document["rounds"]] == [r["model_sha256"] for r in straight_history["rounds"]]

@@ -53,6 +53,15 @@ class Strategy(ABC):
         """The hyperparameters in effect (defaults resolved), for the session history."""
         return {}
 
+    def state(self) -> dict[str, list[np.ndarray]]:
+        """State carried across rounds (server optimizer moments), for checkpoints; empty if none."""
+        return {}
+
+    def load_state(self, state: dict[str, list[np.ndarray]]) -> None:
+        """Restore what ``state`` returned (on ``fl-server --resume``)."""
+        if state:
+            raise ValueError(f"strategy {self.name} keeps no state across rounds, got {sorted(state)}")
+
     def last_round_info(self) -> dict[str, Any]:
         """What the last ``aggregate`` decided beyond the weights (e.g. Krum's selected nodes), for history."""
         return {}

@@ -31,6 +31,15 @@ def _check_decay(name: str, value: float) -> float:
     return float(value)
 
 
+def _restore(state: dict[str, list[np.ndarray]], name: str, strategy: str) -> list[np.ndarray] | None:
+    """One optimizer moment from a checkpoint (absent: the optimizer had not stepped yet)."""
+    unknown = set(state) - {"momentum", "m", "v"}
+    if unknown:
+        raise ValueError(f"strategy {strategy}: unknown state {sorted(unknown)}")
+    arrays = state.get(name)
+    return None if arrays is None else [np.array(a, dtype=np.float64) for a in arrays]
+
+
 class PseudoGradientStrategy(Strategy):
     """Streams a FedAvg of the round, then hands ``delta = avg - w_global`` to ``_step``."""
 
@@ -84,6 +93,12 @@ class FedAvgM(PseudoGradientStrategy):
     def params(self) -> dict[str, Any]:
         return {"server_lr": self.server_lr, "server_momentum": self.server_momentum}
 
+    def state(self) -> dict[str, list[np.ndarray]]:
+        return {} if self._momentum is None else {"momentum": self._momentum}
+
+    def load_state(self, state: dict[str, list[np.ndarray]]) -> None:
+        self._momentum = _restore(state, "momentum", self.name)
+
 
 class AdaptiveServerOptimizer(PseudoGradientStrategy):
     """Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2, as written there:
@@ -113,6 +128,12 @@ class AdaptiveServerOptimizer(PseudoGradientStrategy):
             v[...] = self._second_moment(v, np.square(d))
             steps.append(self.server_lr * m / (np.sqrt(v) + self.tau))
         return steps
+
+    def state(self) -> dict[str, list[np.ndarray]]:
+        return {} if self._m is None or self._v is None else {"m": self._m, "v": self._v}
+
+    def load_state(self, state: dict[str, list[np.ndarray]]) -> None:
+        self._m, self._v = _restore(state, "m", self.name), _restore(state, "v", self.name)
 
     @abstractmethod
     def _second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:

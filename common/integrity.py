@@ -1,0 +1,216 @@
+"""Node keys, update signatures and connect proofs (pure: hashing only, no I/O but the key files).
+
+Every node shares one secret key with the server (``fl-keys`` makes them). Two things use it:
+
+* **Kafka update records** carry ``fl.node`` and ``fl.mac`` headers. The MAC is HMAC-SHA256 over a
+  length-prefixed encoding of the record's routing fields (kind, session, round, node, Kafka key)
+  and its exact value bytes, so changing any byte of the value or any of those headers breaks it.
+  A record of an old round replayed later still verifies, which is why the collector also checks
+  the round and remembers digests of what it already took (``replayed``).
+* **Socket.IO connect** sends ``HMAC(key, "connect", node_id, timestamp, nonce)``, never the key
+  itself. The server accepts a proof once, within a clock-skew window.
+
+Untrusted input is refused with ``ProtocolError(reason, message)``; reasons are short tags that
+end up in the round history (``unsigned``, ``unknown_node``, ``bad_signature``, ``header_mismatch``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from common.protocol import ProtocolError, WeightChunk, check_node_id
+
+KEY_BYTES = 32
+KEYS_FORMAT = "fl-keys/1"
+NODE_HEADER = "fl.node"
+MAC_HEADER = "fl.mac"
+CONNECT_SKEW_S = 300.0
+_MAC_CONTEXT = b"fl-record/1"
+_CONNECT_CONTEXT = b"fl-connect/1"
+
+logger = logging.getLogger(__name__)
+
+
+def new_key() -> bytes:
+    return secrets.token_bytes(KEY_BYTES)
+
+
+def _encode_fields(*fields: bytes) -> bytes:
+    """Length-prefixed concatenation: no field can bleed into the next."""
+    return b"".join(len(f).to_bytes(8, "big") + f for f in fields)
+
+
+def record_mac(key: bytes, *, kind: str, session_id: str, server_round: int, node_id: str, record_key: bytes | None,
+               value: bytes) -> bytes:
+    message = _encode_fields(_MAC_CONTEXT, kind.encode(), session_id.encode(), str(server_round).encode(),
+                             node_id.encode(), record_key or b"", value)
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def signed_headers(key: bytes, chunk: WeightChunk, value: bytes) -> list[tuple[str, bytes]]:
+    """The headers of a signed update record: routing hints plus ``fl.node`` and ``fl.mac``."""
+    mac = record_mac(key, kind=chunk.kind, session_id=chunk.session_id, server_round=chunk.server_round,
+                     node_id=chunk.node_id, record_key=chunk.node_id.encode(), value=value)
+    return [*chunk.headers(), (NODE_HEADER, chunk.node_id.encode()), (MAC_HEADER, mac.hex().encode())]
+
+
+def value_digest(value: bytes) -> bytes:
+    """Identity of a record's exact bytes (for replay detection)."""
+    return hashlib.sha256(value).digest()
+
+
+class KeyRegistry:
+    """node id -> key. Loaded from a ``fl-keys/1`` JSON file the server operator controls."""
+
+    def __init__(self, keys: Mapping[str, bytes]) -> None:
+        for node_id, key in keys.items():
+            check_node_id(node_id)
+            if len(key) < 16:
+                raise ValueError(f"key of node {node_id} is shorter than 16 bytes")
+        self._keys = dict(keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._keys
+
+    def node_ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def key_of(self, node_id: str) -> bytes | None:
+        return self._keys.get(node_id)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"format": KEYS_FORMAT, "nodes": {n: k.hex() for n, k in sorted(self._keys.items())}}
+
+    @classmethod
+    def load(cls, path: Path) -> KeyRegistry:
+        try:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the node key registry ({exc})") from exc
+        if not isinstance(document, dict) or document.get("format") != KEYS_FORMAT:
+            raise ValueError(f"{path}: not a node key registry (format must be {KEYS_FORMAT!r}; make one with fl-keys)")
+        nodes = document.get("nodes")
+        if not isinstance(nodes, dict):
+            raise ValueError(f"{path}: 'nodes' must map node ids to hex keys")
+        try:
+            keys = {str(n): bytes.fromhex(k) for n, k in nodes.items()}
+            return cls(keys)
+        except (TypeError, ValueError, ProtocolError) as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+
+    def verify_record(self, record_key: bytes | None, headers: Mapping[str, bytes], value: bytes) -> str:
+        """Check an update record's signature; returns the authenticated node id or raises ``ProtocolError``.
+
+        The routing headers are the ones signed; ``check_headers_match`` later ties them to the value."""
+        node_raw, mac_raw = headers.get(NODE_HEADER), headers.get(MAC_HEADER)
+        if node_raw is None or mac_raw is None:
+            raise ProtocolError("unsigned", "record has no fl.node/fl.mac headers")
+        try:
+            node_id = node_raw.decode("ascii")
+            mac = bytes.fromhex(mac_raw.decode("ascii"))
+            kind = headers["fl.kind"].decode("ascii")
+            session_id = headers["fl.session"].decode("ascii")
+            server_round = int(headers["fl.round"].decode("ascii"))
+        except (KeyError, UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError("bad_signature", f"unreadable signature headers ({exc!r:.80})") from None
+        key = self._keys.get(node_id)
+        if key is None:
+            raise ProtocolError("unknown_node", f"node {node_id!r:.80} is not in the key registry")
+        want = record_mac(key, kind=kind, session_id=session_id, server_round=server_round, node_id=node_id,
+                          record_key=record_key, value=value)
+        if not hmac.compare_digest(mac, want):
+            raise ProtocolError("bad_signature", f"signature of a record from {node_id} does not verify")
+        return node_id
+
+
+def check_headers_match(headers: Mapping[str, bytes], chunk: WeightChunk) -> None:
+    """The signed headers must say what the value says (else a signature could be moved onto other fields)."""
+    said = (headers.get("fl.kind"), headers.get("fl.session"), headers.get("fl.round"), headers.get(NODE_HEADER))
+    value = (chunk.kind.encode(), chunk.session_id.encode(), str(chunk.server_round).encode(), chunk.node_id.encode())
+    if said != value:
+        raise ProtocolError("header_mismatch", f"headers of a record from {chunk.node_id} disagree with its value")
+
+
+# --------------------------------------------------------------------- Socket.IO connect proof
+
+
+def connect_proof(key: bytes, node_id: str, *, timestamp: float | None = None,
+                  nonce: str | None = None) -> dict[str, Any]:
+    """Fields a node adds to its hello: proves it holds ``key`` without sending it."""
+    ts = int(time.time() if timestamp is None else timestamp)
+    nonce = nonce or secrets.token_hex(16)
+    mac = hmac.new(key, _encode_fields(_CONNECT_CONTEXT, node_id.encode(), str(ts).encode(), nonce.encode()),
+                   hashlib.sha256).hexdigest()
+    return {"ts": ts, "nonce": nonce, "mac": mac}
+
+
+class ConnectVerifier:
+    """Checks connect proofs against the registry: fresh (within ``skew_s``), not seen before, right key."""
+
+    def __init__(self, registry: KeyRegistry, *, skew_s: float = CONNECT_SKEW_S, max_nonces: int = 100_000) -> None:
+        self.registry = registry
+        self.skew_s = skew_s
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._max_nonces = max_nonces
+
+    def verify(self, node_id: str, auth: Mapping[str, Any], *, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        key = self.registry.key_of(node_id)
+        if key is None:
+            raise ProtocolError("unknown_node", f"node {node_id!r} is not in the key registry")
+        ts, nonce, mac = auth.get("ts"), auth.get("nonce"), auth.get("mac")
+        if not (isinstance(ts, int) and not isinstance(ts, bool) and isinstance(nonce, str) and isinstance(mac, str)
+                and 8 <= len(nonce) <= 64 and len(mac) == 64):
+            raise ProtocolError("unauthenticated", "connect needs ts, nonce and mac (this node has no key?)")
+        if abs(now - ts) > self.skew_s:
+            raise ProtocolError("stale_proof",
+                                f"connect proof is {now - ts:.0f}s old (clock skew > {self.skew_s:.0f}s?)")
+        want = connect_proof(key, node_id, timestamp=ts, nonce=nonce)["mac"]
+        if not hmac.compare_digest(mac, want):
+            raise ProtocolError("bad_signature", f"connect proof of node {node_id} does not verify")
+        if (node_id, nonce) in self._seen:
+            raise ProtocolError("replayed", f"connect proof of node {node_id} was used before")
+        self._seen[(node_id, nonce)] = now
+        horizon = now - 2 * self.skew_s  # older proofs fail the time check anyway
+        while self._seen and (len(self._seen) > self._max_nonces or next(iter(self._seen.values())) < horizon):
+            self._seen.popitem(last=False)
+
+
+# --------------------------------------------------------------------- key files
+
+
+def read_key_file(path: Path) -> bytes:
+    """A node's key: a file holding the hex key (``fl-keys`` writes them with mode 0600)."""
+    try:
+        text = Path(path).read_text(encoding="ascii").strip()
+        key = bytes.fromhex(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read a hex node key ({exc})") from exc
+    if len(key) < 16:
+        raise ValueError(f"{path}: key is shorter than 16 bytes")
+    if os.name == "posix" and Path(path).stat().st_mode & 0o077:
+        logger.warning("%s is readable by other users; chmod 600 it", path)
+    return key
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created 0600, replaced atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,66 @@
+import json
+import stat
+
+import pytest
+
+from common.integrity import ConnectVerifier, KeyRegistry, connect_proof, read_key_file
+from common.protocol import ProtocolError
+from fl_server.keys_cli import create_keys, main
+
+KEY = b"k" * 32
+
+
+def verifier():
+    return ConnectVerifier(KeyRegistry({"n0": KEY}), skew_s=60)
+
+
+def test_connect_proof_verifies_once_and_only_with_the_right_key():
+    v = verifier()
+    proof = connect_proof(KEY, "n0", timestamp=1000)
+    v.verify("n0", proof, now=1010)
+    with pytest.raises(ProtocolError) as again:
+        v.verify("n0", proof, now=1011)
+    assert again.value.reason == "replayed"
+
+
+@pytest.mark.parametrize(
+    ("node_id", "auth", "reason"),
+    [
+        ("n0", connect_proof(b"x" * 32, "n0", timestamp=1000), "bad_signature"),
+        ("n0", connect_proof(KEY, "n1", timestamp=1000), "bad_signature"),  # n1's proof replayed as n0
+        ("n0", connect_proof(KEY, "n0", timestamp=800), "stale_proof"),
+        ("n0", {}, "unauthenticated"),
+        ("n0", {"ts": "1000", "nonce": "abcdefgh", "mac": "0" * 64}, "unauthenticated"),
+        ("stranger", connect_proof(KEY, "stranger", timestamp=1000), "unknown_node"),
+    ],
+)
+def test_bad_connect_proofs_are_refused_with_a_reason(node_id, auth, reason):
+    with pytest.raises(ProtocolError) as refused:
+        verifier().verify(node_id, auth, now=1000)
+    assert refused.value.reason == reason
+
+
+def test_fl_keys_writes_owner_only_files_that_load_and_refuses_to_overwrite(tmp_path):
+    registry, out = tmp_path / "keys" / "registry.json", tmp_path / "keys"
+    paths = create_keys(registry, out, ["n0", "n1"])
+    loaded = KeyRegistry.load(registry)
+    assert loaded.node_ids() == ["n0", "n1"]
+    for path in [registry, *paths]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_key_file(out / "n1.key") == loaded.key_of("n1")
+    with pytest.raises(ValueError, match="already have keys"):
+        create_keys(registry, out, ["n1"])
+    old = loaded.key_of("n1")
+    create_keys(registry, out, ["n1", "n2"], rotate=True)
+    assert KeyRegistry.load(registry).key_of("n1") != old
+    assert main(["create", "--registry", str(registry), "--out-dir", str(out), "bad id!"]) == 2
+
+
+def test_registry_loading_names_the_problem(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"format": "fl-keys/1", "nodes": {"n0": "zz"}}))
+    with pytest.raises(ValueError, match=r"r\.json"):
+        KeyRegistry.load(path)
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="not a node key registry"):
+        KeyRegistry.load(path)
