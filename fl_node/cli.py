@@ -15,7 +15,9 @@ import numpy as np
 
 from common.config import add_common_options, add_option, positive_float, positive_int, setup_logging
 from common.integrity import read_key_file
+from common.kafka_security import KafkaSecurity, add_kafka_security_options
 from common.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
+from common.tls import add_tls_client_options, tls_client_context_from_args
 from fl_node.attacks import ATTACKS
 
 logger = logging.getLogger("fl_node")
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--attack-scale", type=positive_float, default=1.0,
                help="FOR ROBUSTNESS EXPERIMENTS ONLY: the factor S of --attack sign-flip")
     add_common_options(parser)
+    add_tls_client_options(parser)
+    add_kafka_security_options(parser)
     return parser
 
 
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_node_id(node_id)
         key = read_key_file(args.key_file) if args.key_file is not None else None
+        ssl_context = tls_client_context_from_args(args)
+        kafka_config = KafkaSecurity.from_args(args).to_client_config()
         data = load_local_data(args)
     except (ValueError, ProtocolError, OSError) as exc:
         logger.error("%s", exc)
@@ -97,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = NodeSettings(node_id=node_id, server_url=args.server, kafka=args.kafka,
                             updates_topic=args.updates_topic, out_dir=args.out_dir, chunk_bytes=args.chunk_bytes,
                             fetch_timeout_s=args.fetch_timeout, publish_timeout_s=args.publish_timeout,
-                            attack=args.attack, attack_scale=args.attack_scale, key=key)
+                            attack=args.attack, attack_scale=args.attack_scale, key=key, kafka_config=kafka_config,
+                            ssl_context=ssl_context)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, data.num_rows, args.server, args.kafka)
     node = FederatedNode(settings, data, LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id))
 

@@ -30,6 +30,7 @@ from common.protocol import (
     split_weights,
 )
 from common.tabular import SchemaError
+from common.tls import async_client_options
 from fl_node.attacks import apply_attack
 from fl_node.data import LocalData
 from fl_node.trainer import LocalTrainer
@@ -77,23 +78,21 @@ class FederatedNode:
         self._finished = asyncio.Event()
         self._producer: Any = None
         self._consumer: KafkaConsumer | None = None
-        self._http: Any = None
-        self.sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
-                                        reconnection_delay_max=5, randomization_factor=0.5, handle_sigint=False,
-                                        **self._tls_kwargs())
-        self.sio.on("connect", self._on_connect)
-        self.sio.on("connect_error", self._on_connect_error)
-        self.sio.on("disconnect", self._on_disconnect)
-        self.sio.on("start_round", self._on_start_round)
-        self.sio.on("end_session", self._on_end_session)
-        self.sio.on("fl_stats", self._on_stats)
+        self.sio = self._new_client()
+
+    def _new_client(self, **options: Any) -> socketio.AsyncClient:
+        """Reconnects forever with jittered exponential backoff (0.5 s doubling to 5 s)."""
+        sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
+                                   reconnection_delay_max=5, randomization_factor=0.5, handle_sigint=False, **options)
+        sio.on("connect", self._on_connect)
+        sio.on("connect_error", self._on_connect_error)
+        sio.on("disconnect", self._on_disconnect)
+        sio.on("start_round", self._on_start_round)
+        sio.on("end_session", self._on_end_session)
+        sio.on("fl_stats", self._on_stats)
+        return sio
 
     # ------------------------------------------------------------ lifecycle
-
-    def _tls_kwargs(self) -> dict[str, Any]:
-        if self.settings.ssl_context is None:
-            return {}
-        return {}
 
     def _hello(self) -> dict[str, Any]:
         """Connect auth, made afresh for every (re)connection: a proof is only good once."""
@@ -105,17 +104,21 @@ class FederatedNode:
         """Connect (retrying until the server answers) and serve rounds until ``end_session``.
 
         Raises ``ServerRefused`` if the server answers but will not let this node in."""
-        try:
+        async with async_client_options(self.settings.ssl_context) as options:
+            if options:  # TLS: the client's HTTP session must be made inside the event loop
+                self.sio = self._new_client(**options)
             try:
-                await self.sio.connect(self.settings.server_url, auth=self._hello, transports=["websocket"],
-                                       retry=True, wait_timeout=10)
-            except socketio.exceptions.ConnectionError as exc:
-                if self.connect_error is not None:
-                    raise ServerRefused(f"server refused node {self.settings.node_id}: {self.connect_error}") from exc
-                raise
-            await self._finished.wait()
-        finally:
-            await self.close()
+                try:
+                    await self.sio.connect(self.settings.server_url, auth=self._hello, transports=["websocket"],
+                                           retry=True, wait_timeout=10)
+                except socketio.exceptions.ConnectionError as exc:
+                    if self.connect_error is not None:
+                        raise ServerRefused(f"server refused node {self.settings.node_id}: "
+                                            f"{self.connect_error}") from exc
+                    raise
+                await self._finished.wait()
+            finally:
+                await self.close()
         return self.final_model_path
 
     async def close(self) -> None:

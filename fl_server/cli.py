@@ -25,7 +25,9 @@ from common.config import (
     setup_logging,
 )
 from common.integrity import ConnectVerifier, KeyRegistry
+from common.kafka_security import KafkaSecurity, add_kafka_security_options
 from common.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, SESSION_ID_PATTERN, RawRecord, TrainConfig
+from common.tls import add_tls_server_options, tls_server_context_from_args
 from fl_server.app import Endpoints, KafkaPlane, SocketIOFrontend, final_model_path, serve_socketio
 from fl_server.checkpoint import Checkpoint, CheckpointError, checkpoint_path, load_checkpoint_for
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
@@ -89,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--end-grace", type=positive_float, default=30.0,
                help="seconds to wait for nodes to leave after end_session")
     add_common_options(parser)
+    add_tls_server_options(parser)
+    add_kafka_security_options(parser)
     return parser
 
 
@@ -133,14 +137,6 @@ def apply_checkpoint_settings(args: argparse.Namespace, checkpoint: Checkpoint) 
         setattr(args, name, value)
 
 
-def kafka_client_config(args: argparse.Namespace) -> dict[str, Any]:
-    return {}
-
-
-def tls_context(args: argparse.Namespace) -> Any:
-    return None
-
-
 async def run_session(args: argparse.Namespace) -> Path:
     """Run one session end to end (or the rest of one, with --resume); returns the history file path."""
     from common.dataspec import DataSpec
@@ -160,6 +156,8 @@ async def run_session(args: argparse.Namespace) -> Path:
         args.history_dir = Path(args.resume).parent
     strategy = strategy_from_args(args)  # before anything starts: a strategy that cannot run refuses here
     keys = node_keys_from_args(args)
+    server_tls = tls_server_context_from_args(args)
+    kafka_config = KafkaSecurity.from_args(args).to_client_config()
     configure_tensorflow(args.tf_threads or None)
     session_id = args.session_id or new_session_id()
     if not SESSION_ID_PATTERN.match(session_id):
@@ -168,7 +166,7 @@ async def run_session(args: argparse.Namespace) -> Path:
     frontend = SocketIOFrontend(registry, ConnectVerifier(keys) if keys is not None else None)
     endpoints = Endpoints(args.host, args.port, args.kafka, args.updates_topic, args.models_topic,
                           chunk_bytes=args.chunk_bytes)
-    kafka = KafkaPlane(endpoints, session_id, config=kafka_client_config(args),
+    kafka = KafkaPlane(endpoints, session_id, config=kafka_config,
                        start_offsets=checkpoint.offsets if checkpoint else None)
     if checkpoint is not None:
         history = SessionHistory.restore(Path(args.resume), checkpoint.history)
@@ -195,7 +193,7 @@ async def run_session(args: argparse.Namespace) -> Path:
     status = "failed"
     try:
         start_offsets = await kafka.start(on_record)
-        runner = await serve_socketio(frontend, args.host, args.port, tls_context(args))
+        runner = await serve_socketio(frontend, args.host, args.port, server_tls)
         history.save()
         await registry.wait_for_logged(args.min_nodes)
         declared = DataSpec.from_wire(checkpoint.model["data"]) if checkpoint else None

@@ -8,7 +8,8 @@ fundamental first, and counts what it refuses by reason:
   ``bad_dtype``, ...) -> signed headers agree with the value (``header_mismatch``) ->
   session (other sessions are ignored, not judged) -> round (``replayed`` if these exact
   bytes were taken before, ``late_update`` for an earlier round, ``wrong_round`` for a later
-  one) -> layer count, dtype and shape (``shape_mismatch``) -> participant (``not_participant``)
+  one) -> layer count, dtype and shape (``dtype_mismatch``, ``shape_mismatch``) -> participant
+  (``not_participant``)
   -> chunk consistency -> values (``non_finite``, ``norm_exceeded``).
 
 At-least-once deliveries of the same chunk count once (``duplicates``), keyed on session,
@@ -150,8 +151,9 @@ class RoundCollector:
             return None
         expected = self._expected[chunk.layer_index] if chunk.layer_index < len(self._expected) else None
         if chunk.num_layers != len(self._expected) or chunk.spec != expected:
+            wrong = "dtype" if expected is not None and chunk.spec.shape == expected.shape else "shape"
             shown = f"{chunk.spec.dtype}{list(chunk.spec.shape)} of {chunk.num_layers} layers"
-            self._reject_signed("shape_mismatch", f"node {node_id} layer {chunk.layer_index}: {shown} does not fit",
+            self._reject_signed(f"{wrong}_mismatch", f"node {node_id} layer {chunk.layer_index}: {shown} does not fit",
                                 signer, update_key=update_key)
             return None
         if node_id not in self.participants:

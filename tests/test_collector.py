@@ -53,11 +53,12 @@ def test_rejections_are_counted_by_reason():
     c.offer_record(records(node_id="intruder")[0])
     c.offer_record(records(server_round=1)[0])
     c.offer_record(records(server_round=3)[0])
+    c.offer_record(records(weights=[np.zeros((4, 3), np.float64), MODEL[1]])[0])
     nan = [np.full((4, 3), np.nan, np.float32), MODEL[1]]
     for v in records(node_id="b", weights=nan):
         c.offer_record(v)
-    assert dict(c.rejected) == {"not_json": 1, "shape_mismatch": 1, "not_participant": 1, "late_update": 1,
-                                "wrong_round": 1, "non_finite": 1}
+    assert dict(c.rejected) == {"not_json": 1, "shape_mismatch": 1, "dtype_mismatch": 1, "not_participant": 1,
+                                "late_update": 1, "wrong_round": 1, "non_finite": 1}
     assert c.failed == {"b": "non_finite"}
     assert not c.completed
 

@@ -19,7 +19,9 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from common.assembly import WeightAssembler
-from common.protocol import ProtocolError, decode_chunk
+from common.integrity import KeyRegistry, check_headers_match
+from common.protocol import KIND_UPDATE, ProtocolError, RawRecord, decode_chunk
+from fl_server.keys_cli import create_keys
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -86,12 +88,20 @@ class Proc:
         self._log.close()
 
 
+# Node ids that get keys in every test federation (the server loads its registry once, at start).
+KEYED_NODES = [*(f"n{i}" for i in range(10)), "site0", "site1", "site2", "misfit", "mallory"]
+
+
 class Federation:
-    """One test's server, nodes, topics and folders."""
+    """One test's server, nodes, topics and folders. Nodes authenticate with keys made by ``fl-keys``."""
 
     def __init__(self, tmp_path: Path, kafka: str) -> None:
         self.tmp_path = tmp_path
         self.kafka = kafka
+        self.keys_dir = tmp_path / "keys"
+        self.registry_path = self.keys_dir / "registry.json"
+        create_keys(self.registry_path, self.keys_dir, KEYED_NODES)
+        self.keys = KeyRegistry.load(self.registry_path)
         suffix = uuid.uuid4().hex[:10]
         self.updates_topic = f"test.updates.{suffix}"
         self.models_topic = f"test.models.{suffix}"
@@ -112,14 +122,18 @@ class Federation:
         self.procs.append(proc)
         return proc
 
-    def start_server(self, *args: str) -> Proc:
-        self.server = self._start("server", "fl_server", ["--port", str(self.port), "--history-dir",
-                                                          str(self.history_dir), "--end-grace", "20", *args])
+    def start_server(self, *args: str, name: str = "server") -> Proc:
+        self.server = self._start(name, "fl_server", ["--port", str(self.port), "--history-dir",
+                                                      str(self.history_dir), "--end-grace", "20",
+                                                      "--node-keys", str(self.registry_path), *args])
         return self.server
 
-    def start_node(self, node_id: str, *args: str) -> Proc:
-        return self._start(node_id, "fl_node", ["--server", f"http://127.0.0.1:{self.port}", "--node-id", node_id,
-                                                "--out-dir", str(self.tmp_path / "models"), *args])
+    def start_node(self, node_id: str, *args: str, name: str | None = None) -> Proc:
+        key = self.keys_dir / f"{node_id}.key"
+        key_args = ["--key-file", str(key)] if key.exists() else []
+        return self._start(name or node_id, "fl_node", ["--server", f"http://127.0.0.1:{self.port}", "--node-id",
+                                                        node_id, "--out-dir", str(self.tmp_path / "models"),
+                                                        *key_args, *args])
 
     def history(self) -> dict[str, Any] | None:
         files = sorted(self.history_dir.glob("*.json")) if self.history_dir.exists() else []
@@ -146,8 +160,11 @@ class Federation:
         producer.close()
 
 
-def read_weights(kafka: str, topic: str) -> dict[tuple[str, str, int], tuple[int, list[np.ndarray]]]:
-    """Every complete set of weights in ``topic``: (kind, sender, round) -> (num_samples, arrays)."""
+def read_weights(kafka: str, topic: str,
+                 keys: KeyRegistry | None = None) -> dict[tuple[str, str, int], tuple[int, list[np.ndarray]]]:
+    """Every complete set of weights in ``topic``: (kind, sender, round) -> (num_samples, arrays).
+
+    With ``keys``, only update records whose signature verifies count (what a test injected does not)."""
     consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
     consumer.assign(partitions)
@@ -159,6 +176,10 @@ def read_weights(kafka: str, topic: str) -> dict[tuple[str, str, int], tuple[int
             for record in records:
                 try:
                     chunk = decode_chunk(record.value)
+                    if keys is not None and chunk.kind == KIND_UPDATE:
+                        headers = RawRecord(record.value, record.key, tuple(record.headers or ())).header_map()
+                        keys.verify_record(record.key, headers, record.value)
+                        check_headers_match(headers, chunk)
                 except ProtocolError:
                     continue
                 key = (chunk.kind, chunk.node_id, chunk.server_round)
