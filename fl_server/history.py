@@ -16,9 +16,12 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
+SECRET_SETTINGS = frozenset({"kafka_sasl_password"})
+
+
 def config_from_args(args: Any) -> dict[str, Any]:
-    """The command-line settings of a run, JSON-ready, for the history's ``config``."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    """The command-line settings of a run, JSON-ready, for the history's ``config`` (secrets left out)."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in SECRET_SETTINGS}
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from common.kafka_security import KafkaSecurity, Secret, add_kafka_security_options
+from common.kafka_security import PASSWORD_ENV, KafkaSecurity, Secret, add_kafka_security_options
 
 PASSWORD = "hunter2-s3cret"
 
@@ -189,3 +189,15 @@ def test_secret_masks_but_reveals_on_request():
     assert secret.reveal() == PASSWORD
     assert PASSWORD not in f"{secret} {secret!r}"
     assert secret == Secret(PASSWORD) != Secret("other")
+
+
+def test_the_sasl_password_never_reaches_the_session_history(monkeypatch):
+    from fl_server.cli import build_parser
+    from fl_server.history import config_from_args
+
+    monkeypatch.setenv(PASSWORD_ENV, "hunter2-secret")
+    args = build_parser().parse_args(["--kafka-security-protocol", "SASL_PLAINTEXT", "--kafka-sasl-mechanism", "PLAIN",
+                                      "--kafka-sasl-username", "fl"])
+    text = json.dumps(config_from_args(args))
+    assert "hunter2" not in text and "kafka_sasl_username" in text
+    assert KafkaSecurity.from_args(args).to_client_config()["sasl_plain_password"] == "hunter2-secret"
