@@ -219,7 +219,7 @@ def merge_statistics(stats: Sequence[object], target: str, categorical: Iterable
     A column enters the schema when more than half of the nodes have it; it is categorical when any node
     saw non-numeric values in it or it is listed in ``categorical``.
     """
-    parsed = [_parse_statistics(s, target) for s in stats]
+    parsed = [parse_statistics(s, target) for s in stats]
     if not parsed:
         raise SchemaError("no statistics to build a schema from")
     forced = set(categorical)
@@ -262,7 +262,8 @@ def _label_sort_key(label: str) -> tuple[int, float, str]:
         return (1, 0.0, label)
 
 
-def _parse_statistics(obj: object, target: str) -> dict[str, Any]:
+def parse_statistics(obj: object, target: str) -> dict[str, Any]:
+    """One node's statistics, validated (they come from the network); raises ``SchemaError``."""
     if not isinstance(obj, dict) or obj.get("target") != target:
         raise SchemaError(f"statistics must be an object for target {target!r}")
     columns = obj.get("columns")

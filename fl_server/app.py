@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import socketio
@@ -74,16 +74,30 @@ class SocketIOFrontend:
     def refused(self) -> int:
         return sum(self.refused_by_reason.values())
 
-    async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
+    def _lifecycle_event_from_client(self, event: str, sid: str) -> bool:
+        """True if a connected client emitted an event named ``connect``/``disconnect``.
+
+        python-socketio routes such events to the lifecycle handlers; during a real connect or
+        disconnect the session is still pending, so it does not count as connected yet (or any more;
+        this relies on the server's default ``always_connect=False``)."""
+        if not self.sio.manager.is_connected(sid, "/"):
+            return False
+        logger.warning("ignored a %r event from %s", event, self.registry.node_for_sid(sid) or sid)
+        return True
+
+    async def on_connect(self, sid: str, environ: Any = None, auth: Any = None, *_extra: Any) -> None:
+        if self._lifecycle_event_from_client("connect", sid):
+            return
         try:
             hello = Hello.from_wire(auth)
             if self.verifier is not None:
                 self.verifier.verify(hello.node_id, hello.proof or {})
         except ProtocolError as exc:
-            self.refused_by_reason[exc.reason] += 1
-            peer = environ.get("REMOTE_ADDR", "?") if isinstance(environ, dict) else "?"
-            logger.warning("refused connection %s from %s: %s", sid, peer, exc)
-            raise socketio.exceptions.ConnectionRefusedError(exc.reason) from None
+            self._refuse(sid, environ, exc.reason, exc)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            # The verifier hashes and compares untrusted text: a non-ASCII mac, a nonce with lone
+            # surrogates or an out-of-range ts fail there as plain errors; they are still bad proofs.
+            self._refuse(sid, environ, "bad_proof", exc)
         previous = await self.registry.add(NodeInfo(hello.node_id, sid, hello.num_samples))
         if previous is not None:
             logger.info("node %s reconnected (replacing connection %s)", hello.node_id, previous.sid)
@@ -96,15 +110,25 @@ class SocketIOFrontend:
                 # A participant that lost its connection mid-round gets the round again.
                 self.sio.start_background_task(self.emit, "start_round", pending.to_wire(), sid)
 
-    async def on_disconnect(self, sid: str, reason: Any = None) -> None:
+    def _refuse(self, sid: str, environ: Any, reason: str, exc: Exception) -> NoReturn:
+        self.refused_by_reason[reason] += 1
+        peer = environ.get("REMOTE_ADDR", "?") if isinstance(environ, dict) else "?"
+        logger.warning("refused connection %s from %s: %s", sid, peer, exc)
+        raise socketio.exceptions.ConnectionRefusedError(reason) from None
+
+    async def on_disconnect(self, sid: str, reason: Any = None, *_extra: Any) -> None:
+        if self._lifecycle_event_from_client("disconnect", sid):
+            return
         info = await self.registry.remove_sid(sid)
         if info is not None:
             logger.info("node %s disconnected (%s); %d connected", info.node_id, reason, len(self.registry))
 
-    async def on_update(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def on_update(self, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
         node_id = self.registry.node_for_sid(sid)
         if node_id is None:
             return {"accepted": False, "reason": "not_registered"}
+        if extra:
+            return {"accepted": False, "reason": "bad_schema"}
         try:
             ack = UpdateAck.from_wire(data)
         except ProtocolError as exc:
@@ -118,8 +142,10 @@ class SocketIOFrontend:
         self.coordinator.on_ack(ack)
         return {"accepted": True}
 
-    async def on_refuse(self, sid: str, data: Any = None) -> dict[str, Any]:
+    async def on_refuse(self, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
         node_id = self.registry.node_for_sid(sid)
+        if extra:
+            return {"received": False}
         try:
             refusal = NodeRefusal.from_wire(data)
         except ProtocolError as exc:
@@ -152,8 +178,10 @@ class SocketIOFrontend:
                 collected[node.node_id] = reply
         return collected
 
-    async def on_unknown(self, event: str, sid: str, data: Any = None) -> None:
-        logger.warning("ignored unknown event %.40r from %s", event, self.registry.node_for_sid(sid) or sid)
+    async def on_unknown(self, event: Any, sid: Any = None, *_args: Any) -> None:
+        # An event literally named "*" comes without its name, so (sid, data...) shift left: trust only a str sid.
+        node_id = self.registry.node_for_sid(sid) if isinstance(sid, str) else None
+        logger.warning("ignored unknown event %.40r from %.40s", event, node_id or sid)
 
     async def emit(self, event: str, data: dict[str, Any], sid: str) -> None:
         await self.sio.emit(event, data, to=sid)
@@ -225,7 +253,8 @@ async def serve_socketio(frontend: SocketIOFrontend, host: str, port: int,
                          ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     app = web.Application()
     frontend.sio.attach(app)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    # A short shutdown: open websockets must not hold an exiting server for aiohttp's default minute.
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     logger.info("Socket.IO listening on %s://%s:%d", "https" if ssl_context else "http", host, port)

@@ -13,7 +13,7 @@ import numpy as np
 
 from common.datasets import ImageData, load_builtin, read_csv
 from common.dataspec import DataSpec
-from common.tabular import Schema, SchemaError, encode_frame, merge_statistics
+from common.tabular import Schema, SchemaError, encode_frame, merge_statistics, parse_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +70,15 @@ async def resolve_server_data(
                     schema.num_classes)
     else:
         stats = await gather_statistics({"target": target, "categorical": categorical})
+        usable = []
+        for node_id, node_stats in stats.items():
+            try:
+                parse_statistics(node_stats, target)
+                usable.append(node_stats)
+            except SchemaError as exc:  # one node's bad answer must not sink the federation
+                logger.warning("statistics of node %s ignored: %s", node_id, exc)
         try:
-            schema = merge_statistics(list(stats.values()), target, categorical)
+            schema = merge_statistics(usable, target, categorical)
         except SchemaError as exc:
             raise ValueError(f"cannot build a schema from the nodes' statistics: {exc}") from exc
         logger.info("schema merged from %d node(s)' statistics: %d feature columns (%d encoded), %d classes",

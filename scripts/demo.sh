@@ -28,12 +28,19 @@ trap 'echo "demo: interrupted, stopping" >&2; exit 130' INT TERM
 ensure_broker
 export FL_KAFKA=$KAFKA_BOOTSTRAP
 
+# Every node gets its own key; the server only lets in nodes of its registry (see README "Security").
+keys="$FL_HISTORY_DIR/demo-keys"
+rm -rf "$keys"
+node_ids=()
+for ((i = 0; i < nodes; i++)); do node_ids+=("node-$i"); done
+fl-keys create --registry "$keys/registry.json" --out-dir "$keys" "${node_ids[@]}" 2> "$logs/keys.log"
+
 echo "demo: server on port $FL_PORT, $nodes nodes, $FL_ROUNDS rounds; node logs in $logs/" >&2
-fl-server --min-nodes "$nodes" > "$logs/server.out" &
+fl-server --min-nodes "$nodes" --node-keys "$keys/registry.json" > "$logs/server.out" &
 server_pid=$!
 pids+=("$server_pid")
 for ((i = 0; i < nodes; i++)); do
-  fl-node --server "http://127.0.0.1:$FL_PORT" --node-id "node-$i" --partition "$i/$nodes" \
+  fl-node --server "http://127.0.0.1:$FL_PORT" --node-id "node-$i" --partition "$i/$nodes" --key-file "$keys/node-$i.key" \
     > "$logs/node-$i.out" 2> "$logs/node-$i.log" &
   pids+=("$!")
 done

@@ -57,3 +57,13 @@ def test_addresses_and_ports_agree(compose):
     assert len({n["environment"]["FL_NODE_ID"] for n in nodes}) == 3
     host_port = re.search(r"EXTERNAL://localhost:(\d+)", advertised).group(1)
     assert f"{host_port}:{host_port}" in services["kafka"]["ports"]
+
+
+def test_every_node_has_the_key_the_registry_issues(compose):
+    services = compose["services"]
+    issued = services["keys"]["command"][0]
+    assert services["server"]["environment"]["FL_NODE_KEYS"] == "/app/keys/registry.json" in issued
+    assert services["server"]["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+    for i in range(3):
+        env = services[f"node-{i}"]["environment"]
+        assert env["FL_KEY_FILE"] == f"/app/keys/{env['FL_NODE_ID']}.key" and env["FL_NODE_ID"] in issued
