@@ -56,14 +56,15 @@ class Proc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_for_log(self, pattern: str, timeout_s: float) -> re.Match[str]:
+    def wait_for_log(self, pattern: str, timeout_s: float, after: int = 0) -> re.Match[str]:
+        """Wait for ``pattern`` in the log (only in what was written past character ``after``)."""
         regex = re.compile(pattern)
 
         def found() -> re.Match[str] | None:
-            if self.popen.poll() is not None and not regex.search(self.log()):
+            if self.popen.poll() is not None and not regex.search(self.log(), after):
                 raise AssertionError(f"{self.name} exited ({self.popen.returncode}) before logging {pattern!r}:\n"
                                      f"{self.log()[-3000:]}")
-            return regex.search(self.log())
+            return regex.search(self.log(), after)
 
         return wait_until(found, timeout_s, f"{self.name} to log {pattern!r}")
 
@@ -128,10 +129,10 @@ class Federation:
                                                       "--node-keys", str(self.registry_path), *args])
         return self.server
 
-    def start_node(self, node_id: str, *args: str, name: str | None = None) -> Proc:
+    def start_node(self, node_id: str, *args: str, name: str | None = None, scheme: str = "http") -> Proc:
         key = self.keys_dir / f"{node_id}.key"
         key_args = ["--key-file", str(key)] if key.exists() else []
-        return self._start(name or node_id, "fl_node", ["--server", f"http://127.0.0.1:{self.port}", "--node-id",
+        return self._start(name or node_id, "fl_node", ["--server", f"{scheme}://127.0.0.1:{self.port}", "--node-id",
                                                         node_id, "--out-dir", str(self.tmp_path / "models"),
                                                         *key_args, *args])
 
@@ -189,3 +190,124 @@ def read_weights(kafka: str, topic: str,
                     continue
     consumer.close()
     return {key: (a.num_samples, a.result()) for key, a in assemblers.items() if a.complete}
+
+
+class LocalBroker:
+    """A broker of this test's own (scripts/kafka-local.sh on free ports, state under ``data_dir``) that a
+    test may stop and start again; the state survives a restart like a real broker's disk does."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.port, controller = free_port(), free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(controller),
+                    "KAFKA_DATA_DIR": str(data_dir), "KAFKA_REUSE_EXISTING": "0"}
+
+    def _script(self, command: str) -> None:
+        subprocess.run([str(REPO / "scripts" / "kafka-local.sh"), command], env=self.env, check=True, timeout=300,
+                       stdout=subprocess.DEVNULL)
+
+    def start(self) -> None:
+        self._script("start")
+
+    def stop(self) -> None:
+        self._script("stop")
+
+
+class Mallory:
+    """A participant that holds a real key but no model: a Socket.IO client in the test process.
+
+    Each ``start_round`` it receives is queued; the test answers it with whatever records it likes
+    (``publish``) and an acknowledgement (``ack``), from the test's own thread."""
+
+    def __init__(self, federation: Federation, node_id: str = "mallory") -> None:
+        import queue
+
+        import socketio
+
+        from common.integrity import connect_proof
+        from common.protocol import Hello
+
+        self.federation = federation
+        self.node_id = node_id
+        self.key = federation.keys.key_of(node_id) or b""
+        self.starts: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.ended = False
+        self.sio = socketio.Client(reconnection=False)
+        self.sio.on("start_round", self.starts.put)
+        self.sio.on("fl_stats", lambda data=None: {"error": f"{node_id} shares no statistics"})
+        self.sio.on("end_session", self._on_end)
+        wait_until(lambda: port_open(federation.port), 120, "the server's Socket.IO port")
+        self.sio.connect(f"http://127.0.0.1:{federation.port}", transports=["websocket"],
+                         auth=Hello(node_id, 100, proof=connect_proof(self.key, node_id)).to_wire())
+        self._producer = KafkaProducer(bootstrap_servers=federation.kafka)
+
+    def _on_end(self, data: Any = None) -> None:
+        self.ended = True
+
+    def next_start(self, timeout_s: float) -> Any:
+        from common.protocol import StartRound
+
+        return StartRound.from_wire(self.starts.get(timeout=timeout_s))
+
+    def global_weights(self, start: Any) -> list[np.ndarray]:
+        from common.kafka_io import fetch_weights, make_consumer
+
+        consumer = make_consumer(self.federation.kafka, "mallory")
+        try:
+            return fetch_weights(consumer, start.model.weights, session_id=start.session_id,
+                                 server_round=start.server_round, timeout_s=60)
+        finally:
+            consumer.close()
+
+    def update_records(self, start: Any, weights: list[np.ndarray], *, node_id: str | None = None,
+                       key: bytes | None = None, server_round: int | None = None) -> list[Any]:
+        """Signed records of an update (by default: this node's own, for ``start``'s round)."""
+        from common.integrity import signed_headers
+        from common.protocol import encode_chunk, split_weights
+
+        node_id = node_id or self.node_id
+        key = key or self.federation.keys.key_of(node_id) or self.key
+        out = []
+        for chunk in split_weights(weights, kind=KIND_UPDATE, session_id=start.session_id,
+                                   server_round=server_round or start.server_round, node_id=node_id,
+                                   num_samples=100):
+            value = encode_chunk(chunk)
+            out.append(RawRecord(value, node_id.encode(), tuple(signed_headers(key, chunk, value))))
+        return out
+
+    def publish(self, records: list[Any]) -> None:
+        for record in records:
+            self._producer.send(self.federation.updates_topic, key=record.key, value=record.value,
+                                headers=list(record.headers))
+        self._producer.flush(timeout=30)
+
+    def ack(self, start: Any, num_records: int) -> Any:
+        from common.protocol import UpdateAck
+
+        ack = UpdateAck(start.session_id, start.server_round, self.node_id, 100, max(num_records, 1), {}, {})
+        return self.sio.call("fl_update", ack.to_wire(), timeout=30)
+
+    def close(self) -> None:
+        self._producer.close(timeout=10)
+        if self.sio.connected:
+            self.sio.disconnect()
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def read_records(kafka: str, topic: str) -> list[Any]:
+    """Every record of ``topic`` as ``RawRecord`` (key, headers, value), partition by partition."""
+    consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
+    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    end = consumer.end_offsets(partitions)
+    out = []
+    while any(consumer.position(tp) < end[tp] for tp in partitions):
+        for records in consumer.poll(timeout_ms=500).values():
+            out.extend(RawRecord(r.value, r.key, tuple(r.headers or ()), r.partition, r.offset) for r in records)
+    consumer.close()
+    return out
