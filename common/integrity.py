@@ -172,9 +172,11 @@ class ConnectVerifier:
         if key is None:
             raise ProtocolError("unknown_node", f"node {node_id!r} is not in the key registry")
         ts, nonce, mac = auth.get("ts"), auth.get("nonce"), auth.get("mac")
-        if not (isinstance(ts, int) and not isinstance(ts, bool) and isinstance(nonce, str) and isinstance(mac, str)
-                and 8 <= len(nonce) <= 64 and len(mac) == 64):
+        if not (isinstance(ts, int) and not isinstance(ts, bool) and isinstance(nonce, str) and isinstance(mac, str)):
             raise ProtocolError("unauthenticated", "connect needs ts, nonce and mac (this node has no key?)")
+        if not (abs(ts) < 1 << 40 and 8 <= len(nonce) <= 64 and nonce.isascii() and nonce.isprintable()
+                and len(mac) == 64 and all(c in "0123456789abcdef" for c in mac)):
+            raise ProtocolError("bad_proof", "connect proof fields are out of range")
         if abs(now - ts) > self.skew_s:
             raise ProtocolError("stale_proof",
                                 f"connect proof is {now - ts:.0f}s old (clock skew > {self.skew_s:.0f}s?)")

@@ -75,13 +75,13 @@ def _int_in(obj: dict[str, Any], name: str, low: int, high: int, *, where: str) 
 
 
 def check_node_id(value: object) -> str:
-    if not isinstance(value, str) or not NODE_ID_PATTERN.match(value) or value == SERVER_SENDER_ID:
+    if not isinstance(value, str) or not NODE_ID_PATTERN.fullmatch(value) or value == SERVER_SENDER_ID:
         raise ProtocolError("bad_node_id", f"node id {value!r:.80} must match {NODE_ID_PATTERN.pattern}")
     return value
 
 
 def check_session_id(value: object) -> str:
-    if not isinstance(value, str) or not SESSION_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not SESSION_ID_PATTERN.fullmatch(value):
         raise ProtocolError("bad_schema", f"session id {value!r:.80} must match {SESSION_ID_PATTERN.pattern}")
     return value
 

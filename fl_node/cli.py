@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
 
+    from socketio.exceptions import ConnectionError as SocketIOConnectionError
+
     from common.tf_setup import configure_tensorflow
     from fl_node.client import FederatedNode, NodeSettings, ServerRefused
     from fl_node.trainer import LocalTrainer
@@ -124,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     except ServerRefused as exc:
         logger.error("%s", exc)
         return 2
+    except SocketIOConnectionError as exc:
+        logger.error("node %s could not connect to %s: %s", node_id, args.server, exc)
+        return 1
     if node.refused is not None:
         logger.error("node %s could not take part: %s", node_id, node.refused)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import socketio
 from kafka import KafkaConsumer
@@ -108,24 +110,59 @@ class FederatedNode:
             if options:  # TLS: the client's HTTP session must be made inside the event loop
                 self.sio = self._new_client(**options)
             try:
-                try:
-                    await self.sio.connect(self.settings.server_url, auth=self._hello, transports=["websocket"],
-                                           retry=True, wait_timeout=10)
-                except socketio.exceptions.ConnectionError as exc:
-                    if self.connect_error is not None:
-                        raise ServerRefused(f"server refused node {self.settings.node_id}: "
-                                            f"{self.connect_error}") from exc
-                    raise
+                await self._connect()
                 await self._finished.wait()
             finally:
                 await self.close()
         return self.final_model_path
+
+    async def _connect(self) -> None:
+        """First connection: retry with jittered backoff (0.5 s doubling to 5 s) while the server is not there;
+        stop at once if it answers with a refusal or a certificate we cannot verify. Once connected, the
+        Socket.IO client's own reconnection takes over."""
+        delay = 0.5
+        while True:
+            await self._check_server_certificate()
+            try:
+                await self.sio.connect(self.settings.server_url, auth=self._hello, transports=["websocket"],
+                                       wait_timeout=10)
+                return
+            except socketio.exceptions.ConnectionError as exc:
+                if self.connect_error is not None:
+                    raise ServerRefused(f"server refused node {self.settings.node_id}: "
+                                        f"{self.connect_error}") from exc
+            pause = delay * random.uniform(0.5, 1.5)
+            logger.warning("node %s: cannot reach %s; retrying in %.1fs", self.settings.node_id,
+                           self.settings.server_url, pause)
+            await asyncio.sleep(pause)  # the backoff itself, not a wait for an event
+            delay = min(delay * 2, 5.0)
+
+    async def _check_server_certificate(self) -> None:
+        """An https:// server whose certificate we cannot verify is a configuration error, not an outage:
+        say so plainly instead of retrying forever (the client library only reports "Connection error")."""
+        url = urlsplit(self.settings.server_url)
+        if url.scheme != "https" or url.hostname is None:
+            return
+        context = self.settings.ssl_context or ssl.create_default_context()
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(url.hostname, url.port or 443, ssl=context), timeout=10)
+        except ssl.SSLCertVerificationError as exc:
+            raise ServerRefused(f"cannot verify the TLS certificate of {self.settings.server_url}: "
+                                f"{exc.verify_message or exc} (pass the CA that signed it with --tls-ca)") from None
+        except (OSError, TimeoutError):
+            return  # not reachable yet: the connect loop below retries
+        writer.close()
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         if self.sio.connected:
             await self.sio.disconnect()
+        # engine.io leaves the HTTP session it made itself open after a failed connect; ours it never closes.
+        http = getattr(self.sio.eio, "http", None)
+        if http is not None and not getattr(self.sio.eio, "external_http", False) and not http.closed:
+            await http.close()
         await asyncio.get_running_loop().run_in_executor(self._worker, self._close_kafka)
         self._worker.shutdown(wait=False, cancel_futures=True)
 
@@ -138,8 +175,12 @@ class FederatedNode:
         logger.info("node %s connected to %s", self.settings.node_id, self.settings.server_url)
 
     async def _on_connect_error(self, data: Any = None) -> None:
-        self.connect_error = str(data.get("message", data) if isinstance(data, dict) else data)[:200]
-        logger.warning("node %s: connection refused or failed: %s", self.settings.node_id, self.connect_error)
+        if isinstance(data, dict) and "message" in data:  # the server answered and refused us
+            self.connect_error = str(data["message"])[:200]
+            logger.error("node %s: the server refused the connection: %s", self.settings.node_id, self.connect_error)
+        else:  # the server is not there (yet): the connect loop or the client's reconnection retries
+            logger.debug("node %s: connection to %s failed (%s)", self.settings.node_id, self.settings.server_url,
+                         data)
 
     async def _on_disconnect(self, reason: Any = None) -> None:
         if not self._finished.is_set():

@@ -63,6 +63,7 @@ class SocketIOFrontend:
         self.coordinator: Coordinator | None = None
         self.refused_by_reason: Counter[str] = Counter()
         self.refusals: dict[str, str] = {}
+        self._tasks: set[Any] = set()  # background emits, referenced until done
         self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
@@ -108,7 +109,9 @@ class SocketIOFrontend:
             pending = self.coordinator.pending_start(hello.node_id)
             if pending is not None:
                 # A participant that lost its connection mid-round gets the round again.
-                self.sio.start_background_task(self.emit, "start_round", pending.to_wire(), sid)
+                task = self.sio.start_background_task(self.emit, "start_round", pending.to_wire(), sid)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     def _refuse(self, sid: str, environ: Any, reason: str, exc: Exception) -> NoReturn:
         self.refused_by_reason[reason] += 1

@@ -160,7 +160,7 @@ async def run_session(args: argparse.Namespace) -> Path:
     kafka_config = KafkaSecurity.from_args(args).to_client_config()
     configure_tensorflow(args.tf_threads or None)
     session_id = args.session_id or new_session_id()
-    if not SESSION_ID_PATTERN.match(session_id):
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
         raise ValueError(f"session id {session_id!r} must match {SESSION_ID_PATTERN.pattern}")
     registry = NodeRegistry()
     frontend = SocketIOFrontend(registry, ConnectVerifier(keys) if keys is not None else None)

@@ -64,3 +64,26 @@ def test_registry_loading_names_the_problem(tmp_path):
     path.write_text("[]")
     with pytest.raises(ValueError, match="not a node key registry"):
         KeyRegistry.load(path)
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        {"ts": 1000, "nonce": "abcdefgh\u00e9", "mac": "0" * 64},
+        {"ts": 1000, "nonce": "abcdefgh", "mac": "\u00e9" * 64},
+        {"ts": 10**400, "nonce": "abcdefgh", "mac": "0" * 64},
+        {"ts": 1000, "nonce": "abc\ndefgh", "mac": "0" * 64},
+    ],
+)
+def test_out_of_range_proof_fields_are_bad_proofs_not_crashes(auth):
+    with pytest.raises(ProtocolError) as refused:
+        verifier().verify("n0", auth, now=1000)
+    assert refused.value.reason == "bad_proof"
+
+
+def test_ids_with_a_trailing_newline_are_refused():
+    from common.protocol import check_node_id, check_session_id
+
+    for check in (check_node_id, check_session_id):
+        with pytest.raises(ProtocolError):
+            check("alice\n")

@@ -72,3 +72,22 @@ def test_model_over_5_mb_travels_both_ways_and_aggregates(federation: Federation
     assert history["config"]["num_parameters"] * 4 > 5_000_000
     assert history["rounds"][0]["accepted"] == ["n0", "n1"]
     assert_round_is_fedavg_of_updates(federation, 1)
+
+
+def test_session_over_tls_with_a_private_ca(federation: Federation) -> None:
+    from tests.test_tls import make_pki
+
+    pki = make_pki(federation.tmp_path)
+    server = federation.start_server("--min-nodes", "2", "--rounds", "1", "--tls-cert", str(pki.cert),
+                                     "--tls-key", str(pki.key))
+    nodes = [federation.start_node(f"n{i}", "--partition", f"{i}/2", "--tls-ca", str(pki.ca), scheme="https")
+             for i in range(2)]
+    untrusting = federation.start_node("n2", "--partition", "0/2", scheme="https")  # no --tls-ca
+    assert server.wait(240) == 0, server.log()[-3000:]
+    for node in nodes:
+        assert node.wait(60) == 0, node.log()[-3000:]
+    assert "https://" in server.log()
+    assert federation.history()["rounds"][0]["accepted"] == ["n0", "n1"]
+    assert untrusting.wait(60) == 2  # a certificate it cannot verify is a configuration error: it says so and stops
+    assert "cannot verify the TLS certificate" in untrusting.log() and "--tls-ca" in untrusting.log()
+    assert "node n2" not in server.log()
