@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import socketio
+from kafka import KafkaAdminClient
 
 from common.codec import weights_digest
 from common.integrity import connect_proof
@@ -126,6 +127,13 @@ def test_broker_stopped_and_restarted_mid_session(tmp_path: Path) -> None:
         assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5] and history["status"] == "completed"
         assert all(r["status"] == "completed" and r["accepted"] == ["n0", "n1", "n2"] for r in rounds)
         assert len(outage["rounds"]) < 5  # the outage really hit the session
+        # Offsets are committed only once the round they fed is persisted: at the end, exactly the checkpoint's.
+        checkpoint = json.loads((federation.history_dir / "checkpoints" / f"{history['session_id']}.json").read_text())
+        admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+        committed = admin.list_group_offsets(f"fl-server.{history['session_id']}")[f"fl-server.{history['session_id']}"]
+        admin.close()
+        assert {str(tp.partition): meta.offset for tp, meta in committed.items()} == checkpoint["offsets"]
+        assert sum(checkpoint["offsets"].values()) >= 5 * 3 * 4  # every update record of 5 rounds x 3 nodes
     finally:
         federation.close()
         broker.stop()
