@@ -137,6 +137,20 @@ def apply_checkpoint_settings(args: argparse.Namespace, checkpoint: Checkpoint) 
         setattr(args, name, value)
 
 
+def open_history(args: argparse.Namespace, session_id: str, checkpoint: Checkpoint | None, *,
+                 strategy_params: dict[str, Any], authenticated: bool) -> SessionHistory:
+    """A new session's history, or a resumed one's (from its checkpoint, with the resume recorded)."""
+    if checkpoint is not None:
+        history = SessionHistory.restore(Path(args.resume), checkpoint.history)
+        history.document.setdefault("resumes", []).append(
+            {"at": utc_now(), "after_round": checkpoint.completed_round, "model_sha256": checkpoint.weights_sha256})
+        history.document.update(status="running", finished_at=None)
+        return history
+    config = config_from_args(args)
+    config.update(session_id=session_id, strategy_params=strategy_params, authenticated=authenticated)
+    return SessionHistory(args.history_dir, session_id, config)
+
+
 async def run_session(args: argparse.Namespace) -> Path:
     """Run one session end to end (or the rest of one, with --resume); returns the history file path."""
     from common.dataspec import DataSpec
@@ -168,18 +182,9 @@ async def run_session(args: argparse.Namespace) -> Path:
                           chunk_bytes=args.chunk_bytes)
     kafka = KafkaPlane(endpoints, session_id, config=kafka_config,
                        start_offsets=checkpoint.offsets if checkpoint else None)
-    if checkpoint is not None:
-        history = SessionHistory.restore(Path(args.resume), checkpoint.history)
-        history.document.setdefault("resumes", []).append(
-            {"at": utc_now(), "after_round": checkpoint.completed_round, "model_sha256": checkpoint.weights_sha256})
-        history.document.update(status="running", finished_at=None)
-        config = history.document["config"]
-    else:
-        config = config_from_args(args)
-        config["session_id"] = session_id
-        config["strategy_params"] = strategy.params()
-        config["authenticated"] = keys is not None
-        history = SessionHistory(args.history_dir, session_id, config)
+    history = open_history(args, session_id, checkpoint, strategy_params=strategy.params(),
+                           authenticated=keys is not None)
+    config = history.document["config"]
     coordinator: Coordinator | None = None
     early_records: list[RawRecord] = []  # records that arrive before the first round are judged in it
 
