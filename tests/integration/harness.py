@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
@@ -16,11 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import socketio
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from common.assembly import WeightAssembler
-from common.integrity import KeyRegistry, check_headers_match
-from common.protocol import KIND_UPDATE, ProtocolError, RawRecord, decode_chunk
+from common.integrity import KeyRegistry, check_headers_match, connect_proof, signed_headers
+from common.kafka_io import fetch_weights, make_consumer
+from common.protocol import (
+    KIND_UPDATE,
+    Hello,
+    ProtocolError,
+    RawRecord,
+    StartRound,
+    UpdateAck,
+    decode_chunk,
+    encode_chunk,
+    split_weights,
+)
 from fl_server.keys_cli import create_keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -220,13 +233,6 @@ class Mallory:
     (``publish``) and an acknowledgement (``ack``), from the test's own thread."""
 
     def __init__(self, federation: Federation, node_id: str = "mallory") -> None:
-        import queue
-
-        import socketio
-
-        from common.integrity import connect_proof
-        from common.protocol import Hello
-
         self.federation = federation
         self.node_id = node_id
         self.key = federation.keys.key_of(node_id) or b""
@@ -245,13 +251,9 @@ class Mallory:
         self.ended = True
 
     def next_start(self, timeout_s: float) -> Any:
-        from common.protocol import StartRound
-
         return StartRound.from_wire(self.starts.get(timeout=timeout_s))
 
     def global_weights(self, start: Any) -> list[np.ndarray]:
-        from common.kafka_io import fetch_weights, make_consumer
-
         consumer = make_consumer(self.federation.kafka, "mallory")
         try:
             return fetch_weights(consumer, start.model.weights, session_id=start.session_id,
@@ -262,9 +264,6 @@ class Mallory:
     def update_records(self, start: Any, weights: list[np.ndarray], *, node_id: str | None = None,
                        key: bytes | None = None, server_round: int | None = None) -> list[Any]:
         """Signed records of an update (by default: this node's own, for ``start``'s round)."""
-        from common.integrity import signed_headers
-        from common.protocol import encode_chunk, split_weights
-
         node_id = node_id or self.node_id
         key = key or self.federation.keys.key_of(node_id) or self.key
         out = []
@@ -282,8 +281,6 @@ class Mallory:
         self._producer.flush(timeout=30)
 
     def ack(self, start: Any, num_records: int) -> Any:
-        from common.protocol import UpdateAck
-
         ack = UpdateAck(start.session_id, start.server_round, self.node_id, 100, max(num_records, 1), {}, {})
         return self.sio.call("fl_update", ack.to_wire(), timeout=30)
 
@@ -298,14 +295,14 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def read_records(kafka: str, topic: str) -> list[Any]:
+def read_records(kafka: str, topic: str) -> list[RawRecord]:
     """Every record of ``topic`` as ``RawRecord`` (key, headers, value), partition by partition."""
     consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
     end = consumer.end_offsets(partitions)
-    out = []
+    out: list[RawRecord] = []
     while any(consumer.position(tp) < end[tp] for tp in partitions):
         for records in consumer.poll(timeout_ms=500).values():
             out.extend(RawRecord(r.value, r.key, tuple(r.headers or ()), r.partition, r.offset) for r in records)
