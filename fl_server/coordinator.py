@@ -107,6 +107,7 @@ class Coordinator:
             self.first_round = resume.completed_round + 1
             strategy.load_state(resume.strategy_state)
         self._specs = [ArraySpec.of(w) for w in self.weights]
+        self._digest = weights_digest(self.weights)  # of the global weights, kept in step with them
         if [ArraySpec.of(w) for w in model.weights] != self._specs:
             raise ValueError("the checkpoint's weights do not fit the model")
         self._keys = keys
@@ -153,7 +154,7 @@ class Coordinator:
             logger.info("session %s: initial holdout %s", settings.session_id, _fmt(initial))
         else:
             logger.info("session %s: resuming at round %d of %d from model %s", settings.session_id,
-                        self.first_round, settings.rounds, weights_digest(self.weights)[:16])
+                        self.first_round, settings.rounds, self._digest[:16])
         await self.registry.wait_for_logged(settings.min_nodes)
         for server_round in range(self.first_round, settings.rounds + 1):
             if len(self.registry) < max(settings.min_fit, 1):
@@ -172,7 +173,7 @@ class Coordinator:
         participants = [n for n in connected if n.node_id in chosen]
         required = required_updates(len(participants), min_fit=settings.min_fit,
                                     min_fit_fraction=settings.min_fit_fraction)
-        start_digest = weights_digest(self.weights)
+        start_digest = self._digest
         collector = RoundCollector(
             session_id=settings.session_id,
             server_round=server_round,
@@ -250,6 +251,7 @@ class Coordinator:
             logger.error("round %d: failed (%s); global model unchanged", server_round, failure)
         else:
             self.weights = new_weights
+            self._digest = weights_digest(new_weights)
 
         t_eval = time.perf_counter()
         holdout = await loop.run_in_executor(None, self._evaluate, server_round, self.weights)
@@ -259,7 +261,7 @@ class Coordinator:
         record["failure_reason"] = failure
         record["aggregation"] = self.strategy.last_round_info() if failure is None else {}
         record.update(connected=len(connected), required_updates=required, start_model_sha256=start_digest,
-                      model_sha256=weights_digest(self.weights), ignored_records=collector.ignored)
+                      model_sha256=self._digest, ignored_records=collector.ignored)
         self.rejected_total.update(collector.rejected)
         self.history.rounds.append(record)
         await loop.run_in_executor(None, self._persist, server_round)

@@ -174,34 +174,37 @@ class Federation:
         producer.close()
 
 
-def read_weights(kafka: str, topic: str,
-                 keys: KeyRegistry | None = None) -> dict[tuple[str, str, int], tuple[int, list[np.ndarray]]]:
-    """Every complete set of weights in ``topic``: (kind, sender, round) -> (num_samples, arrays).
-
-    With ``keys``, only update records whose signature verifies count (what a test injected does not)."""
+def read_records(kafka: str, topic: str) -> list[RawRecord]:
+    """Every record of ``topic`` as ``RawRecord`` (key, headers, value), partition by partition."""
     consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
     partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
     consumer.assign(partitions)
     consumer.seek_to_beginning(*partitions)
     end = consumer.end_offsets(partitions)
-    assemblers: dict[tuple[str, str, int], WeightAssembler] = {}
+    out: list[RawRecord] = []
     while any(consumer.position(tp) < end[tp] for tp in partitions):
         for records in consumer.poll(timeout_ms=500).values():
-            for record in records:
-                try:
-                    chunk = decode_chunk(record.value)
-                    if keys is not None and chunk.kind == KIND_UPDATE:
-                        headers = RawRecord(record.value, record.key, tuple(record.headers or ())).header_map()
-                        keys.verify_record(record.key, headers, record.value)
-                        check_headers_match(headers, chunk)
-                except ProtocolError:
-                    continue
-                key = (chunk.kind, chunk.node_id, chunk.server_round)
-                try:
-                    assemblers.setdefault(key, WeightAssembler()).add(chunk)
-                except ProtocolError:
-                    continue
+            out.extend(RawRecord(r.value, r.key, tuple(r.headers or ()), r.partition, r.offset) for r in records)
     consumer.close()
+    return out
+
+
+def read_weights(kafka: str, topic: str,
+                 keys: KeyRegistry | None = None) -> dict[tuple[str, str, int], tuple[int, list[np.ndarray]]]:
+    """Every complete set of weights in ``topic``: (kind, sender, round) -> (num_samples, arrays).
+
+    With ``keys``, only update records whose signature verifies count (what a test injected does not)."""
+    assemblers: dict[tuple[str, str, int], WeightAssembler] = {}
+    for record in read_records(kafka, topic):
+        try:
+            chunk = decode_chunk(record.value)
+            if keys is not None and chunk.kind == KIND_UPDATE:
+                headers = record.header_map()
+                keys.verify_record(record.key, headers, record.value or b"")
+                check_headers_match(headers, chunk)
+            assemblers.setdefault((chunk.kind, chunk.node_id, chunk.server_round), WeightAssembler()).add(chunk)
+        except ProtocolError:
+            continue
     return {key: (a.num_samples, a.result()) for key, a in assemblers.items() if a.complete}
 
 
@@ -209,11 +212,17 @@ class LocalBroker:
     """A broker of this test's own (scripts/kafka-local.sh on free ports, state under ``data_dir``) that a
     test may stop and start again; the state survives a restart like a real broker's disk does."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.port, controller = free_port(), free_port()
+    def __init__(self, data_dir: Path, *, sasl_plain_users: str | None = None) -> None:
+        with socket.socket() as a, socket.socket() as b, socket.socket() as c:  # held together: three distinct
+            for sock in (a, b, c):
+                sock.bind(("127.0.0.1", 0))
+            self.port, controller, sasl_port = (int(sock.getsockname()[1]) for sock in (a, b, c))
         self.bootstrap = f"127.0.0.1:{self.port}"
+        self.sasl_bootstrap = f"127.0.0.1:{sasl_port}"  # SASL_PLAINTEXT listener, with ``sasl_plain_users``
         self.env = {**os.environ, "KAFKA_PORT": str(self.port), "KAFKA_CONTROLLER_PORT": str(controller),
                     "KAFKA_DATA_DIR": str(data_dir), "KAFKA_REUSE_EXISTING": "0"}
+        if sasl_plain_users:
+            self.env.update(KAFKA_SASL_PORT=str(sasl_port), KAFKA_SASL_PLAIN_USERS=sasl_plain_users)
 
     def _script(self, command: str) -> None:
         subprocess.run([str(REPO / "scripts" / "kafka-local.sh"), command], env=self.env, check=True, timeout=300,
@@ -224,6 +233,11 @@ class LocalBroker:
 
     def stop(self) -> None:
         self._script("stop")
+
+    def stop_quietly(self) -> None:
+        """For clean-up: stop, whatever state the broker is in."""
+        subprocess.run([str(REPO / "scripts" / "kafka-local.sh"), "stop"], env=self.env, check=False, timeout=120,
+                       stdout=subprocess.DEVNULL)
 
 
 class Mallory:
@@ -293,18 +307,3 @@ class Mallory:
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def read_records(kafka: str, topic: str) -> list[RawRecord]:
-    """Every record of ``topic`` as ``RawRecord`` (key, headers, value), partition by partition."""
-    consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=None, enable_auto_commit=False)
-    partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    end = consumer.end_offsets(partitions)
-    out: list[RawRecord] = []
-    while any(consumer.position(tp) < end[tp] for tp in partitions):
-        for records in consumer.poll(timeout_ms=500).values():
-            out.extend(RawRecord(r.value, r.key, tuple(r.headers or ()), r.partition, r.offset) for r in records)
-    consumer.close()
-    return out

@@ -1,52 +1,30 @@
 """SASL/PLAIN against a real broker: scripts/kafka-local.sh with KAFKA_SASL_PLAIN_USERS, on its own ports."""
 
 import logging
-import os
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from common.kafka_security import KafkaSecurity
+from tests.integration.harness import LocalBroker
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "kafka-local.sh"
 USER, PASSWORD = "fl-node", "fl-node-secret"
 RECEIVE_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True)
-class SaslBroker:
-    plaintext: str
-    sasl_plaintext: str
-
-
-def free_ports(count: int) -> list[int]:
-    with ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
 @pytest.fixture(scope="module")
-def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslBroker]:
-    port, controller_port, sasl_port = free_ports(3)
-    env = {**os.environ, "KAFKA_PORT": str(port), "KAFKA_CONTROLLER_PORT": str(controller_port),
-           "KAFKA_SASL_PORT": str(sasl_port), "KAFKA_DATA_DIR": str(tmp_path_factory.mktemp("kafka-sasl")),
-           "KAFKA_SASL_PLAIN_USERS": f"{USER}:{PASSWORD},other:other-secret", "KAFKA_REUSE_EXISTING": "0"}
+def sasl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka-sasl"),
+                         sasl_plain_users=f"{USER}:{PASSWORD},other:other-secret")
     try:
-        subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=300)
-        yield SaslBroker(plaintext=f"127.0.0.1:{port}", sasl_plaintext=f"127.0.0.1:{sasl_port}")
+        broker.start()
+        yield broker
     finally:
-        subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=120)
+        broker.stop_quietly()
 
 
 def sasl_security(password: str) -> KafkaSecurity:
@@ -78,16 +56,16 @@ def round_trip(bootstrap: str, security: KafkaSecurity) -> bytes:
 
 
 def test_record_round_trips_over_sasl_plaintext(sasl_broker):
-    value = round_trip(sasl_broker.sasl_plaintext, sasl_security(PASSWORD))
+    value = round_trip(sasl_broker.sasl_bootstrap, sasl_security(PASSWORD))
     assert len(value) == 16
 
 
 def test_wrong_password_is_rejected_by_the_broker(sasl_broker, caplog):
     config = sasl_security("not-the-password").to_client_config()
     with caplog.at_level(logging.ERROR, logger="kafka"), pytest.raises(KafkaError):
-        KafkaProducer(bootstrap_servers=sasl_broker.sasl_plaintext, bootstrap_timeout_ms=5_000, **config)
+        KafkaProducer(bootstrap_servers=sasl_broker.sasl_bootstrap, bootstrap_timeout_ms=5_000, **config)
     assert "Authentication failed" in caplog.text
 
 
 def test_plaintext_listener_still_serves_unauthenticated_clients(sasl_broker):
-    assert len(round_trip(sasl_broker.plaintext, KafkaSecurity())) == 16
+    assert len(round_trip(sasl_broker.bootstrap, KafkaSecurity())) == 16
