@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
@@ -29,12 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from common.protocol import ProtocolError, WeightChunk, check_node_id
+from common.safe_json import MiB, read_json_file
 
 KEY_BYTES = 32
 KEYS_FORMAT = "fl-keys/1"
 NODE_HEADER = "fl.node"
 MAC_HEADER = "fl.mac"
 CONNECT_SKEW_S = 300.0
+MAX_REGISTRY_BYTES = 16 * MiB
 _MAC_CONTEXT = b"fl-record/1"
 _CONNECT_CONTEXT = b"fl-connect/1"
 
@@ -97,8 +98,8 @@ class KeyRegistry:
     @classmethod
     def load(cls, path: Path) -> KeyRegistry:
         try:
-            document = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            document = read_json_file(Path(path), max_bytes=MAX_REGISTRY_BYTES)
+        except (OSError, ProtocolError) as exc:
             raise ValueError(f"{path}: cannot read the node key registry ({exc})") from exc
         if not isinstance(document, dict) or document.get("format") != KEYS_FORMAT:
             raise ValueError(f"{path}: not a node key registry (format must be {KEYS_FORMAT!r}; make one with fl-keys)")

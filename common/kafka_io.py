@@ -16,8 +16,10 @@ from kafka.structs import OffsetAndMetadata
 
 from common.assembly import WeightAssembler
 from common.protocol import ModelRef, ProtocolError, RawRecord, WeightChunk, decode_chunk, encode_chunk
+from common.ratelog import RateLimitedLog
 
 logger = logging.getLogger(__name__)
+foreign_records_log = RateLimitedLog(logger)  # anyone who can write the models topic can repeat these
 
 SEND_TIMEOUT_S = 60.0
 
@@ -132,7 +134,8 @@ def fetch_weights(
                 try:
                     chunk = decode_chunk(record.value)
                 except ProtocolError as exc:
-                    logger.warning("skipping bad model record at offset %d: %s", record.offset, exc)
+                    foreign_records_log.warning(exc.reason, "skipping bad model record at offset %d: %s",
+                                                record.offset, exc)
                     continue
                 if chunk.session_id == session_id and chunk.server_round == server_round:
                     assembler.add(chunk)

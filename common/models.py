@@ -8,14 +8,16 @@ they need no model code. Training settings travel as a small whitelisted compile
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.safe_json import MiB, loads_untrusted
+
 ALLOWED_OPTIMIZERS = ("adam", "sgd")
 ALLOWED_LOSSES = ("sparse_categorical_crossentropy",)
 ALLOWED_METRICS = ("accuracy",)
+MAX_ARCHITECTURE_BYTES = 4 * MiB  # a model's to_json() text; it arrives inside start_round
 
 
 CATALOGUE = ("logreg", "mlp", "mlp:H1,H2,...", "cnn", "path/to/module.py:function")
@@ -119,4 +121,5 @@ def model_from_architecture(architecture: str) -> Any:
     """Rebuild a model from ``to_json()`` text in safe mode (no lambdas, no arbitrary code)."""
     import keras
 
-    return keras.saving.deserialize_keras_object(json.loads(architecture), safe_mode=True)
+    config = loads_untrusted(architecture, max_bytes=MAX_ARCHITECTURE_BYTES, what="model architecture")
+    return keras.saving.deserialize_keras_object(config, safe_mode=True)

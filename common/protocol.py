@@ -33,6 +33,8 @@ import numpy as np
 
 from common import PROTOCOL_VERSION
 from common.codec import ArraySpec, CodecError, array_to_bytes, b64decode, b64encode, validate_spec
+from common.errors import ProtocolError
+from common.safe_json import loads_untrusted
 
 KIND_UPDATE = "update"
 KIND_MODEL = "model"
@@ -46,22 +48,24 @@ NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
-class ProtocolError(ValueError):
-    """An untrusted message that does not follow the protocol; ``reason`` is a short tag."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-
-
 # --------------------------------------------------------------------- field checks
+
+
+def _is_finite_number(value: object) -> bool:
+    """An int or float that is a finite float; a huge int (``float()`` overflows) is not."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _require(obj: dict[str, Any], name: str, kind: type, *, where: str) -> Any:
     value = obj.get(name)
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = _is_finite_number(value)
     if not ok:
         raise ProtocolError("bad_schema", f"{where}: field {name!r} must be {kind.__name__}, got {value!r:.80}")
     return value
@@ -144,12 +148,7 @@ def decode_chunk(value: bytes | None, *, max_record_bytes: int = MAX_RECORD_BYTE
     """Parse and validate an untrusted Kafka record value; raise ``ProtocolError``."""
     if value is None:
         raise ProtocolError("not_json", "empty record")
-    if len(value) > max_record_bytes:
-        raise ProtocolError("oversize", f"record of {len(value)} bytes exceeds {max_record_bytes}")
-    try:
-        obj = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError("not_json", f"record is not UTF-8 JSON ({exc})") from exc
+    obj = loads_untrusted(value, max_bytes=max_record_bytes, what="record")
     if not isinstance(obj, dict):
         raise ProtocolError("bad_schema", "record must be a JSON object")
     where = "weight chunk"

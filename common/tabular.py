@@ -24,6 +24,13 @@ NUMERIC = "numeric"
 CATEGORICAL = "categorical"
 
 
+
+# Bounds on what one node may report: the pooled mean squared and the sum of squares stay finite floats.
+MAX_STAT_SUM = 1e150
+MAX_STAT_SUM_SQ = 1e300
+MAX_STAT_COUNT = 2**53
+
+
 class SchemaError(ValueError):
     """Data or statistics that do not fit a schema; ``column`` names the offender when there is one."""
 
@@ -90,7 +97,8 @@ class Schema:
             name = _name(item.get("name"), "feature name")
             kind = item.get("kind", NUMERIC)
             if kind == NUMERIC:
-                mean, std = _finite(item.get("mean", 0.0), name), _finite(item.get("std", 1.0), name)
+                mean = _finite(item.get("mean", 0.0), name, MAX_STAT_SUM)
+                std = _finite(item.get("std", 1.0), name, MAX_STAT_SUM)
                 columns.append(Column(name, NUMERIC, mean, std if std > 0 else 1.0))
             elif kind == CATEGORICAL:
                 categories = item.get("categories")
@@ -119,10 +127,16 @@ def _label(value: object) -> str:
     return text
 
 
-def _finite(value: object, column: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SchemaError(f"column {column!r}: statistics must be finite numbers", column)
-    return float(value)
+def _finite(value: object, column: str, limit: float) -> float:
+    """A statistic from the network as a float within ``±limit`` (so merging cannot overflow to inf)."""
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int too large for a float
+        number = math.nan
+    if not (math.isfinite(number) and abs(number) <= limit):
+        raise SchemaError(f"column {column!r}: statistics must be finite numbers within ±{limit:g}", column)
+    return number
+
 
 
 def label_text(value: Any) -> str:
@@ -277,10 +291,10 @@ def parse_statistics(obj: object, target: str) -> dict[str, Any]:
             raise SchemaError(f"column {name!r}: statistics must be an object", name)
         if entry.get("kind") == NUMERIC:
             count = entry.get("count")
-            if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-                raise SchemaError(f"column {name!r}: count must be a non-negative integer", name)
-            clean[name] = {"kind": NUMERIC, "count": count, "sum": _finite(entry.get("sum"), name),
-                           "sum_sq": _finite(entry.get("sum_sq"), name)}
+            if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_STAT_COUNT:
+                raise SchemaError(f"column {name!r}: count must be an integer in [0, 2**53]", name)
+            clean[name] = {"kind": NUMERIC, "count": count, "sum": _finite(entry.get("sum"), name, MAX_STAT_SUM),
+                           "sum_sq": _finite(entry.get("sum_sq"), name, MAX_STAT_SUM_SQ)}
         elif entry.get("kind") == CATEGORICAL:
             clean[name] = {"kind": CATEGORICAL, "counts": _counts(entry.get("counts"), name)}
         else:
@@ -293,7 +307,7 @@ def _counts(obj: object, column: str) -> dict[str, int]:
         raise SchemaError(f"column {column!r}: value counts must be an object", column)
     out: dict[str, int] = {}
     for value, count in obj.items():
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise SchemaError(f"column {column!r}: counts must be non-negative integers", column)
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_STAT_COUNT:
+            raise SchemaError(f"column {column!r}: counts must be integers in [0, 2**53]", column)
         out[_label(value)] = count
     return out

@@ -7,7 +7,9 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,11 +33,12 @@ from common.protocol import (
     UpdateAck,
     split_weights,
 )
+from common.safe_json import SocketIOJson
 from common.tabular import SchemaError
 from common.tls import async_client_options
 from fl_node.attacks import apply_attack
 from fl_node.data import LocalData
-from fl_node.trainer import LocalTrainer
+from fl_node.trainer import LocalTrainer, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,26 @@ class ServerRefused(RuntimeError):
     """The server refused this node's connection (unknown node, bad key, bad hello)."""
 
 
+class LocalFailure(RuntimeError):
+    """A round failed at this node; ``reason`` (``fetch_failed``, ``train_failed``, ``publish_failed``) is what
+    the server records for the refusal."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+    @staticmethod
+    @contextmanager
+    def stage(reason: str) -> Iterator[None]:
+        """Turn any exception of this stage into a ``LocalFailure(reason)`` that keeps the original as cause."""
+        try:
+            yield
+        except SchemaError:
+            raise
+        except Exception as exc:
+            raise LocalFailure(reason, f"{type(exc).__name__}: {exc}"[:500]) from exc
+
+
 class FederatedNode:
     """Connects, trains when told, publishes updates, saves the final model on ``end_session``."""
 
@@ -85,7 +108,8 @@ class FederatedNode:
     def _new_client(self, **options: Any) -> socketio.AsyncClient:
         """Reconnects forever with jittered exponential backoff (0.5 s doubling to 5 s)."""
         sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
-                                   reconnection_delay_max=5, randomization_factor=0.5, handle_sigint=False, **options)
+                                   reconnection_delay_max=5, randomization_factor=0.5, handle_sigint=False,
+                                   json=SocketIOJson, **options)
         sio.on("connect", self._on_connect)
         sio.on("connect_error", self._on_connect_error)
         sio.on("disconnect", self._on_disconnect)
@@ -200,26 +224,25 @@ class FederatedNode:
             return
         if key in self._in_progress:
             return
-        try:
-            x, y = self.data.prepare(DataSpec.from_wire(start.model.data))
-        except SchemaError as exc:
-            await self._refuse(start, exc)
-            return
-        self.trainer.set_data(x, y)
         self._in_progress.add(key)
         self._spawn(self._run_round(start))
 
-    async def _refuse(self, start: StartRound, exc: SchemaError) -> None:
-        """Our data does not fit the federation's schema: say why, then leave (the session goes on without us)."""
-        self.refused = str(exc)
-        logger.error("node %s refuses round %d: %s", self.settings.node_id, start.server_round, exc)
-        refusal = NodeRefusal(start.session_id, start.server_round, self.settings.node_id, "schema_mismatch", str(exc))
+    async def _refuse(self, start: StartRound, reason: str, detail: str, *, leave: bool) -> None:
+        """Tell the server this node cannot deliver the round, so it stops waiting for us at once.
+
+        ``leave``: the failure cannot heal (our data does not fit the federation's schema), so the node
+        leaves and the session goes on without it; otherwise it stays for the next rounds."""
+        if leave:
+            self.refused = detail
+        logger.error("node %s refuses round %d (%s): %s", self.settings.node_id, start.server_round, reason, detail)
+        refusal = NodeRefusal(start.session_id, start.server_round, self.settings.node_id, reason, detail[:500])
         try:
             await self.sio.call("fl_refuse", refusal.to_wire(), timeout=self.settings.ack_timeout_s)
         except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as send_error:
             logger.warning("node %s: refusal not confirmed (%s)", self.settings.node_id, send_error)
         finally:
-            self._finished.set()
+            if leave:
+                self._finished.set()
 
     async def _on_stats(self, data: Any = None) -> dict[str, Any]:
         """Column statistics for the federation's schema: counts, sums, value counts; never rows."""
@@ -229,7 +252,8 @@ class FederatedNode:
         if not isinstance(categorical, list) or not all(isinstance(c, str) for c in categorical):
             return {"error": "categorical must be a list of column names"}
         try:
-            stats = self.data.statistics(data["target"], categorical)
+            loop = asyncio.get_running_loop()  # O(rows) pandas work: in the worker, not on the event loop
+            stats = await loop.run_in_executor(self._worker, self.data.statistics, data["target"], categorical)
         except SchemaError as exc:
             logger.error("node %s cannot share statistics: %s", self.settings.node_id, exc)
             return {"error": str(exc)}
@@ -250,8 +274,12 @@ class FederatedNode:
         loop = asyncio.get_running_loop()
         try:
             ack = await loop.run_in_executor(self._worker, self._train_and_publish, start)
-        except Exception:
-            logger.exception("node %s: round %d failed", self.settings.node_id, start.server_round)
+        except SchemaError as exc:
+            await self._refuse(start, "schema_mismatch", str(exc), leave=True)
+            return
+        except LocalFailure as exc:
+            logger.error("node %s: round %d failed", self.settings.node_id, start.server_round, exc_info=exc.__cause__)
+            await self._refuse(start, exc.reason, str(exc), leave=False)
             return
         finally:
             self._in_progress.discard((start.session_id, start.server_round))
@@ -271,12 +299,21 @@ class FederatedNode:
                            ack.server_round, reply)
 
     def _train_and_publish(self, start: StartRound) -> UpdateAck:
-        """Worker thread: fetch the global model, train, publish the update; returns the acknowledgement."""
+        """Worker thread: prepare the data, fetch the global model, train, publish the update; returns the
+        acknowledgement. Raises ``SchemaError`` if our data does not fit, ``LocalFailure`` for any other failure."""
+        x, y = self.data.prepare(DataSpec.from_wire(start.model.data))  # O(rows): not on the event loop
+        self.trainer.set_data(x, y)
         t0 = time.perf_counter()
-        weights = self._fetch(start.model, start.session_id, start.server_round)
+        with LocalFailure.stage("fetch_failed"):
+            weights = self._fetch(start.model, start.session_id, start.server_round)
         fetch_s = time.perf_counter() - t0
-        result = self.trainer.train(start.model.architecture, start.model.compile, weights, start.config,
-                                    server_round=start.server_round)
+        with LocalFailure.stage("train_failed"):
+            result = self.trainer.train(start.model.architecture, start.model.compile, weights, start.config,
+                                        server_round=start.server_round)
+        with LocalFailure.stage("publish_failed"):
+            return self._publish(start, weights, result, fetch_s)
+
+    def _publish(self, start: StartRound, weights: list[Any], result: TrainResult, fetch_s: float) -> UpdateAck:
         t1 = time.perf_counter()
         published = apply_attack(self.settings.attack, weights, result.weights, scale=self.settings.attack_scale)
         if self.settings.attack != "none":

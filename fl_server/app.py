@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,10 +34,15 @@ from common.protocol import (
     UpdateAck,
     split_weights,
 )
+from common.ratelog import RateLimitedLog
+from common.safe_json import MALFORMED_EVENT, SocketIOJson
+from fl_server.collector import InspectedRecord
 from fl_server.coordinator import Coordinator
+from fl_server.inbox import Inbox
 from fl_server.registry import NodeInfo, NodeRegistry
 
 logger = logging.getLogger(__name__)
+inspect_log = RateLimitedLog(logger)
 
 
 @dataclass(frozen=True)
@@ -63,12 +69,17 @@ class SocketIOFrontend:
         self.coordinator: Coordinator | None = None
         self.refused_by_reason: Counter[str] = Counter()
         self.refusals: dict[str, str] = {}
+        self.malformed_by_reason: Counter[str] = Counter()  # packets whose JSON was unfit (common.safe_json)
         self._tasks: set[Any] = set()  # background emits, referenced until done
-        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False)
+        self._log = RateLimitedLog(logger)  # anything a client can repeat is logged through this
+        # Every packet's JSON is parsed by SocketIOJson: size, depth and number limits, never an exception.
+        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False, json=SocketIOJson,
+                                        max_http_buffer_size=SocketIOJson.max_bytes)
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
         self.sio.on("fl_update", self.on_update)
         self.sio.on("fl_refuse", self.on_refuse)
+        self.sio.on(MALFORMED_EVENT, self.on_malformed)
         self.sio.on("*", self.on_unknown)
 
     @property
@@ -83,7 +94,8 @@ class SocketIOFrontend:
         this relies on the server's default ``always_connect=False``)."""
         if not self.sio.manager.is_connected(sid, "/"):
             return False
-        logger.warning("ignored a %r event from %s", event, self.registry.node_for_sid(sid) or sid)
+        node = self.registry.node_for_sid(sid) or sid
+        self._log.warning("lifecycle_event", "ignored a %r event from %s", event, node)
         return True
 
     async def on_connect(self, sid: str, environ: Any = None, auth: Any = None, *_extra: Any) -> None:
@@ -116,7 +128,7 @@ class SocketIOFrontend:
     def _refuse(self, sid: str, environ: Any, reason: str, exc: Exception) -> NoReturn:
         self.refused_by_reason[reason] += 1
         peer = environ.get("REMOTE_ADDR", "?") if isinstance(environ, dict) else "?"
-        logger.warning("refused connection %s from %s: %s", sid, peer, exc)
+        self._log.warning(f"refused:{reason}", "refused connection %s from %s: %s", sid, peer, exc)
         raise socketio.exceptions.ConnectionRefusedError(reason) from None
 
     async def on_disconnect(self, sid: str, reason: Any = None, *_extra: Any) -> None:
@@ -135,10 +147,10 @@ class SocketIOFrontend:
         try:
             ack = UpdateAck.from_wire(data)
         except ProtocolError as exc:
-            logger.warning("bad fl_update from %s: %s", node_id, exc)
+            self._log.warning("bad_fl_update", "bad fl_update from %s: %s", node_id, exc)
             return {"accepted": False, "reason": exc.reason}
         if ack.node_id != node_id:
-            logger.warning("fl_update from %s names node %s; dropped", node_id, ack.node_id)
+            self._log.warning("node_mismatch", "fl_update from %s names node %s; dropped", node_id, ack.node_id)
             return {"accepted": False, "reason": "node_mismatch"}
         if self.coordinator is None:
             return {"accepted": False, "reason": "no_session"}
@@ -152,10 +164,11 @@ class SocketIOFrontend:
         try:
             refusal = NodeRefusal.from_wire(data)
         except ProtocolError as exc:
-            logger.warning("bad fl_refuse from %s: %s", node_id or sid, exc)
+            self._log.warning("bad_fl_refuse", "bad fl_refuse from %s: %s", node_id or sid, exc)
             return {"received": False}
         if node_id is None or refusal.node_id != node_id:
-            logger.warning("fl_refuse from %s names node %s; dropped", node_id or sid, refusal.node_id)
+            self._log.warning("node_mismatch", "fl_refuse from %s names node %s; dropped", node_id or sid,
+                              refusal.node_id)
             return {"received": False}
         logger.warning("node %s refused to take part (%s): %s", node_id, refusal.reason, refusal.detail)
         self.refusals[node_id] = f"{refusal.reason}: {refusal.detail}"
@@ -184,7 +197,15 @@ class SocketIOFrontend:
     async def on_unknown(self, event: Any, sid: Any = None, *_args: Any) -> None:
         # An event literally named "*" comes without its name, so (sid, data...) shift left: trust only a str sid.
         node_id = self.registry.node_for_sid(sid) if isinstance(sid, str) else None
-        logger.warning("ignored unknown event %.40r from %.40s", event, node_id or sid)
+        self._log.warning("unknown_event", "ignored unknown event %.40r from %.40s", event, node_id or sid)
+
+    async def on_malformed(self, sid: Any = None, reason: Any = None, *_args: Any) -> None:
+        """A packet whose JSON ``SocketIOJson`` refused (or a client emitting the marker event itself)."""
+        reason = reason if isinstance(reason, str) and len(reason) <= 32 else "malformed"
+        self.malformed_by_reason[reason] += 1
+        node_id = self.registry.node_for_sid(sid) if isinstance(sid, str) else None
+        self._log.warning(f"malformed:{reason}", "dropped a malformed Socket.IO packet (%s) from %.40s", reason,
+                          node_id or sid)
 
     async def emit(self, event: str, data: dict[str, Any], sid: str) -> None:
         await self.sio.emit(event, data, to=sid)
@@ -205,9 +226,14 @@ class KafkaPlane:
         self._start_offsets = start_offsets
         self._producer: Any = None
         self._consumer: kafka_io.UpdateConsumer | None = None
+        self._stopping = threading.Event()
 
-    async def start(self, on_record: Callable[[RawRecord], None]) -> dict[int, int]:
-        """Create topics, open the producer, position the consumer; returns where it starts reading."""
+    async def start(self, inbox: Inbox, inspect: Callable[[RawRecord], InspectedRecord]) -> dict[int, int]:
+        """Create topics, open the producer, position the consumer; returns where it starts reading.
+
+        Every record is inspected (``fl_server.collector.inspect_record``: size, signature, JSON, fields) on
+        the consumer's thread and handed to ``inbox``, which blocks that thread, never the event loop, while
+        the round loop is behind: records then wait in Kafka, not in the server's memory."""
         loop = asyncio.get_running_loop()
         e = self.endpoints
         await loop.run_in_executor(
@@ -216,8 +242,16 @@ class KafkaPlane:
         )
         self._producer = await loop.run_in_executor(None, kafka_io.make_producer, e.kafka, "fl-server", self.config)
 
+        inbox.bind(loop)
+
         def deliver(record: RawRecord) -> None:
-            loop.call_soon_threadsafe(on_record, record)
+            try:
+                item = inspect(record)
+            except Exception as exc:  # noqa: BLE001 - a record must never stop the consumer (it would re-read it)
+                inspect_log.log(logging.ERROR, "unreadable", "could not inspect the record at %s/%d: %r",
+                                record.partition, record.offset, exc)
+                item = InspectedRecord(record.partition, record.offset, rejection=("unreadable", repr(exc)[:200]))
+            inbox.put_from_thread(item, item.size_bytes, self._stopping)
 
         self._consumer = kafka_io.UpdateConsumer(e.kafka, e.updates_topic, deliver, group_id=self.group_id,
                                                  start_offsets=self._start_offsets, config=self.config)
@@ -231,11 +265,14 @@ class KafkaPlane:
             self._consumer.request_commit(offsets)
 
     async def publish_model(self, server_round: int, weights: Sequence[np.ndarray]) -> ModelRef:
-        chunks = list(split_weights(weights, kind=KIND_MODEL, session_id=self.session_id, server_round=server_round,
-                                    node_id=SERVER_SENDER_ID, num_samples=0, chunk_bytes=self.endpoints.chunk_bytes))
         topic = self.endpoints.models_topic
         deadline = time.monotonic() + self.endpoints.publish_timeout_s
-        publish = partial(kafka_io.publish_chunks, self._producer, topic, chunks)
+
+        def publish() -> list[tuple[int, int]]:  # a worker thread: slicing and encoding are O(model)
+            chunks = split_weights(weights, kind=KIND_MODEL, session_id=self.session_id, server_round=server_round,
+                                   node_id=SERVER_SENDER_ID, num_samples=0, chunk_bytes=self.endpoints.chunk_bytes)
+            return kafka_io.publish_chunks(self._producer, topic, chunks)
+
         loop = asyncio.get_running_loop()
         positions = await loop.run_in_executor(
             None, kafka_io.publish_until, deadline, publish, f"publishing the round {server_round} model"
@@ -244,6 +281,7 @@ class KafkaPlane:
 
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
+        self._stopping.set()  # releases a consumer thread waiting for room in the inbox
         if self._consumer is not None:
             await loop.run_in_executor(None, self._consumer.stop)
             self._consumer = None

@@ -10,7 +10,6 @@ at least as new as the history, and resuming rewrites the history from it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,11 @@ from typing import Any
 import numpy as np
 
 from common.codec import CodecError, decode_array, encode_array, weights_digest
-from fl_server.history import utc_now, write_json_atomic
+from common.safe_json import MiB, read_json_file
+from fl_server.history import MAX_HISTORY_BYTES, utc_now, write_json_atomic
 
 CHECKPOINT_FORMAT = "fl-checkpoint/1"
+MAX_CHECKPOINT_BYTES = 2048 * MiB  # weights travel base64 in the JSON: a 1 GiB model fits
 
 
 class CheckpointError(ValueError):
@@ -94,13 +95,13 @@ def load_checkpoint_for(history_file: Path) -> tuple[Checkpoint, Path]:
     """The checkpoint of the session whose history is ``history_file`` (``history/<session>.json``)."""
     history_file = Path(history_file)
     try:
-        history = json.loads(history_file.read_text(encoding="utf-8"))
+        history = read_json_file(history_file, max_bytes=MAX_HISTORY_BYTES)
         session_id = str(history["session_id"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # ProtocolError is a ValueError
         raise CheckpointError(f"{history_file}: not a readable session history ({exc})") from exc
     path = checkpoint_path(history_file.parent, session_id)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = read_json_file(path, max_bytes=MAX_CHECKPOINT_BYTES)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no checkpoint (the session completed no round, or was run elsewhere)") from None
     except (OSError, ValueError) as exc:

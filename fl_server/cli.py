@@ -9,7 +9,9 @@ import secrets
 import signal
 import sys
 from collections import Counter
+from dataclasses import asdict
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +28,14 @@ from common.config import (
 )
 from common.integrity import ConnectVerifier, KeyRegistry
 from common.kafka_security import KafkaSecurity, add_kafka_security_options
-from common.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, SESSION_ID_PATTERN, RawRecord, TrainConfig
+from common.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, SESSION_ID_PATTERN, TrainConfig
 from common.tls import add_tls_server_options, tls_server_context_from_args
 from fl_server.app import Endpoints, KafkaPlane, SocketIOFrontend, final_model_path, serve_socketio
 from fl_server.checkpoint import Checkpoint, CheckpointError, checkpoint_path, load_checkpoint_for
+from fl_server.collector import inspect_record
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
 from fl_server.history import SessionHistory, config_from_args, utc_now
+from fl_server.inbox import DEFAULT_KAFKA_BYTES, Inbox
 from fl_server.registry import NodeRegistry
 from fl_server.strategy_options import STRATEGY_FLAGS, add_strategy_options, strategy_from_args
 
@@ -74,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--max-update-norm", type=positive_float, default=None,
                help="reject an update whose L2 distance from the global model exceeds this")
     add_option(parser, "--max-record-bytes", type=positive_int, default=MAX_RECORD_BYTES,
-               help="reject update records larger than this (the broker's default message.max.bytes)")
+               help="reject update records larger than this")
+    add_option(parser, "--inbox-bytes", type=positive_int, default=DEFAULT_KAFKA_BYTES,
+               help="most bytes of update records waiting for the round loop; past it the server stops reading "
+               "Kafka until the loop catches up (records wait in the broker, none is dropped)")
     add_option(parser, "--node-keys", type=Path, default=None,
                help="registry of node keys (JSON made by fl-keys): nodes must prove their key to connect, "
                "and every update record must carry its HMAC")
@@ -185,19 +192,13 @@ async def run_session(args: argparse.Namespace) -> Path:
     history = open_history(args, session_id, checkpoint, strategy_params=strategy.params(),
                            authenticated=keys is not None)
     config = history.document["config"]
-    coordinator: Coordinator | None = None
-    early_records: list[RawRecord] = []  # records that arrive before the first round are judged in it
-
-    def on_record(record: RawRecord) -> None:
-        if coordinator is None:
-            early_records.append(record)
-        else:
-            coordinator.on_record(record)
-
+    # Records that arrive before round 1 wait here (bounded; past the bound they wait in Kafka) and are judged in it.
+    inbox = Inbox(max_kafka_bytes=args.inbox_bytes)
+    inspect = partial(inspect_record, keys=keys, max_record_bytes=args.max_record_bytes)
     runner = None
     status = "failed"
     try:
-        start_offsets = await kafka.start(on_record)
+        start_offsets = await kafka.start(inbox, inspect)
         runner = await serve_socketio(frontend, args.host, args.port, server_tls)
         history.save()
         await registry.wait_for_logged(args.min_nodes)
@@ -246,10 +247,8 @@ async def run_session(args: argparse.Namespace) -> Path:
             commit=kafka.commit,
             resume=checkpoint,
             offsets=start_offsets,
+            inbox=inbox,
         )
-        for record in early_records:
-            coordinator.on_record(record)
-        early_records.clear()
         frontend.coordinator = coordinator
         logger.info("session %s: %s on %s, rounds %d..%d, %d parameters; history at %s", session_id, args.model,
                     data.source, coordinator.first_round, args.rounds, model.count_params(), history.path)
@@ -272,6 +271,8 @@ async def run_session(args: argparse.Namespace) -> Path:
         history.document["refused_connections"] = frontend.refused
         history.document["refused_connections_by_reason"] = dict(frontend.refused_by_reason)
         history.document["refused_nodes"] = dict(frontend.refusals)
+        history.document["malformed_packets_by_reason"] = dict(sorted(frontend.malformed_by_reason.items()))
+        history.document["inbox"] = asdict(inbox.stats())
         history.finish(status)
         if runner is not None:
             await runner.cleanup()

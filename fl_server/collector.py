@@ -1,5 +1,17 @@
 """Collects one round's node updates from raw Kafka records (pure: no I/O).
 
+The work is split in three, so that nothing proportional to a model runs on the event loop:
+
+* ``inspect_record`` (stateless, thread-safe; the Kafka consumer's thread calls it): size,
+  signature, JSON and field checks, signed headers. It returns an ``InspectedRecord``: the decoded
+  chunk, or the reason it was rejected.
+* ``RoundCollector.offer`` (the round loop, cheap): round, layout, participant, de-duplication;
+  when a node's last chunk arrives it returns a ``PendingUpdate``.
+* ``assemble_update`` (pure, in a worker): joins the chunks, rebuilds the arrays and checks their
+  values; ``RoundCollector.conclude`` then records the outcome on the round loop.
+
+``offer_record`` does all three in a row (tests and in-process callers).
+
 Every record is untrusted. The collector checks it in a fixed order, cheapest and most
 fundamental first, and counts what it refuses by reason:
 
@@ -24,7 +36,8 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -38,10 +51,13 @@ from common.protocol import (
     ProtocolError,
     RawRecord,
     UpdateAck,
+    WeightChunk,
     decode_chunk,
 )
+from common.ratelog import RateLimitedLog
 
 logger = logging.getLogger(__name__)
+rejections_log = RateLimitedLog(logger)  # one per process: a flood of bad records is a few lines and a count
 
 
 @dataclass(frozen=True)
@@ -61,8 +77,93 @@ def update_norm(weights: Sequence[np.ndarray], reference: Sequence[np.ndarray]) 
     return math.sqrt(total)
 
 
+@dataclass(frozen=True)
+class InspectedRecord:
+    """What ``inspect_record`` learnt from one Kafka record: its chunk, or why it was rejected.
+
+    ``signer`` is the node whose key signed the record (None when unsigned or when keys are off);
+    ``partition``/``offset`` are the consumer's bookkeeping, for the offsets a checkpoint records."""
+
+    partition: int = -1
+    offset: int = -1
+    chunk: WeightChunk | None = None
+    signer: str | None = None
+    digest: bytes = b""
+    rejection: tuple[str, str] | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        """Memory this item holds while it waits in the inbox (roughly)."""
+        return (len(self.chunk.data) if self.chunk is not None else 0) + 256
+
+
+def inspect_record(record: RawRecord, *, keys: KeyRegistry | None,
+                   max_record_bytes: int = MAX_RECORD_BYTES) -> InspectedRecord:
+    """The stateless checks of one record, in the collector's order: size, signature, JSON and fields, headers.
+
+    Pure and thread-safe: the Kafka consumer's thread runs it, so parsing, base64 and HMAC over a record
+    never run on the event loop."""
+    value = record.value
+    at = partial(InspectedRecord, record.partition, record.offset)
+    if value is not None and len(value) > max_record_bytes:
+        return at(rejection=("oversize", f"record of {len(value)} bytes exceeds "
+                                                               f"{max_record_bytes}"))
+    signer: str | None = None
+    headers = record.header_map()
+    if keys is not None:
+        try:
+            signer = keys.verify_record(record.key, headers, value or b"")
+        except ProtocolError as exc:
+            return at(rejection=(exc.reason, str(exc)))
+    try:
+        chunk = decode_chunk(value, max_record_bytes=max_record_bytes)
+        if signer is not None:
+            check_headers_match(headers, chunk)
+    except ProtocolError as exc:
+        return at(signer=signer, rejection=(exc.reason, str(exc)))
+    assert value is not None  # decode_chunk refuses None
+    return at(chunk=chunk, signer=signer, digest=value_digest(value))
+
+
+@dataclass(frozen=True)
+class PendingUpdate:
+    """A node's update whose chunks are all in, waiting for ``assemble_update``."""
+
+    node_id: str
+    num_samples: int
+    assembler: WeightAssembler = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AssembledUpdate:
+    """The outcome of ``assemble_update``: the update, or the (reason, detail) that voids it."""
+
+    update: CompletedUpdate | None
+    problem: tuple[str, str] | None = None
+
+
+def assemble_update(pending: PendingUpdate, *, reference: Sequence[np.ndarray] | None = None,
+                    max_update_norm: float | None = None) -> AssembledUpdate:
+    """Join the chunks, rebuild the layers and check their values (pure; O(model): run it in a worker)."""
+    try:
+        weights = pending.assembler.result()
+    except ProtocolError as exc:
+        return AssembledUpdate(None, (exc.reason, str(exc)))
+    for index, layer in enumerate(weights):
+        if np.issubdtype(layer.dtype, np.floating) and not np.isfinite(layer).all():
+            return AssembledUpdate(None, ("non_finite", f"layer {index} has NaN or Inf"))
+    if max_update_norm is not None:
+        if reference is None:
+            raise ValueError("max_update_norm needs the reference (global) weights")
+        norm = update_norm(weights, reference)
+        if norm > max_update_norm:
+            return AssembledUpdate(None, ("norm_exceeded", f"update norm {norm:.4g} exceeds --max-update-norm "
+                                                           f"{max_update_norm:g}"))
+    return AssembledUpdate(CompletedUpdate(pending.node_id, pending.num_samples, weights))
+
+
 class RoundCollector:
-    """State of one round's update collection."""
+    """State of one round's update collection (event-loop only: every method is cheap)."""
 
     def __init__(
         self,
@@ -84,11 +185,12 @@ class RoundCollector:
         self.participants = frozenset(participants)
         self._expected = list(expected_specs)
         self._keys = keys
-        self._reference = reference
-        self._max_update_norm = max_update_norm
+        self.reference = reference
+        self.max_update_norm = max_update_norm
         self._max_record_bytes = max_record_bytes
         self.seen: set[bytes] = seen if seen is not None else set()  # digests of records taken (session-wide)
-        self._assemblers: dict[str, WeightAssembler] = {}
+        self._assemblers: dict[str, WeightAssembler] = {}  # partial uploads: one per participant at most
+        self._assembling: set[str] = set()  # complete, handed to assemble_update, not concluded yet
         self.completed: dict[str, CompletedUpdate] = {}  # bookkeeping only: weights=[]
         self.failed: dict[str, str] = {}
         self.acks: dict[str, UpdateAck] = {}
@@ -97,6 +199,11 @@ class RoundCollector:
         self.duplicates = 0
         self.ignored = 0
         self._counted: set[tuple[str, str, int]] = set()
+
+    @property
+    def partial_uploads(self) -> int:
+        """Participants with some, but not all, of their chunks in (bounded by the participants)."""
+        return len(self._assemblers)
 
     def reject(self, reason: str, detail: str, *, update_key: tuple[str, int] | None = None,
                forfeit: str | None = None) -> None:
@@ -110,39 +217,31 @@ class RoundCollector:
                 return
             self._counted.add((reason, *update_key))
         self.rejected[reason] += 1
-        logger.warning("round %d: rejected update record (%s): %s", self.server_round, reason, detail)
+        rejections_log.warning(reason, "round %d: rejected update record (%s): %s", self.server_round, reason, detail)
 
     def offer_record(self, record: RawRecord) -> CompletedUpdate | None:
-        """Feed one raw record; returns the node's update when this record completes it."""
-        value = record.value
-        if value is not None and len(value) > self._max_record_bytes:
-            self.reject("oversize", f"record of {len(value)} bytes exceeds {self._max_record_bytes}")
+        """Inspect, offer, assemble and conclude one raw record in a row; returns the update it completes."""
+        pending = self.offer(inspect_record(record, keys=self._keys, max_record_bytes=self._max_record_bytes))
+        if pending is None:
             return None
-        signer: str | None = None
-        headers = record.header_map()
-        if self._keys is not None:
-            try:
-                signer = self._keys.verify_record(record.key, headers, value or b"")
-            except ProtocolError as exc:
-                self.reject(exc.reason, str(exc))
-                return None
-        try:
-            chunk = decode_chunk(value, max_record_bytes=self._max_record_bytes)
-            if signer is not None:
-                check_headers_match(headers, chunk)
-        except ProtocolError as exc:
-            self._reject_signed(exc.reason, str(exc), signer)
+        outcome = assemble_update(pending, reference=self.reference, max_update_norm=self.max_update_norm)
+        return self.conclude(pending, outcome)
+
+    def offer(self, item: InspectedRecord) -> PendingUpdate | None:
+        """Judge one inspected record against the round; returns a node's update once all its chunks are in."""
+        if item.rejection is not None:
+            self._reject_signed(*item.rejection, item.signer)
             return None
-        assert value is not None  # decode_chunk refuses None
+        chunk = item.chunk
+        assert chunk is not None
         if chunk.kind != KIND_UPDATE or chunk.session_id != self.session_id:
             self.ignored += 1  # another session's or the model topic's traffic: not ours to judge
             return None
-        node_id = chunk.node_id
+        node_id, signer = chunk.node_id, item.signer
         update_key = (node_id, chunk.server_round)
         # Timing-independent checks first, so a record is judged the same whenever it arrives.
-        digest = value_digest(value)
         if chunk.server_round < self.server_round:
-            reason = "replayed" if digest in self.seen else "late_update"
+            reason = "replayed" if item.digest in self.seen else "late_update"
             self.reject(reason, f"node {node_id} sent round {chunk.server_round}", update_key=update_key)
             return None
         if chunk.server_round > self.server_round:
@@ -160,7 +259,7 @@ class RoundCollector:
             self.reject("not_participant", f"{node_id!r} is not a participant of round {self.server_round}",
                         update_key=update_key)
             return None
-        if node_id in self.completed or node_id in self.failed:
+        if node_id in self.completed or node_id in self.failed or node_id in self._assembling:
             self.duplicates += 1
             return None
         assembler = self._assemblers.setdefault(node_id, WeightAssembler(self._expected))
@@ -175,43 +274,30 @@ class RoundCollector:
             self._assemblers.pop(node_id, None)
             self.reject(exc.reason, f"node {node_id}: {exc}", update_key=update_key)
             return None
-        self.seen.add(digest)
+        self.seen.add(item.digest)
         if not assembler.complete:
             return None
-        try:
-            weights = assembler.result()
-        except ProtocolError as exc:
-            self.failed[node_id] = exc.reason
-            self.reject(exc.reason, f"node {node_id}: {exc}", update_key=update_key)
-            return None
-        finally:
-            self._assemblers.pop(node_id, None)
-        problem = self._check_values(weights)
-        if problem is not None:
-            reason, detail = problem
+        del self._assemblers[node_id]
+        self._assembling.add(node_id)
+        return PendingUpdate(node_id, assembler.num_samples, assembler)
+
+    def conclude(self, pending: PendingUpdate, outcome: AssembledUpdate) -> CompletedUpdate | None:
+        """Record what ``assemble_update`` found; returns the update to aggregate, or None if it is void."""
+        node_id = pending.node_id
+        self._assembling.discard(node_id)
+        if outcome.update is None:
+            reason, detail = outcome.problem or ("bad_length", "update could not be assembled")
             self.failed[node_id] = reason
-            self.reject(reason, f"node {node_id}: {detail}", update_key=update_key)
+            self.reject(reason, f"node {node_id}: {detail}", update_key=(node_id, self.server_round))
             return None
         # The weights go to the caller (the strategy folds them in); the collector keeps only the bookkeeping,
         # so a round does not hold one model per node.
-        self.completed[node_id] = CompletedUpdate(node_id=node_id, num_samples=assembler.num_samples, weights=[])
-        return CompletedUpdate(node_id=node_id, num_samples=assembler.num_samples, weights=weights)
+        self.completed[node_id] = CompletedUpdate(node_id=node_id, num_samples=pending.num_samples, weights=[])
+        return outcome.update
 
     def _reject_signed(self, reason: str, detail: str, signer: str | None,
                        update_key: tuple[str, int] | None = None) -> None:
         self.reject(reason, detail, update_key=update_key, forfeit=signer)
-
-    def _check_values(self, weights: Sequence[np.ndarray]) -> tuple[str, str] | None:
-        """(reason, detail) if the values may not touch the global model."""
-        for index, layer in enumerate(weights):
-            if np.issubdtype(layer.dtype, np.floating) and not np.isfinite(layer).all():
-                return "non_finite", f"layer {index} has NaN or Inf"
-        if self._max_update_norm is not None:
-            assert self._reference is not None
-            norm = update_norm(weights, self._reference)
-            if norm > self._max_update_norm:
-                return "norm_exceeded", f"update norm {norm:.4g} exceeds --max-update-norm {self._max_update_norm:g}"
-        return None
 
     def offer_ack(self, ack: UpdateAck) -> str | None:
         """Record a node's acknowledgement; returns a refusal reason or None."""

@@ -37,8 +37,16 @@ from common.protocol import (
     UpdateAck,
 )
 from fl_server.checkpoint import Checkpoint, save_checkpoint
-from fl_server.collector import RoundCollector
+from fl_server.collector import (
+    AssembledUpdate,
+    InspectedRecord,
+    PendingUpdate,
+    RoundCollector,
+    assemble_update,
+    inspect_record,
+)
 from fl_server.history import SessionHistory, utc_now
+from fl_server.inbox import Inbox
 from fl_server.registry import NodeRegistry
 from fl_server.sampling import required_updates, sample_participants
 from fl_server.strategies import AggregationError, Strategy
@@ -95,6 +103,7 @@ class Coordinator:
         commit: CommitFn | None = None,
         resume: Checkpoint | None = None,
         offsets: dict[int, int] | None = None,
+        inbox: Inbox | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -107,7 +116,7 @@ class Coordinator:
             self.first_round = resume.completed_round + 1
             strategy.load_state(resume.strategy_state)
         self._specs = [ArraySpec.of(w) for w in self.weights]
-        self._digest = weights_digest(self.weights)  # of the global weights, kept in step with them
+        self._digest = ""  # of the global weights, kept in step with them (computed off the loop in run())
         if [ArraySpec.of(w) for w in model.weights] != self._specs:
             raise ValueError("the checkpoint's weights do not fit the model")
         self._keys = keys
@@ -119,27 +128,33 @@ class Coordinator:
         self._publish_model = publish_model
         self._emit = emit
         self.history = history
-        self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.inbox = inbox or Inbox()
         self.rejected_total: Counter[str] = Counter()
         self._current: tuple[StartRound, RoundCollector] | None = None
 
     # ------------------------------------------------------------ inputs (event-loop thread)
 
     def on_record(self, record: RawRecord) -> None:
-        self._inbox.put_nowait(("record", record))
+        """A record handed over on the event loop (in-process transports, tests); the Kafka plane instead
+        inspects records on its consumer thread and puts the ``InspectedRecord`` in the inbox itself."""
+        self.inbox.put_nowait(inspect_record(record, keys=self._keys, max_record_bytes=self.settings.max_record_bytes))
 
     def on_ack(self, ack: UpdateAck) -> None:
-        self._inbox.put_nowait(("ack", ack))
+        if not self.inbox.put_nowait(ack):
+            logger.warning("inbox full: dropped the acknowledgement of %s for round %d", ack.node_id,
+                           ack.server_round)
 
     def on_refusal(self, refusal: NodeRefusal) -> None:
-        self._inbox.put_nowait(("refusal", refusal))
+        if not self.inbox.put_nowait(refusal):
+            logger.warning("inbox full: dropped the refusal of %s for round %d", refusal.node_id,
+                           refusal.server_round)
 
     def pending_start(self, node_id: str) -> StartRound | None:
         """The open round's ``start_round`` if ``node_id`` takes part and has not delivered yet (for reconnects)."""
         if self._current is None:
             return None
         start, collector = self._current
-        if node_id in collector.participants and node_id not in collector.completed:
+        if node_id in collector.participants and node_id not in collector.completed and node_id not in collector.failed:
             return start
         return None
 
@@ -148,6 +163,7 @@ class Coordinator:
     async def run(self) -> Weights:
         settings = self.settings
         loop = asyncio.get_running_loop()
+        self._digest = await loop.run_in_executor(None, weights_digest, self.weights)
         if self.first_round == 1:
             initial = await loop.run_in_executor(None, self._evaluate, 0, self.weights)
             self.history.document["initial_holdout"] = initial
@@ -204,28 +220,30 @@ class Coordinator:
                 timed_out = True
                 break
             try:
-                kind, item = await asyncio.wait_for(self._inbox.get(), remaining)
+                item = await asyncio.wait_for(self.inbox.get(), remaining)
             except TimeoutError:
                 timed_out = True
                 break
-            if kind == "refusal":
-                collector.offer_refusal(item)
-                continue
-            if kind == "ack":
-                reason = collector.offer_ack(item)
-                if reason:
-                    logger.warning("round %d: ignored acknowledgement from %s (%s)", server_round, item.node_id, reason)
-                continue
-            if item.partition >= 0:
-                self.offsets[item.partition] = max(self.offsets.get(item.partition, 0), item.offset + 1)
-            update = collector.offer_record(item)
-            if update is not None:
-                t_acc = time.perf_counter()
-                await loop.run_in_executor(None, self.strategy.accumulate, update.node_id, update.weights,
-                                           update.num_samples)
-                aggregate_s += time.perf_counter() - t_acc
-                logger.info("round %d: update from %s accepted (%d samples)", server_round, update.node_id,
-                            update.num_samples)
+            match item:
+                case NodeRefusal():
+                    collector.offer_refusal(item)
+                case UpdateAck():
+                    reason = collector.offer_ack(item)
+                    if reason:
+                        logger.warning("round %d: ignored acknowledgement from %s (%s)", server_round, item.node_id,
+                                       reason)
+                case InspectedRecord():
+                    if item.partition >= 0:
+                        self.offsets[item.partition] = max(self.offsets.get(item.partition, 0), item.offset + 1)
+                    pending = collector.offer(item)
+                    if pending is not None:
+                        t_acc = time.perf_counter()
+                        outcome = await loop.run_in_executor(None, self._assemble_and_fold, collector, pending)
+                        aggregate_s += time.perf_counter() - t_acc
+                        update = collector.conclude(pending, outcome)
+                        if update is not None:
+                            logger.info("round %d: update from %s accepted (%d samples)", server_round,
+                                        update.node_id, update.num_samples)
         collect_s = time.perf_counter() - t0
         self._current = None
         if timed_out:
@@ -240,7 +258,7 @@ class Coordinator:
             failure = f"{len(collector.completed)} update(s) accepted, the round needs {required} (--min-fit)"
         else:
             try:
-                new_weights = await loop.run_in_executor(None, self.strategy.aggregate)
+                new_weights, new_digest = await loop.run_in_executor(None, self._aggregate_and_digest)
             except AggregationError as exc:  # e.g. too few updates for Krum: the round fails, the session goes on
                 failure = str(exc)
         aggregate_s += time.perf_counter() - t_agg
@@ -251,7 +269,7 @@ class Coordinator:
             logger.error("round %d: failed (%s); global model unchanged", server_round, failure)
         else:
             self.weights = new_weights
-            self._digest = weights_digest(new_weights)
+            self._digest = new_digest
 
         t_eval = time.perf_counter()
         holdout = await loop.run_in_executor(None, self._evaluate, server_round, self.weights)
@@ -269,6 +287,20 @@ class Coordinator:
             self._commit(dict(self.offsets))
         logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", server_round, status, len(collector.completed),
                     len(participants), _fmt(holdout), record["timings_s"]["total"])
+
+    def _assemble_and_fold(self, collector: RoundCollector, pending: PendingUpdate) -> AssembledUpdate:
+        """Worker thread: rebuild and check a node's update, and fold it into the strategy if it passes."""
+        outcome = assemble_update(pending, reference=collector.reference, max_update_norm=collector.max_update_norm)
+        if outcome.update is not None:
+            update = outcome.update
+            self.strategy.accumulate(update.node_id, update.weights, update.num_samples)
+            outcome = AssembledUpdate(replace(update, weights=[]))  # the strategy has them; do not keep a copy
+        return outcome
+
+    def _aggregate_and_digest(self) -> tuple[Weights | None, str]:
+        """Worker thread: the round's aggregate (None if nothing to aggregate) and its digest."""
+        weights = self.strategy.aggregate()
+        return weights, weights_digest(weights) if weights is not None else self._digest
 
     def _persist(self, server_round: int) -> None:
         """Checkpoint first, then the history: the checkpoint is never older than the history."""

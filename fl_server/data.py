@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,6 +12,8 @@ import numpy as np
 
 from common.datasets import ImageData, load_builtin, read_csv
 from common.dataspec import DataSpec
+from common.errors import ProtocolError
+from common.safe_json import MiB, read_json_file
 from common.tabular import Schema, SchemaError, encode_frame, merge_statistics, parse_statistics
 
 logger = logging.getLogger(__name__)
@@ -30,8 +31,8 @@ class ServerData:
 
 def load_schema(path: Path) -> Schema:
     try:
-        return Schema.from_wire(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, json.JSONDecodeError) as exc:
+        return Schema.from_wire(read_json_file(path, max_bytes=16 * MiB))
+    except (OSError, ProtocolError) as exc:
         raise ValueError(f"{path}: cannot read schema ({exc})") from exc
     except SchemaError as exc:
         raise ValueError(f"{path}: {exc}") from exc

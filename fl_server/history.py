@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 HISTORY_FORMAT = "fl-history/1"
+MAX_HISTORY_BYTES = 512 * 1024 * 1024
 
 
 def utc_now() -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from fl_server.history import HISTORY_FORMAT
+from common.errors import ProtocolError
+from common.safe_json import read_json_file
+from fl_server.history import HISTORY_FORMAT, MAX_HISTORY_BYTES
 
 
 class HistoryFileError(ValueError):
@@ -18,10 +19,12 @@ class HistoryFileError(ValueError):
 def load_history(path: Path) -> dict[str, Any]:
     """Load and sanity-check a history file; raises ``HistoryFileError`` with a clear message."""
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = read_json_file(path, max_bytes=MAX_HISTORY_BYTES)
     except FileNotFoundError:
         raise HistoryFileError(f"{path}: no such file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise HistoryFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ProtocolError as exc:
         raise HistoryFileError(f"{path}: not a history file (invalid or truncated JSON: {exc})") from None
     if not isinstance(document, dict) or document.get("format") != HISTORY_FORMAT:
         raise HistoryFileError(f"{path}: not a history file (no \"format\": \"{HISTORY_FORMAT}\")")

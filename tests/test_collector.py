@@ -203,3 +203,18 @@ def test_update_norm_is_the_l2_distance_over_float_layers():
     reference = [np.zeros((2, 2), np.float32), np.zeros(3, np.int32)]
     weights = [np.full((2, 2), 3.0, np.float32), np.full(3, 100, np.int32)]
     assert update_norm(weights, reference) == pytest.approx(6.0)  # sqrt(4 * 9); integer layers do not count
+
+
+def test_partial_uploads_are_bounded_by_the_participants_and_die_with_the_round():
+    """Only a participant's chunks are kept while its update is incomplete; anyone else's are refused at once."""
+    c = collector(participants=("a", "b"))
+    for i in range(200):  # 200 would-be senders, one partial upload each
+        c.offer_record(records(node_id=f"x{i}")[0])
+    a_records = records("a")
+    for record in a_records[:-1]:  # "a" never sends its last chunk
+        assert c.offer_record(record) is None
+    assert c.partial_uploads == 1 and c.rejected == {"not_participant": 200}
+    assert not c.done() and "a" not in c.completed
+    following = collector(participants=("a", "b"))  # the next round starts from nothing
+    assert following.partial_uploads == 0
+    assert following.offer_record(a_records[-1]) is None and following.partial_uploads == 1

@@ -7,6 +7,7 @@ import numpy as np
 from common.protocol import (
     KIND_UPDATE,
     ModelRef,
+    NodeRefusal,
     RawRecord,
     StartRound,
     TrainConfig,
@@ -45,6 +46,9 @@ class FakeFederation:
             asyncio.get_running_loop().call_later(0.5, self._answer, start, sid)
         elif behaviour == "ok":
             self._answer(start, sid)
+        elif behaviour == "train_fails":  # the node's training raised: it says so instead of going silent
+            self.coordinator.on_refusal(NodeRefusal(start.session_id, start.server_round, sid, "train_failed",
+                                                    "RuntimeError: out of memory"))
 
     def _answer(self, start, sid):
         factor = float(sid[1:])
@@ -92,6 +96,15 @@ async def test_silent_node_round_closes_at_timeout_with_the_rest(tmp_path):
     weights, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "silent"})
     np.testing.assert_allclose(weights[0], [2.0] * 3)
     assert all(r["timed_out"] and r["accepted"] == ["n1"] for r in history["rounds"])
+
+
+async def test_a_node_whose_training_fails_is_not_waited_for(tmp_path):
+    """The refusal closes the round as soon as everyone else delivered: a 60 s timeout is never reached."""
+    weights, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "train_fails"}, rounds=2, timeout_s=60)
+    np.testing.assert_allclose(weights[0], [2.0] * 3)  # n1's round-2 update alone
+    for record in history["rounds"]:
+        assert record["accepted"] == ["n1"] and not record["timed_out"]
+        assert record["refused_nodes"] == {"n3": "train_failed: RuntimeError: out of memory"}
 
 
 async def test_round_without_updates_fails_and_keeps_the_model(tmp_path):

@@ -11,6 +11,7 @@ from common.tabular import (
     encode_frame,
     local_statistics,
     merge_statistics,
+    parse_statistics,
 )
 
 SITE_A = pd.DataFrame({"age": [30.0, 40.0, None], "city": ["x", "y", "x"], "label": [0, 1, 0]})
@@ -87,3 +88,13 @@ def test_schema_wire_round_trip_and_validation():
     assert Schema.from_wire(schema.to_wire()) == schema
     with pytest.raises(SchemaError):
         Schema.from_wire({"target": "label", "classes": ["a"], "features": [{"name": "x"}]})
+
+
+@pytest.mark.parametrize("hostile", [10**400, -(10**400), 1e301, float("inf"), float("nan"), True, "1"])
+@pytest.mark.parametrize("field", ["sum", "sum_sq", "count"])
+def test_statistics_numbers_out_of_range_are_a_schema_error_not_a_crash(field, hostile):
+    stats = {"target": "y", "target_counts": {"a": 2},
+             "columns": {"x": {"kind": "numeric", "count": 2, "sum": 1.0, "sum_sq": 1.0}}}
+    stats["columns"]["x"][field] = hostile
+    with pytest.raises(SchemaError):
+        parse_statistics(stats, "y")

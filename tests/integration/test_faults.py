@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import socketio
-from kafka import KafkaAdminClient
+from kafka import KafkaAdminClient, KafkaProducer
 
 from common.codec import weights_digest
-from common.integrity import connect_proof
-from common.protocol import KIND_MODEL, KIND_UPDATE, Hello, RawRecord
+from common.integrity import connect_proof, signed_headers
+from common.protocol import KIND_MODEL, KIND_UPDATE, Hello, RawRecord, encode_chunk, split_weights
 from fl_server.strategies import weighted_average
 from tests.integration.harness import (
     Federation,
@@ -167,6 +167,9 @@ def hostile_batch(mallory: Mallory, start, model: list[np.ndarray], federation: 
         "wrong_dtype": n9([w.astype(np.float64) for w in model]),
         "wrong_shape": n9([np.zeros((3, 3), np.float32), *model[1:]]),
         "oversize": signed_as_n9(b" " * 400_000),
+        "huge_int": signed_as_n9(b'{"v":1,"round":' + b"9" * 5000 + b"}"),  # int() refuses > 4,300 digits
+        "deep": signed_as_n9(b"[" * 100_000 + b"]" * 100_000),  # RecursionError in json.loads
+        "inf_float": signed_as_n9(n9().value.replace(b'"num_samples":100', b'"num_samples":1e999')),
         "wrong_round": n9(server_round=start.server_round + 5),
         "unknown_node": mallory.update_records(start, model, node_id="intruder", key=b"i" * 32)[0],
         "bad_signature": mallory.update_records(start, model, node_id="n0", key=b"f" * 32)[0],
@@ -176,16 +179,34 @@ def hostile_batch(mallory: Mallory, start, model: list[np.ndarray], federation: 
     }
 
 
-EXPECTED_REASONS = {"not_json": 2, "bad_base64": 1, "dtype_mismatch": 1, "shape_mismatch": 1, "oversize": 1,
-                    "wrong_round": 1, "unknown_node": 1, "bad_signature": 2, "unsigned": 1, "replayed": 1,
-                    "non_finite": 2, "norm_exceeded": 1}
+EXPECTED_REASONS = {"bad_number": 2, "too_deep": 1, "not_json": 2, "bad_base64": 1, "dtype_mismatch": 1,
+                    "shape_mismatch": 1, "oversize": 1, "wrong_round": 1, "unknown_node": 1, "bad_signature": 2,
+                    "unsigned": 1, "replayed": 1, "non_finite": 2, "norm_exceeded": 1}
+
+
+FLOOD_RECORDS, INBOX_BYTES = 300, 1_000_000
+
+
+def flood_before_round_1(federation: Federation) -> None:
+    """300 well-signed records of another session, 30 KB each (9 MB), written while the server waits for nodes."""
+    (chunk,) = split_weights([np.ones(7500, np.float32)], kind=KIND_UPDATE, session_id="elsewhere", server_round=1,
+                             node_id="n9", num_samples=1)
+    value = encode_chunk(chunk)
+    headers = signed_headers(federation.keys.key_of("n9"), chunk, value)
+    producer = KafkaProducer(bootstrap_servers=federation.kafka)
+    for _ in range(FLOOD_RECORDS):
+        producer.send(federation.updates_topic, key=b"n9", value=value, headers=headers)
+    producer.flush(timeout=60)
+    producer.close()
 
 
 def test_hostile_input_is_rejected_by_reason_and_changes_nothing(federation: Federation) -> None:
     server = federation.start_server("--min-nodes", "3", "--rounds", "4", "--round-timeout", "90",
-                                     "--max-update-norm", "1000", "--max-record-bytes", "300000")
+                                     "--max-update-norm", "1000", "--max-record-bytes", "300000",
+                                     "--inbox-bytes", str(INBOX_BYTES))
+    wait_until(lambda: port_open(federation.port), 120, "the server's Socket.IO port")  # its consumer is positioned
+    flood_before_round_1(federation)
     nodes = start_nodes(federation, 2)
-    wait_until(lambda: port_open(federation.port), 120, "the server's Socket.IO port")
     refused = []
     no_proof, unknown = Hello("n0", 10), Hello("intruder", 10, proof=connect_proof(b"x" * 32, "intruder"))
     for auth in (no_proof.to_wire(), unknown.to_wire()):
@@ -225,3 +246,8 @@ def test_hostile_input_is_rejected_by_reason_and_changes_nothing(federation: Fed
     assert not any(r["timed_out"] for r in rounds)  # a participant whose signed update failed forfeits at once
     assert history["rejected_updates_total"] == EXPECTED_REASONS
     assert history["refused_connections_by_reason"] == {"unauthenticated": 1, "unknown_node": 1}, refused
+    # The flood waited in Kafka, not in the server: the inbox never held more than its bound, and every
+    # flooded record was still read and judged (ignored: another session's), none lost.
+    inbox = history["inbox"]
+    assert inbox["peak_kafka_bytes"] <= INBOX_BYTES and inbox["backpressure_waits"] >= 1, inbox
+    assert sum(r["ignored_records"] for r in rounds) == FLOOD_RECORDS

@@ -1,6 +1,5 @@
 """SASL/PLAIN against a real broker: scripts/kafka-local.sh with KAFKA_SASL_PLAIN_USERS, on its own ports."""
 
-import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -60,11 +59,14 @@ def test_record_round_trips_over_sasl_plaintext(sasl_broker):
     assert len(value) == 16
 
 
-def test_wrong_password_is_rejected_by_the_broker(sasl_broker, caplog):
+def test_wrong_password_is_rejected_by_the_broker(sasl_broker):
+    """Outcomes, not log wording or a time budget: on the same listener, in the same test, the wrong password
+    cannot bootstrap a client (kafka-python retries a failed SASL handshake until its bootstrap timeout, then
+    raises), and the right one then round-trips a record."""
     config = sasl_security("not-the-password").to_client_config()
-    with caplog.at_level(logging.ERROR, logger="kafka"), pytest.raises(KafkaError):
-        KafkaProducer(bootstrap_servers=sasl_broker.sasl_bootstrap, bootstrap_timeout_ms=5_000, **config)
-    assert "Authentication failed" in caplog.text
+    with pytest.raises(KafkaError):
+        KafkaProducer(bootstrap_servers=sasl_broker.sasl_bootstrap, bootstrap_timeout_ms=10_000, **config)
+    assert len(round_trip(sasl_broker.sasl_bootstrap, sasl_security(PASSWORD))) == 16
 
 
 def test_plaintext_listener_still_serves_unauthenticated_clients(sasl_broker):

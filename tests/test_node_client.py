@@ -1,0 +1,94 @@
+"""The node's round handling with fakes (no server, no Kafka, no TensorFlow): a local failure becomes a refusal."""
+
+import asyncio
+import threading
+from pathlib import Path
+from unittest.mock import AsyncMock
+
+import numpy as np
+import pytest
+
+from common.dataspec import DataSpec
+from common.protocol import ModelMessage, ModelRef, StartRound, TrainConfig
+from fl_node.client import FederatedNode, NodeSettings
+from fl_node.data import LocalData
+from fl_node.trainer import TrainResult
+
+IMAGES = np.zeros((6, 4), np.float32), np.array([0, 1, 0, 1, 0, 1])
+
+
+class FakeTrainer:
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.num_samples = 6
+        self.threads: list[str] = []
+
+    def set_data(self, x, y):
+        self.threads.append(threading.current_thread().name)
+
+    def train(self, architecture, compile_spec, weights, config, *, server_round):
+        if self.error is not None:
+            raise self.error
+        return TrainResult(weights=weights, metrics={"loss": 0.5}, train_s=0.01)
+
+
+def start_round(input_shape=(4,)) -> StartRound:
+    model = ModelMessage("{}", {}, ModelRef("models", 0, 0, 0, 1), DataSpec.image(input_shape, 2).to_wire())
+    return StartRound("s", 3, TrainConfig(1, 8, 0.1), model)
+
+
+def make_node(tmp_path: Path, trainer: FakeTrainer) -> FederatedNode:
+    settings = NodeSettings(node_id="n1", server_url="http://127.0.0.1:1", kafka="127.0.0.1:1", updates_topic="u",
+                            out_dir=tmp_path, chunk_bytes=1024)
+    node = FederatedNode(settings, LocalData(x=IMAGES[0], y=IMAGES[1]), trainer)  # type: ignore[arg-type]
+    node.sio = AsyncMock()
+    node.sio.call.return_value = {"received": True}
+    node._fetch = lambda *args: [np.zeros(3, np.float32)]  # type: ignore[method-assign]
+    return node
+
+
+def refusals(node: FederatedNode) -> list[dict]:
+    return [call.args[1] for call in node.sio.call.await_args_list if call.args[0] == "fl_refuse"]
+
+
+async def test_training_that_raises_is_refused_at_once_and_the_node_stays(tmp_path):
+    node = make_node(tmp_path, FakeTrainer(RuntimeError("out of memory")))
+    await asyncio.wait_for(node._run_round(start_round()), 10)
+    (refusal,) = refusals(node)
+    assert refusal["reason"] == "train_failed" and refusal["round"] == 3 and refusal["node_id"] == "n1"
+    assert "RuntimeError: out of memory" in refusal["detail"]
+    assert not node._finished.is_set() and node.refused is None  # it takes part in the next rounds
+    await node.close()
+
+
+async def test_data_that_does_not_fit_the_schema_is_refused_and_the_node_leaves(tmp_path):
+    node = make_node(tmp_path, FakeTrainer())
+    await asyncio.wait_for(node._run_round(start_round(input_shape=(9,))), 10)
+    (refusal,) = refusals(node)
+    assert refusal["reason"] == "schema_mismatch"
+    assert node._finished.is_set() and node.refused
+    await node.close()
+
+
+@pytest.mark.parametrize(("stage", "reason"), [("fetch", "fetch_failed"), ("publish", "publish_failed")])
+async def test_every_local_stage_failure_names_its_stage(tmp_path, stage, reason):
+    node = make_node(tmp_path, FakeTrainer())
+
+    def broken(*args):
+        raise OSError(f"{stage} broke")
+
+    if stage == "fetch":
+        node._fetch = broken  # type: ignore[method-assign]
+    else:
+        node._publish = broken  # type: ignore[method-assign]
+    await asyncio.wait_for(node._run_round(start_round()), 10)
+    assert [r["reason"] for r in refusals(node)] == [reason]
+    await node.close()
+
+
+async def test_data_is_prepared_on_the_worker_thread_not_the_event_loop(tmp_path):
+    trainer = FakeTrainer(RuntimeError("stop after preparing"))
+    node = make_node(tmp_path, trainer)
+    await asyncio.wait_for(node._run_round(start_round()), 10)
+    assert trainer.threads and all(name.startswith("fl-node-worker") for name in trainer.threads)
+    await node.close()
