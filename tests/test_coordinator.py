@@ -177,3 +177,32 @@ async def test_resume_from_the_round_2_checkpoint_reproduces_the_uninterrupted_s
     assert document["rounds"][2]["start_model_sha256"] == document["rounds"][1]["model_sha256"]
     np.testing.assert_array_equal(resumed[0], straight[0])  # the momentum came back too
     assert [r["model_sha256"] for r in document["rounds"]] == [r["model_sha256"] for r in straight_history["rounds"]]
+
+
+async def test_assembly_checks_and_aggregation_run_off_the_event_loop(tmp_path, monkeypatch):
+    """O(model) work on an update (joining chunks, value checks, folding, aggregating, digests) is in workers."""
+    import threading
+
+    import fl_server.coordinator as coordinator_module
+
+    loop_thread = threading.current_thread()
+    threads: dict[str, set[threading.Thread]] = {"assemble": set(), "accumulate": set(), "aggregate": set()}
+    real_assemble = coordinator_module.assemble_update
+
+    def assemble(*args, **kwargs):
+        threads["assemble"].add(threading.current_thread())
+        return real_assemble(*args, **kwargs)
+
+    class RecordingFedAvg(FedAvg):
+        def accumulate(self, *args):
+            threads["accumulate"].add(threading.current_thread())
+            super().accumulate(*args)
+
+        def aggregate(self):
+            threads["aggregate"].add(threading.current_thread())
+            return super().aggregate()
+
+    monkeypatch.setattr(coordinator_module, "assemble_update", assemble)
+    weights, _, _ = await run_session(tmp_path, {"n1": "ok", "n3": "ok"}, strategy=RecordingFedAvg())
+    np.testing.assert_allclose(weights[0], [5.0] * 3)
+    assert all(found and loop_thread not in found for found in threads.values()), threads
