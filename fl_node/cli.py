@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from common import kafka_io
 from common.config import add_common_options, add_option, positive_float, positive_int, setup_logging
 from common.integrity import read_key_file
 from common.kafka_security import KafkaSecurity, add_kafka_security_options
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                             attack=args.attack, attack_scale=args.attack_scale, key=key, kafka_config=kafka_config,
                             ssl_context=ssl_context)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, data.num_rows, args.server, args.kafka)
+    kafka_io.log_crc32c_implementation()
     node = FederatedNode(settings, data, LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id))
 
     async def runner() -> Path | None:

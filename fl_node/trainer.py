@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ import numpy as np
 
 from common.models import compile_model, model_from_architecture
 from common.protocol import TrainConfig
-from fl_node.proximal import fit_proximal
+from fl_node.proximal import ProximalLoop
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ class LocalTrainer:
         self.node_id = node_id
         self._model: Any = None
         self._architecture_digest: str | None = None
+        self._compiled_for: str | None = None  # the compile spec (less the learning rate) the model has
+        self._fresh_optimizer: list[np.ndarray] = []  # the optimizer's variables as a new optimizer has them
+        self._proximal: ProximalLoop | None = None
 
     @property
     def num_samples(self) -> int:
@@ -49,10 +53,32 @@ class LocalTrainer:
         if digest != self._architecture_digest:
             self._model = model_from_architecture(architecture)
             self._architecture_digest = digest
+            self._compiled_for = None
             input_shape = tuple(self._model.input_shape[1:])
             if input_shape != tuple(self.x.shape[1:]):
                 raise ValueError(f"model expects inputs of shape {input_shape}, local data has {self.x.shape[1:]}")
         return self._model
+
+    def _compiled_model(self, architecture: str, compile_spec: dict[str, Any], learning_rate: float) -> Any:
+        """The model, compiled once per architecture and compile spec, with a fresh optimizer for this round.
+
+        The server sends weights, not optimizer state, so every round starts from a new optimizer. Calling
+        ``compile()`` for that would drop Keras' traced train function and trace it again every round (most
+        of a small model's round); instead the optimizer's variables (step count, moments) are put back to
+        what a new optimizer has, and the round's learning rate is assigned to its variable."""
+        model = self._model_for(architecture)
+        spec_key = json.dumps({k: v for k, v in compile_spec.items() if k != "learning_rate"}, sort_keys=True)
+        if self._compiled_for != spec_key:
+            compile_model(model, compile_spec, learning_rate=learning_rate)
+            model.optimizer.build(model.trainable_variables)
+            self._fresh_optimizer = [np.array(v.numpy()) for v in model.optimizer.variables]
+            self._compiled_for = spec_key
+            self._proximal = None
+            return model
+        for variable, fresh in zip(model.optimizer.variables, self._fresh_optimizer, strict=True):
+            variable.assign(fresh)
+        model.optimizer.learning_rate = float(learning_rate)
+        return model
 
     def train(
         self,
@@ -65,9 +91,7 @@ class LocalTrainer:
     ) -> TrainResult:
         import keras
 
-        model = self._model_for(architecture)
-        # A fresh optimizer each round: the server sends weights, not optimizer state.
-        compile_model(model, compile_spec, learning_rate=config.learning_rate)
+        model = self._compiled_model(architecture, compile_spec, config.learning_rate)
         model.set_weights(list(weights))
         node_id = self.node_id
 
@@ -81,10 +105,10 @@ class LocalTrainer:
 
         started = time.perf_counter()
         if config.proximal_mu > 0:  # FedProx: custom loop with the proximal term
-            metrics = fit_proximal(model, self.x, self.y, epochs=config.epochs, batch_size=config.batch_size,
-                                   proximal_mu=config.proximal_mu,
-                                   with_accuracy="accuracy" in compile_spec.get("metrics", []),
-                                   on_epoch_end=log_epoch)
+            if self._proximal is None:
+                self._proximal = ProximalLoop(model, with_accuracy="accuracy" in compile_spec.get("metrics", []))
+            metrics = self._proximal.fit(self.x, self.y, epochs=config.epochs, batch_size=config.batch_size,
+                                         proximal_mu=config.proximal_mu, on_epoch_end=log_epoch)
         else:
             fit = model.fit(self.x, self.y, epochs=config.epochs, batch_size=config.batch_size, verbose=0,
                             shuffle=True, callbacks=[EpochLog()])

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from common import kafka_io
 from common.config import (
     add_common_options,
     add_flag,
@@ -176,6 +177,7 @@ async def run_session(args: argparse.Namespace) -> Path:
         args.session_id = checkpoint.session_id
         args.history_dir = Path(args.resume).parent
     strategy = strategy_from_args(args)  # before anything starts: a strategy that cannot run refuses here
+    kafka_io.log_crc32c_implementation()
     keys = node_keys_from_args(args)
     server_tls = tls_server_context_from_args(args)
     kafka_config = KafkaSecurity.from_args(args).to_client_config()
