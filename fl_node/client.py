@@ -99,6 +99,7 @@ class FederatedNode:
         self._in_progress: set[tuple[str, int]] = set()
         self._acks: dict[tuple[str, int], UpdateAck] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-worker")
+        self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-fetch")  # owns the consumer
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finished = asyncio.Event()
         self._producer: Any = None
@@ -187,8 +188,11 @@ class FederatedNode:
         http = getattr(self.sio.eio, "http", None)
         if http is not None and not getattr(self.sio.eio, "external_http", False) and not http.closed:
             await http.close()
-        await asyncio.get_running_loop().run_in_executor(self._worker, self._close_kafka)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._worker, self._close_producer)
+        await loop.run_in_executor(self._fetcher, self._close_consumer)
         self._worker.shutdown(wait=False, cancel_futures=True)
+        self._fetcher.shutdown(wait=False, cancel_futures=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -301,11 +305,13 @@ class FederatedNode:
     def _train_and_publish(self, start: StartRound) -> UpdateAck:
         """Worker thread: prepare the data, fetch the global model, train, publish the update; returns the
         acknowledgement. Raises ``SchemaError`` if our data does not fit, ``LocalFailure`` for any other failure."""
+        t0 = time.perf_counter()
+        # The global model comes from Kafka on the fetcher thread while this thread prepares the data.
+        fetching = self._fetcher.submit(self._fetch, start.model, start.session_id, start.server_round)
         x, y = self.data.prepare(DataSpec.from_wire(start.model.data))  # O(rows): not on the event loop
         self.trainer.set_data(x, y)
-        t0 = time.perf_counter()
         with LocalFailure.stage("fetch_failed"):
-            weights = self._fetch(start.model, start.session_id, start.server_round)
+            weights = fetching.result()
         fetch_s = time.perf_counter() - t0
         with LocalFailure.stage("train_failed"):
             result = self.trainer.train(start.model.architecture, start.model.compile, weights, start.config,
@@ -360,7 +366,7 @@ class FederatedNode:
         path = self.settings.out_dir / f"{end.session_id}-{self.settings.node_id}.keras"
 
         def fetch_and_save() -> None:
-            weights = self._fetch(end.model, end.session_id, end.rounds_completed + 1)
+            weights = self._fetcher.submit(self._fetch, end.model, end.session_id, end.rounds_completed + 1).result()
             self.trainer.save(end.model.architecture, weights, path)
 
         try:
@@ -382,10 +388,12 @@ class FederatedNode:
                 pass
             self._producer = None
 
-    def _close_kafka(self) -> None:
+    def _close_producer(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=10)
             self._producer = None
+
+    def _close_consumer(self) -> None:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None

@@ -109,10 +109,11 @@ def inspect_record(record: RawRecord, *, keys: KeyRegistry | None,
         return at(rejection=("oversize", f"record of {len(value)} bytes exceeds "
                                                                f"{max_record_bytes}"))
     signer: str | None = None
+    mac = b""
     headers = record.header_map()
     if keys is not None:
         try:
-            signer = keys.verify_record(record.key, headers, value or b"")
+            signer, mac = keys.verify_record_mac(record.key, headers, value or b"")
         except ProtocolError as exc:
             return at(rejection=(exc.reason, str(exc)))
     try:
@@ -122,7 +123,8 @@ def inspect_record(record: RawRecord, *, keys: KeyRegistry | None,
     except ProtocolError as exc:
         return at(signer=signer, rejection=(exc.reason, str(exc)))
     assert value is not None  # decode_chunk refuses None
-    return at(chunk=chunk, signer=signer, digest=value_digest(value))
+    # The record's identity for replay detection: its verified MAC when signed (computed anyway), else a digest.
+    return at(chunk=chunk, signer=signer, digest=b"mac:" + mac if mac else value_digest(value))
 
 
 @dataclass(frozen=True)
