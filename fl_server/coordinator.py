@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,31 @@ class SessionSettings:
     seed: int = 0
     max_update_norm: float | None = None
     max_record_bytes: int = MAX_RECORD_BYTES
+
+
+@dataclass
+class RoundState:
+    """One round from its start to its close: what the open, collect, aggregate and close steps share."""
+
+    server_round: int
+    started_at: str
+    t0: float
+    connected: int
+    participants: list[str]
+    required: int
+    start_digest: str
+    collector: RoundCollector
+    timed_out: bool = False
+    collect_s: float = 0.0
+    aggregate_s: float = 0.0
+    total_s: float = 0.0
+    failure: str | None = None
+    aggregation: dict[str, Any] = field(default_factory=dict)
+    # Frozen at aggregation, for the close (which runs while the next round changes these):
+    weights: Weights = field(default_factory=list)
+    model_digest: str = ""
+    strategy_state: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -172,24 +197,34 @@ class Coordinator:
             logger.info("session %s: resuming at round %d of %d from model %s", settings.session_id,
                         self.first_round, settings.rounds, self._digest[:16])
         await self.registry.wait_for_logged(settings.min_nodes)
-        for server_round in range(self.first_round, settings.rounds + 1):
-            if len(self.registry) < max(settings.min_fit, 1):
-                await self.registry.wait_for_logged(max(settings.min_fit, 1))
-            await self._run_round(server_round)
+        # The round boundary is pipelined: once round r's aggregate exists, round r+1 starts while round r's
+        # evaluation, history record and checkpoint are finished by a task of their own. Records stay in
+        # order: a round's close waits for the previous one.
+        closing: asyncio.Task[None] | None = None
+        try:
+            for server_round in range(self.first_round, settings.rounds + 1):
+                if len(self.registry) < max(settings.min_fit, 1):
+                    await self.registry.wait_for_logged(max(settings.min_fit, 1))
+                state = await self._open_round(server_round)
+                await self._collect(state)
+                await self._aggregate(state)
+                closing = asyncio.create_task(self._close_round(state, previous=closing))
+            if closing is not None:
+                await closing
+        finally:
+            if closing is not None and not closing.done():
+                closing.cancel()
         await self._end_session()
         return self.weights
 
-    async def _run_round(self, server_round: int) -> None:
-        loop = asyncio.get_running_loop()
+    async def _open_round(self, server_round: int) -> RoundState:
+        """Sample the participants, publish the global model and send them ``start_round``."""
         settings = self.settings
         started_at, t0 = utc_now(), time.perf_counter()
         connected = self.registry.snapshot()
         chosen = set(sample_participants([n.node_id for n in connected], fraction=settings.fraction_fit,
                                          min_count=settings.min_fit, seed=settings.seed, server_round=server_round))
         participants = [n for n in connected if n.node_id in chosen]
-        required = required_updates(len(participants), min_fit=settings.min_fit,
-                                    min_fit_fraction=settings.min_fit_fraction)
-        start_digest = self._digest
         collector = RoundCollector(
             session_id=settings.session_id,
             server_round=server_round,
@@ -201,28 +236,35 @@ class Coordinator:
             max_record_bytes=settings.max_record_bytes,
             seen=self._seen,
         )
+        state = RoundState(server_round, started_at, t0, len(connected), sorted(n.node_id for n in participants),
+                           required_updates(len(participants), min_fit=settings.min_fit,
+                                            min_fit_fraction=settings.min_fit_fraction),
+                           self._digest, collector)
         self.strategy.begin_round(server_round, self.weights)
         ref = await self._publish_model(server_round, self.weights)
         train = replace(self.settings.train, **self.strategy.train_config(server_round))
         start = StartRound(self.settings.session_id, server_round, train, self._message(ref))
         logger.info("round %d: started with %d of %d connected node(s): %s", server_round, len(participants),
-                    len(connected), ", ".join(n.node_id for n in participants))
+                    len(connected), ", ".join(state.participants))
         self._current = (start, collector)
         for node in participants:
             await self._emit("start_round", start.to_wire(), node.sid)
+        return state
 
-        aggregate_s = 0.0
+    async def _collect(self, state: RoundState) -> None:
+        """Take inbox items until every participant delivered or refused, or the round times out."""
+        loop = asyncio.get_running_loop()
+        collector, server_round = state.collector, state.server_round
         deadline = loop.time() + self.settings.round_timeout_s
-        timed_out = False
         while not collector.done():
             remaining = deadline - loop.time()
             if remaining <= 0:
-                timed_out = True
+                state.timed_out = True
                 break
             try:
                 item = await asyncio.wait_for(self.inbox.get(), remaining)
             except TimeoutError:
-                timed_out = True
+                state.timed_out = True
                 break
             match item:
                 case NodeRefusal():
@@ -233,60 +275,72 @@ class Coordinator:
                         logger.warning("round %d: ignored acknowledgement from %s (%s)", server_round, item.node_id,
                                        reason)
                 case InspectedRecord():
-                    if item.partition >= 0:
-                        self.offsets[item.partition] = max(self.offsets.get(item.partition, 0), item.offset + 1)
-                    pending = collector.offer(item)
-                    if pending is not None:
-                        t_acc = time.perf_counter()
-                        outcome = await loop.run_in_executor(None, self._assemble_and_fold, collector, pending)
-                        aggregate_s += time.perf_counter() - t_acc
-                        update = collector.conclude(pending, outcome)
-                        if update is not None:
-                            logger.info("round %d: update from %s accepted (%d samples)", server_round,
-                                        update.node_id, update.num_samples)
-        collect_s = time.perf_counter() - t0
+                    await self._take_record(state, item)
+        state.collect_s = time.perf_counter() - state.t0
         self._current = None
-        if timed_out:
+        state.offsets = dict(self.offsets)  # what a checkpoint of this round resumes from
+        if state.timed_out:
             missing = sorted(collector.participants - set(collector.completed))
             logger.warning("round %d: timed out after %.1fs; missing updates from %s", server_round,
                            self.settings.round_timeout_s, ", ".join(missing) or "none (acks only)")
 
+    async def _take_record(self, state: RoundState, item: InspectedRecord) -> None:
+        if item.partition >= 0:
+            self.offsets[item.partition] = max(self.offsets.get(item.partition, 0), item.offset + 1)
+        pending = state.collector.offer(item)
+        if pending is None:
+            return
+        t_acc = time.perf_counter()
+        outcome = await asyncio.get_running_loop().run_in_executor(None, self._assemble_and_fold, state.collector,
+                                                                   pending)
+        state.aggregate_s += time.perf_counter() - t_acc
+        update = state.collector.conclude(pending, outcome)
+        if update is not None:
+            logger.info("round %d: update from %s accepted (%d samples)", state.server_round, update.node_id,
+                        update.num_samples)
+
+    async def _aggregate(self, state: RoundState) -> None:
+        """The round's new global model, or the reason it has none (the model then stays)."""
         t_agg = time.perf_counter()
-        failure: str | None = None
-        new_weights: Weights | None = None
-        if len(collector.completed) < required:
-            failure = f"{len(collector.completed)} update(s) accepted, the round needs {required} (--min-fit)"
+        accepted = len(state.collector.completed)
+        if accepted < state.required:
+            state.failure = f"{accepted} update(s) accepted, the round needs {state.required} (--min-fit)"
         else:
             try:
-                new_weights, new_digest = await loop.run_in_executor(None, self._aggregate_and_digest)
+                new_weights, new_digest = await asyncio.get_running_loop().run_in_executor(
+                    None, self._aggregate_and_digest)
             except AggregationError as exc:  # e.g. too few updates for Krum: the round fails, the session goes on
-                failure = str(exc)
-        aggregate_s += time.perf_counter() - t_agg
-        status = "completed"
-        if new_weights is None:
-            status = "failed"
-            failure = failure or "no update accepted"
-            logger.error("round %d: failed (%s); global model unchanged", server_round, failure)
-        else:
-            self.weights = new_weights
-            self._digest = new_digest
+                state.failure = str(exc)
+            else:
+                if new_weights is None:
+                    state.failure = "no update accepted"
+                else:
+                    self.weights, self._digest = new_weights, new_digest
+                    state.aggregation = self.strategy.last_round_info()
+        if state.failure is not None:
+            logger.error("round %d: failed (%s); global model unchanged", state.server_round, state.failure)
+        state.aggregate_s += time.perf_counter() - t_agg
+        state.total_s = time.perf_counter() - state.t0
+        # What the close persists, frozen now: the next round changes the strategy's state and the offsets.
+        state.weights, state.model_digest = self.weights, self._digest
+        state.strategy_state = {k: [np.array(a, copy=True) for a in v] for k, v in self.strategy.state().items()}
 
+    async def _close_round(self, state: RoundState, previous: asyncio.Task[None] | None) -> None:
+        """Evaluate, record and persist one round (concurrently with the next round's training)."""
+        loop = asyncio.get_running_loop()
         t_eval = time.perf_counter()
-        holdout = await loop.run_in_executor(None, self._evaluate, server_round, self.weights)
+        holdout = await loop.run_in_executor(None, self._evaluate, state.server_round, state.weights)
         evaluate_s = time.perf_counter() - t_eval
-        record = self._round_record(server_round, status, started_at, participants, collector, timed_out, holdout,
-                                    collect_s, aggregate_s, evaluate_s, time.perf_counter() - t0)
-        record["failure_reason"] = failure
-        record["aggregation"] = self.strategy.last_round_info() if failure is None else {}
-        record.update(connected=len(connected), required_updates=required, start_model_sha256=start_digest,
-                      model_sha256=self._digest, ignored_records=collector.ignored)
-        self.rejected_total.update(collector.rejected)
+        if previous is not None:
+            await previous  # the history stays in round order
+        record = self._round_record(state, holdout, evaluate_s)
+        self.rejected_total.update(state.collector.rejected)
         self.history.rounds.append(record)
-        await loop.run_in_executor(None, self._persist, server_round)
+        await loop.run_in_executor(None, self._persist, state)
         if self._commit is not None:
-            self._commit(dict(self.offsets))
-        logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", server_round, status, len(collector.completed),
-                    len(participants), _fmt(holdout), record["timings_s"]["total"])
+            self._commit(state.offsets)
+        logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", state.server_round, record["status"],
+                    len(state.collector.completed), len(state.participants), _fmt(holdout), state.total_s)
 
     def _assemble_and_fold(self, collector: RoundCollector, pending: PendingUpdate) -> AssembledUpdate:
         """Worker thread: rebuild and check a node's update, and fold it into the strategy if it passes."""
@@ -302,35 +356,24 @@ class Coordinator:
         weights = self.strategy.aggregate()
         return weights, weights_digest(weights) if weights is not None else self._digest
 
-    def _persist(self, server_round: int) -> None:
+    def _persist(self, state: RoundState) -> None:
         """Checkpoint first, then the history: the checkpoint is never older than the history."""
         if self._checkpoint_file is not None:
             save_checkpoint(self._checkpoint_file, Checkpoint(
                 session_id=self.settings.session_id,
-                completed_round=server_round,
-                weights=self.weights,
+                completed_round=state.server_round,
+                weights=state.weights,
                 model={"architecture": self.model.architecture, "compile": self.model.compile,
                        "data": self.model.data},
                 history=self.history.document,
-                strategy_state=self.strategy.state(),
-                offsets=self.offsets,
+                strategy_state=state.strategy_state,
+                offsets=state.offsets,
             ))
         self.history.save()
 
-    def _round_record(
-        self,
-        server_round: int,
-        status: str,
-        started_at: str,
-        participants: Sequence[Any],
-        collector: RoundCollector,
-        timed_out: bool,
-        holdout: dict[str, float],
-        collect_s: float,
-        aggregate_s: float,
-        evaluate_s: float,
-        total_s: float,
-    ) -> dict[str, Any]:
+    @staticmethod
+    def _round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float) -> dict[str, Any]:
+        collector = state.collector
         accepted = collector.completed
         per_node = {node_id: dict(collector.acks[node_id].metrics) for node_id in accepted if node_id in collector.acks}
         weighted = [(m["loss"], accepted[n].num_samples) for n, m in per_node.items() if "loss" in m]
@@ -338,27 +381,34 @@ class Coordinator:
         train_s = max((collector.acks[n].timings_s.get("train", 0.0) for n in accepted if n in collector.acks),
                       default=0.0)
         return {
-            "round": server_round,
-            "status": status,
-            "started_at": started_at,
+            "round": state.server_round,
+            "status": "failed" if state.failure is not None else "completed",
+            "started_at": state.started_at,
             "ended_at": utc_now(),
-            "participants": sorted(n.node_id for n in participants),
+            "participants": state.participants,
             "accepted": sorted(accepted),
             "num_samples": {n: accepted[n].num_samples for n in sorted(accepted)},
-            "timed_out": timed_out,
+            "timed_out": state.timed_out,
             "train": {"loss": train_loss, "per_node": per_node},
             "holdout": holdout,
             "timings_s": {
                 "train": round(train_s, 4),
-                "transport": round(max(collect_s - train_s, 0.0), 4),
-                "aggregate": round(aggregate_s, 4),
-                "evaluate": round(evaluate_s, 4),
-                "total": round(total_s, 4),
+                "transport": round(max(state.collect_s - train_s, 0.0), 4),
+                "aggregate": round(state.aggregate_s, 4),
+                "evaluate": round(evaluate_s, 4),  # concurrent with the next round: not part of "total"
+                "total": round(state.total_s, 4),
             },
             "rejected_updates": sum(collector.rejected.values()),
             "rejected_updates_by_reason": dict(sorted(collector.rejected.items())),
             "duplicates": collector.duplicates,
             "refused_nodes": dict(collector.refused),
+            "failure_reason": state.failure,
+            "aggregation": state.aggregation if state.failure is None else {},
+            "connected": state.connected,
+            "required_updates": state.required,
+            "start_model_sha256": state.start_digest,
+            "model_sha256": state.model_digest,
+            "ignored_records": collector.ignored,
         }
 
     def _message(self, ref: ModelRef) -> ModelMessage:

@@ -82,3 +82,30 @@ def test_sampling_is_seeded_sized_and_spread():
     assert sample_participants(nodes[:2], fraction=0.5, min_count=5, seed=7, server_round=1) == ["n0", "n1"]
     assert required_updates(10, min_fit=2, min_fit_fraction=0.5) == 5
     assert required_updates(3, min_fit=2, min_fit_fraction=0.0) == 2
+
+
+def test_checkpoint_arrays_live_in_an_npz_next_to_a_small_json(tmp_path):
+    (tmp_path / "s1.json").write_text(json.dumps(history(3)))
+    path = checkpoint_path(tmp_path, "s1")
+    big = [np.arange(250_000, dtype=np.float32), np.ones(3, np.float64)]
+    for rounds in (2, 3):
+        save_checkpoint(path, Checkpoint(**{**make(rounds).__dict__, "weights": big}))
+    assert sorted(f.name for f in path.parent.iterdir()) == ["s1.json", "s1.r3.npz"]  # round 2's arrays are gone
+    assert path.stat().st_size < 10_000  # no base64 weights in the JSON
+    assert json.loads(path.read_text())["format"] == "fl-checkpoint/2"
+    loaded, _ = load_checkpoint_for(tmp_path / "s1.json")
+    assert [w.dtype for w in loaded.weights] == [np.float32, np.float64] and loaded.completed_round == 3
+    np.testing.assert_array_equal(loaded.weights[0], big[0])
+    np.testing.assert_array_equal(loaded.strategy_state["momentum"][0], np.ones(3))
+    (path.parent / "s1.r3.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(CheckpointError, match="arrays file"):
+        load_checkpoint_for(tmp_path / "s1.json")
+
+
+def test_an_npz_holding_a_pickled_object_array_is_refused(tmp_path):
+    (tmp_path / "s1.json").write_text(json.dumps(history(2)))
+    path = checkpoint_path(tmp_path, "s1")
+    save_checkpoint(path, make())
+    np.savez(path.parent / "s1.r2.npz", w0=np.array([{"x": 1}], dtype=object), s0_0=np.ones(3))
+    with pytest.raises(CheckpointError):
+        load_checkpoint_for(tmp_path / "s1.json")

@@ -1,6 +1,7 @@
 """Round-loop logic with fake transport and fake nodes (no network, no TensorFlow)."""
 
 import asyncio
+from pathlib import Path
 
 import numpy as np
 
@@ -153,17 +154,20 @@ async def test_resume_from_the_round_2_checkpoint_reproduces_the_uninterrupted_s
 
     ckpt = tmp_path / "b" / "checkpoints" / "s.json"
     history = SessionHistory(tmp_path / "b", "s", {})
-    saved: dict[int, bytes] = {}
+    saved: dict[int, dict[Path, bytes]] = {}
     commits: list[dict[int, int]] = []
 
-    def commit(offsets):  # called after each round is persisted: keep round 2's checkpoint as it was
+    def commit(offsets):  # called after each round is persisted: keep round 2's checkpoint (JSON and arrays) as it was
         commits.append(offsets)
-        saved[len(commits)] = ckpt.read_bytes()
+        saved[len(commits)] = {f: f.read_bytes() for f in ckpt.parent.iterdir()}
 
     await run_session(tmp_path / "b", behaviour, rounds=4, strategy=FedAvgM(), checkpoint_file=ckpt, commit=commit,
                       history=history)
     assert len(commits) == 4
-    ckpt.write_bytes(saved[2])
+    for f in ckpt.parent.iterdir():
+        f.unlink()
+    for f, content in saved[2].items():
+        f.write_bytes(content)
     history.document["rounds"] = history.document["rounds"][:2]
     history.document["status"] = "running"
     history.save()
@@ -206,3 +210,39 @@ async def test_assembly_checks_and_aggregation_run_off_the_event_loop(tmp_path, 
     weights, _, _ = await run_session(tmp_path, {"n1": "ok", "n3": "ok"}, strategy=RecordingFedAvg())
     np.testing.assert_allclose(weights[0], [5.0] * 3)
     assert all(found and loop_thread not in found for found in threads.values()), threads
+
+
+async def test_the_next_round_starts_while_the_last_one_is_evaluated(tmp_path):
+    """Pipelined boundary: evaluating round 1 waits until round 2 has been sent out. A loop that evaluated
+    before starting the next round would wait here until the event's timeout and record the flag False."""
+    import threading
+
+    round_2_sent = threading.Event()
+    seen_in_time: dict[int, bool] = {}
+
+    class Fake(FakeFederation):
+        async def emit(self, event, data, sid):
+            if event == "start_round" and data["round"] == 2:
+                round_2_sent.set()
+            await super().emit(event, data, sid)
+
+    def evaluate(server_round, weights):
+        if server_round == 1:
+            seen_in_time[1] = round_2_sent.wait(timeout=5)
+        return {"loss": float(np.sum(weights[0]))}
+
+    registry = NodeRegistry()
+    for node_id in ("n1", "n3"):
+        await registry.add(NodeInfo(node_id, node_id, 1))
+    fake = Fake({"n1": "ok", "n3": "ok"})
+    coordinator = Coordinator(
+        settings=SessionSettings("s", 3, 2, 5.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1), registry=registry,
+        strategy=FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}), evaluate=evaluate,
+        publish_model=fake.publish_model, emit=fake.emit, history=SessionHistory(tmp_path, "s", {}))
+    fake.coordinator = coordinator
+    await asyncio.wait_for(coordinator.run(), 30)
+    assert seen_in_time == {1: True}
+    rounds = coordinator.history.document["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]  # still recorded in order
+    assert [r["holdout"]["loss"] for r in rounds] == [3 * 2.5 * r for r in (1, 2, 3)]  # (1r*1 + 3r*3)/4 each
+    assert [r["start_model_sha256"] for r in rounds[1:]] == [r["model_sha256"] for r in rounds[:-1]]
