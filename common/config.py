@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from common.disclosure import DEFAULT_MIN_CATEGORY_COUNT
+
 DEFAULT_KAFKA = "127.0.0.1:9092"
 DEFAULT_UPDATES_TOPIC = "fl.updates"
 DEFAULT_MODELS_TOPIC = "fl.models"
@@ -67,6 +69,20 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--batch-size", type=positive_int, default=32, help="local batch size")
     add_option(parser, "--learning-rate", type=positive_float, default=0.005, help="local learning rate")
     add_option(parser, "--optimizer", default="adam", choices=["adam", "sgd"], help="local optimizer")
+
+
+def add_disclosure_options(parser: argparse.ArgumentParser, *, side: str) -> None:
+    """What column statistics may disclose (``common.disclosure``), shared by fl-server and fl-node."""
+    where = ("asked of every node (a node applies the stricter of this and its own)" if side == "server"
+             else "applied before this node's statistics leave it (the server can only make it stricter)")
+    add_option(parser, "--exclude-columns", type=column_list, default=(),
+               help=f"comma-separated columns never used nor described in statistics; {where}")
+    add_option(parser, "--min-category-count", type=positive_int, default=DEFAULT_MIN_CATEGORY_COUNT,
+               help=f"k: a category or class held by fewer rows at a node is not shared; {where}")
+
+
+def column_list(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def positive_int(text: str) -> int:

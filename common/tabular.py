@@ -17,13 +17,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.disclosure import (
+    DEFAULT_MAX_CATEGORIES,
+    DisclosurePolicy,
+    k_anonymous,
+    normalise_category,
+    withheld_reason,
+)
+
 MAX_COLUMNS = 2_000
-MAX_CATEGORIES = 100
+MAX_CATEGORIES = DEFAULT_MAX_CATEGORIES  # the most categories a column may have in a schema
 MAX_NAME_CHARS = 128
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
-
-
 
 # Bounds on what one node may report: the pooled mean squared and the sum of squares stay finite floats.
 MAX_STAT_SUM = 1e150
@@ -138,7 +144,6 @@ def _finite(value: object, column: str, limit: float) -> float:
     return number
 
 
-
 def label_text(value: Any) -> str:
     """Canonical text of a label or category: 3, 3.0 and "3" are the same class."""
     if isinstance(value, (float, np.floating)) and float(value).is_integer():
@@ -180,8 +185,8 @@ def encode_features(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
             numeric = np.where(np.isnan(numeric), column.mean, numeric)
             parts.append(((numeric - column.mean) / column.std)[:, None])
         else:
-            text = values.map(lambda v: None if pd.isna(v) else label_text(v))
-            index = {category: i for i, category in enumerate(column.categories)}
+            text = values.map(lambda v: None if pd.isna(v) else normalise_category(v))
+            index = {normalise_category(category): i for i, category in enumerate(column.categories)}
             onehot = np.zeros((len(frame), len(column.categories)))
             rows = [(r, index[v]) for r, v in enumerate(text) if v in index]
             if rows:
@@ -205,26 +210,41 @@ def encode_frame(frame: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.nd
 # ------------------------------------------------------------------ federated statistics
 
 
-def local_statistics(frame: pd.DataFrame, target: str, categorical: Iterable[str] = ()) -> dict[str, Any]:
-    """What a node shares to build the schema: counts, sums, sums of squares, value counts. No rows."""
+def local_statistics(frame: pd.DataFrame, target: str, categorical: Iterable[str] = (),
+                     policy: DisclosurePolicy | None = None) -> dict[str, Any]:
+    """What a node shares to build the schema: counts, sums, sums of squares, and the value counts that
+    ``policy`` lets out (``common.disclosure``). No rows, no identifiers, no value held by fewer than k rows.
+
+    ``withheld`` names the columns left out and why (column names are the schema's business; their
+    values are not), so the server can say why a column is not in the schema."""
+    policy = policy or DisclosurePolicy()
     if target not in frame.columns:
         raise SchemaError(f"column {target!r} (the target) is missing", target)
     forced = set(categorical)
     columns: dict[str, Any] = {}
-    for name in frame.columns:
+    withheld: dict[str, str] = {}
+    for name in (str(n) for n in frame.columns):
         if name == target:
             continue
+        if name in policy.exclude:
+            withheld[name] = "excluded (--exclude-columns)"
+            continue
         series = frame[name]
-        if str(name) not in forced and _numeric_like(series):
+        if name not in forced and _numeric_like(series):
             numeric = pd.to_numeric(series, errors="coerce").dropna().to_numpy(dtype=np.float64)
-            columns[str(name)] = {"kind": NUMERIC, "count": int(numeric.size), "sum": float(numeric.sum()),
-                                  "sum_sq": float(np.square(numeric).sum())}
-        else:
-            counts = series.dropna().map(label_text).value_counts().head(MAX_CATEGORIES)
-            columns[str(name)] = {"kind": CATEGORICAL, "counts": {str(k): int(v) for k, v in counts.items()}}
-    target_counts = frame[target].dropna().map(label_text).value_counts()
-    return {"num_rows": len(frame), "target": target,
-            "target_counts": {str(k): int(v) for k, v in target_counts.items()}, "columns": columns}
+            columns[name] = {"kind": NUMERIC, "count": int(numeric.size), "sum": float(numeric.sum()),
+                             "sum_sq": float(np.square(numeric).sum())}
+            continue
+        text = series.dropna().map(normalise_category)
+        reason = withheld_reason(int(text.nunique()), len(text), policy)
+        if reason is not None:
+            withheld[name] = reason
+            continue
+        counts = {str(k): int(v) for k, v in text.value_counts().items()}
+        columns[name] = {"kind": CATEGORICAL, "counts": k_anonymous(counts, policy)}
+    target_counts = {str(k): int(v) for k, v in frame[target].dropna().map(label_text).value_counts().items()}
+    return {"num_rows": len(frame), "target": target, "target_counts": k_anonymous(target_counts, policy),
+            "columns": columns, "withheld": withheld}
 
 
 def merge_statistics(stats: Sequence[object], target: str, categorical: Iterable[str] = ()) -> Schema:

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from common import kafka_io
-from common.config import add_common_options, add_option, positive_float, positive_int, setup_logging
+from common.config import (
+    add_common_options,
+    add_disclosure_options,
+    add_option,
+    positive_float,
+    positive_int,
+    setup_logging,
+)
 from common.integrity import read_key_file
 from common.kafka_security import KafkaSecurity, add_kafka_security_options
 from common.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
@@ -57,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                "w_global - S * (w_local - w_global)")
     add_option(parser, "--attack-scale", type=positive_float, default=1.0,
                help="FOR ROBUSTNESS EXPERIMENTS ONLY: the factor S of --attack sign-flip")
+    add_disclosure_options(parser, side="node")
     add_common_options(parser)
     add_tls_client_options(parser)
     add_kafka_security_options(parser)
@@ -66,20 +74,22 @@ def build_parser() -> argparse.ArgumentParser:
 def load_local_data(args: argparse.Namespace) -> Any:
     """This node's rows: its own CSV, or its share of a built-in dataset's training split."""
     from common.datasets import ImageData, load_builtin, node_rows, read_csv
+    from common.disclosure import DisclosurePolicy
     from common.partition import parse_partition
     from fl_node.data import LocalData
 
+    policy = DisclosurePolicy(min_category_count=args.min_category_count, exclude=frozenset(args.exclude_columns))
     if args.data is not None:
         frame = read_csv(args.data)
         if args.target and args.target not in frame.columns:
             raise ValueError(f"{args.data}: no column {args.target!r} (columns: {', '.join(map(str, frame.columns))})")
-        return LocalData(frame=frame, target=args.target)
+        return LocalData(frame=frame, target=args.target, policy=policy)
     index, count = parse_partition(args.partition)
     dataset = load_builtin(args.dataset, seed=args.seed)
     rows = node_rows(dataset, index, count, scheme=args.scheme, alpha=args.alpha, seed=args.seed)
     if isinstance(dataset, ImageData):
         return LocalData(x=dataset.x_train[rows], y=dataset.y_train[rows])
-    return LocalData(frame=dataset.train.iloc[rows].reset_index(drop=True), target=dataset.target)
+    return LocalData(frame=dataset.train.iloc[rows].reset_index(drop=True), target=dataset.target, policy=policy)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -253,11 +253,17 @@ class FederatedNode:
         if not isinstance(data, dict) or not isinstance(data.get("target"), str):
             return {"error": "fl_stats needs a target column name"}
         categorical = data.get("categorical") or []
-        if not isinstance(categorical, list) or not all(isinstance(c, str) for c in categorical):
-            return {"error": "categorical must be a list of column names"}
+        exclude = data.get("exclude") or []
+        k = data.get("min_category_count")
+        for names in (categorical, exclude):
+            if not isinstance(names, list) or len(names) > 10_000 or not all(isinstance(c, str) for c in names):
+                return {"error": "categorical and exclude must be lists of column names"}
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1_000_000):
+            return {"error": "min_category_count must be an integer from 1 to 1,000,000"}
         try:
             loop = asyncio.get_running_loop()  # O(rows) pandas work: in the worker, not on the event loop
-            stats = await loop.run_in_executor(self._worker, self.data.statistics, data["target"], categorical)
+            stats = await loop.run_in_executor(self._worker, partial(
+                self.data.statistics, data["target"], categorical, min_category_count=k, exclude=exclude))
         except SchemaError as exc:
             logger.error("node %s cannot share statistics: %s", self.settings.node_id, exc)
             return {"error": str(exc)}

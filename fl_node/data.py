@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from common.dataspec import IMAGE, DataSpec
+from common.disclosure import DisclosurePolicy
 from common.tabular import SchemaError, encode_frame, local_statistics
 
 logger = logging.getLogger(__name__)
@@ -20,11 +21,14 @@ class LocalData:
     """Either a frame (tabular: encoded with the schema the server sends) or image arrays."""
 
     def __init__(self, *, frame: pd.DataFrame | None = None, target: str | None = None,
-                 x: np.ndarray | None = None, y: np.ndarray | None = None) -> None:
+                 x: np.ndarray | None = None, y: np.ndarray | None = None,
+                 policy: DisclosurePolicy | None = None) -> None:
         if (frame is None) == (x is None):
             raise ValueError("give either a frame or arrays")
-        self.frame = frame
+        self.frame = frame.drop(columns=[c for c in frame.columns if str(c) in policy.exclude]) \
+            if frame is not None and policy is not None else frame
         self.target = target
+        self.policy = policy or DisclosurePolicy()
         self._arrays = (x, y) if x is not None else None
         self._cache: tuple[str, np.ndarray, np.ndarray] | None = None
 
@@ -32,11 +36,17 @@ class LocalData:
     def num_rows(self) -> int:
         return len(self.frame) if self.frame is not None else len(self._arrays[1])  # type: ignore[index,arg-type]
 
-    def statistics(self, target: str, categorical: list[str]) -> dict[str, Any]:
-        """Column statistics for the schema (counts, sums, value counts); never rows."""
+    def statistics(self, target: str, categorical: list[str], *, min_category_count: int | None = None,
+                   exclude: list[str] | None = None) -> dict[str, Any]:
+        """Column statistics for the schema (counts, sums, value counts) under this node's disclosure policy,
+        made stricter (never looser) by what the server asks; never rows. Withheld columns are logged."""
         if self.frame is None:
             raise SchemaError("this node holds image data; it has no column statistics")
-        return local_statistics(self.frame, target, categorical)
+        policy = self.policy.stricter(min_category_count=min_category_count, exclude=exclude or ())
+        stats = local_statistics(self.frame, target, categorical, policy)
+        for name, reason in stats["withheld"].items():
+            logger.warning("column %r is not shared in statistics: %s", name, reason)
+        return stats
 
     def prepare(self, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
         """Features and labels under ``spec``; raises ``SchemaError`` naming what does not fit."""

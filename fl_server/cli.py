@@ -18,6 +18,7 @@ from typing import Any
 from common import kafka_io
 from common.config import (
     add_common_options,
+    add_disclosure_options,
     add_flag,
     add_option,
     add_training_options,
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                help="declared data schema (JSON); default: merged from the nodes' column statistics")
     add_option(parser, "--categorical", default=None,
                help="comma-separated columns to treat as categorical even if they hold numbers")
+    add_disclosure_options(parser, side="server")
     add_option(parser, "--model", default="mlp",
                help="model: logreg, mlp, mlp:H1,H2,... (hidden sizes), cnn (images) or path/to/file.py:function "
                "(your Keras builder taking input_shape and num_classes)")
@@ -208,6 +210,7 @@ async def run_session(args: argparse.Namespace) -> Path:
         data = await resolve_server_data(
             dataset=args.dataset, holdout_csv=args.holdout, target=args.target, schema_file=args.schema,
             categorical=[c for c in (args.categorical or "").split(",") if c], seed=args.seed,
+            exclude=list(args.exclude_columns), min_category_count=args.min_category_count,
             gather_statistics=lambda request: frontend.gather_statistics(request, timeout_s=args.round_timeout),
             declared=declared,
         )

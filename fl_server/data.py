@@ -38,6 +38,20 @@ def load_schema(path: Path) -> Schema:
         raise ValueError(f"{path}: {exc}") from exc
 
 
+def without_columns(stats: dict[str, Any], excluded: set[str]) -> dict[str, Any]:
+    """A node's statistics less the columns the server excludes (in case a node ignored the request)."""
+    columns = {k: v for k, v in stats["columns"].items() if k not in excluded}
+    return {**stats, "columns": columns}
+
+
+def log_withheld(node_id: str, stats: dict[str, Any]) -> None:
+    """Say which columns a node did not describe, and why (its reasons: identifiers, exclusions)."""
+    withheld = stats.get("withheld")
+    if isinstance(withheld, dict):
+        for name, reason in list(withheld.items())[:50]:
+            logger.info("node %s withheld column %.128r from its statistics: %.200s", node_id, name, reason)
+
+
 async def resolve_server_data(
     *,
     dataset: str,
@@ -48,6 +62,8 @@ async def resolve_server_data(
     seed: int,
     gather_statistics: GatherFn,
     declared: DataSpec | None = None,
+    exclude: list[str] | None = None,
+    min_category_count: int | None = None,
 ) -> ServerData:
     """Holdout and data spec: image datasets have a fixed spec; tabular data gets a declared schema
     (``declared``, e.g. from a checkpoint, or ``schema_file``) or one merged from the nodes' statistics
@@ -70,12 +86,16 @@ async def resolve_server_data(
         logger.info("schema from %s: %d feature columns, %d classes", schema_file, len(schema.features),
                     schema.num_classes)
     else:
-        stats = await gather_statistics({"target": target, "categorical": categorical})
+        request: dict[str, Any] = {"target": target, "categorical": categorical, "exclude": list(exclude or [])}
+        if min_category_count is not None:
+            request["min_category_count"] = min_category_count
+        stats = await gather_statistics(request)
         usable = []
         for node_id, node_stats in stats.items():
             try:
                 parse_statistics(node_stats, target)
-                usable.append(node_stats)
+                usable.append(without_columns(node_stats, set(exclude or [])))
+                log_withheld(node_id, node_stats)
             except SchemaError as exc:  # one node's bad answer must not sink the federation
                 logger.warning("statistics of node %s ignored: %s", node_id, exc)
         try:

@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from common.disclosure import DisclosurePolicy
 from common.tabular import (
     CATEGORICAL,
     NUMERIC,
@@ -14,12 +15,15 @@ from common.tabular import (
     parse_statistics,
 )
 
+# Frames of two or three rows: these tests check the statistics' arithmetic, so they share every value (k = 1).
+# The disclosure rules (k-anonymity, identifiers withheld) have tests of their own in test_disclosure.py.
+OPEN = DisclosurePolicy(min_category_count=1, max_distinct_fraction=1.0)
 SITE_A = pd.DataFrame({"age": [30.0, 40.0, None], "city": ["x", "y", "x"], "label": [0, 1, 0]})
 SITE_B = pd.DataFrame({"age": [50.0, 60.0], "city": ["z", None], "label": [1, 2]})
 
 
 def test_merged_statistics_equal_pooled_statistics_without_sharing_rows():
-    stats = [local_statistics(SITE_A, "label"), local_statistics(SITE_B, "label")]
+    stats = [local_statistics(SITE_A, "label", policy=OPEN), local_statistics(SITE_B, "label", policy=OPEN)]
     assert "30.0" not in str(stats) and "rows" not in str(stats[0]["columns"])  # sums and counts, not values
     schema = merge_statistics(stats, "label")
     pooled_age = pd.concat([SITE_A, SITE_B])["age"].dropna()
@@ -34,7 +38,8 @@ def test_merged_statistics_equal_pooled_statistics_without_sharing_rows():
 
 
 def test_encoding_standardises_fills_missing_and_one_hot_encodes():
-    schema = merge_statistics([local_statistics(SITE_A, "label"), local_statistics(SITE_B, "label")], "label")
+    schema = merge_statistics([local_statistics(SITE_A, "label", policy=OPEN),
+                               local_statistics(SITE_B, "label", policy=OPEN)], "label")
     x, y, dropped = encode_frame(SITE_B, schema)
     # columns sorted by name: age, then city one-hot (x, y, z)
     age_std = schema.features[0].std
@@ -46,7 +51,7 @@ def test_encoding_standardises_fills_missing_and_one_hot_encodes():
 
 
 def test_mismatch_names_the_offending_column():
-    schema = merge_statistics([local_statistics(SITE_A, "label")], "label")
+    schema = merge_statistics([local_statistics(SITE_A, "label", policy=OPEN)], "label")
     with pytest.raises(SchemaError) as missing:
         check_frame(SITE_A.drop(columns=["city"]), schema)
     assert missing.value.column == "city" and "'city'" in str(missing.value)
@@ -56,13 +61,14 @@ def test_mismatch_names_the_offending_column():
 
 
 def test_column_missing_at_a_minority_of_nodes_stays_in_the_schema():
-    stats = [local_statistics(SITE_A, "label")] * 2 + [local_statistics(SITE_A.drop(columns=["city"]), "label")]
+    stats = [local_statistics(SITE_A, "label", policy=OPEN)] * 2 + [
+        local_statistics(SITE_A.drop(columns=["city"]), "label", policy=OPEN)]
     assert [c.name for c in merge_statistics(stats, "label").features] == ["age", "city"]
 
 
 def test_small_integer_codes_can_be_declared_categorical():
     frame = pd.DataFrame({"grade": [1, 2, 3, 1], "label": [0, 1, 0, 1]})
-    schema = merge_statistics([local_statistics(frame, "label", ["grade"])], "label", ["grade"])
+    schema = merge_statistics([local_statistics(frame, "label", ["grade"], policy=OPEN)], "label", ["grade"])
     assert schema.features[0].kind == CATEGORICAL and schema.features[0].categories == ("1", "2", "3")
 
 
@@ -84,7 +90,8 @@ def test_untrusted_statistics_are_validated(bad):
 
 
 def test_schema_wire_round_trip_and_validation():
-    schema = merge_statistics([local_statistics(SITE_A, "label"), local_statistics(SITE_B, "label")], "label")
+    schema = merge_statistics([local_statistics(SITE_A, "label", policy=OPEN),
+                               local_statistics(SITE_B, "label", policy=OPEN)], "label")
     assert Schema.from_wire(schema.to_wire()) == schema
     with pytest.raises(SchemaError):
         Schema.from_wire({"target": "label", "classes": ["a"], "features": [{"name": "x"}]})

@@ -16,12 +16,21 @@ def write_mixed_csv(path):
     rng = np.random.default_rng(0)
     frame.loc[rng.random(len(frame)) < 0.05, "mean texture"] = np.nan
     frame.loc[rng.random(len(frame)) < 0.05, "size_band"] = None
+    # What must never leave a node: identifiers, dates, and a category only two patients have.
+    frame["patient_id"] = [f"MRN-{i:06d}" for i in range(len(frame))]
+    frame["admission_date"] = pd.date_range("2024-01-01", periods=len(frame), freq="D").strftime("%Y-%m-%d")
+    frame["ward"] = rng.choice(["north", "south"], len(frame)).astype(object)
+    frame.loc[[10, 400], "ward"] = RARE_WARD
     frame.to_csv(path, index=False)
+    return frame
+
+
+RARE_WARD = "isolation-7"
 
 
 def test_mixed_csv_federation_refuses_a_misfit_node_and_finishes(federation: Federation) -> None:
     source = federation.tmp_path / "clinic.csv"
-    write_mixed_csv(source)
+    frame = write_mixed_csv(source)
     parts = federation.tmp_path / "parts"
     assert fl_data(["partition", "--data", str(source), "--target", "diagnosis", "--nodes", "3", "--out",
                     str(parts)]) == 0
@@ -49,3 +58,16 @@ def test_mixed_csv_federation_refuses_a_misfit_node_and_finishes(federation: Fed
     assert not first["timed_out"]  # a refusal is an answer: the round did not wait for the timeout
     assert [r["accepted"] for r in history["rounds"]] == [["site0", "site1", "site2"]] * 3
     assert history["rounds"][-1]["holdout"]["accuracy"] > 0.85
+
+    # Privacy of the statistics: no identifier, date or rare category anywhere the server keeps or sends
+    # things (the schema in the history is what every start_round carries; the checkpoint; the server's log).
+    assert {"patient_id", "admission_date"}.isdisjoint(kinds) and kinds["ward"] == "categorical"
+    session = history["session_id"]
+    kept = [federation.history_dir / f"{session}.json", federation.history_dir / "checkpoints" / f"{session}.json",
+            federation.tmp_path / "server.log"]
+    texts = [path.read_text() for path in kept]
+    secrets = [*frame["patient_id"], *frame["admission_date"], RARE_WARD]
+    leaked = [value for value in secrets if any(value in text for text in texts)]
+    assert not leaked, leaked[:5]
+    for node in nodes:  # each node said why it withheld them
+        assert "column 'patient_id' is not shared in statistics" in node.log()
