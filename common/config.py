@@ -56,11 +56,19 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
                help="Kafka bootstrap servers, host:port[,host:port]")
     add_option(parser, "--updates-topic", default=DEFAULT_UPDATES_TOPIC, help="Kafka topic for node updates")
     add_option(parser, "--models-topic", default=DEFAULT_MODELS_TOPIC, help="Kafka topic for global models")
-    add_option(parser, "--log-level", default="INFO", help="logging level",
-               choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    add_flag(parser, "--quiet", help="only warnings and errors")
+    add_logging_options(parser)
     add_option(parser, "--tf-threads", type=int, default=0,
                help="cap TensorFlow intra/inter-op threads (0: TensorFlow's default)")
+
+
+def add_logging_options(parser: argparse.ArgumentParser) -> None:
+    """``--log-level`` and ``--quiet``: every command has them (subcommands each get their own)."""
+    subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    targets = list(subcommands[0].choices.values()) if subcommands else [parser]
+    for target in targets:
+        add_option(target, "--log-level", default="INFO", help="logging level",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        add_flag(target, "--quiet", help="only warnings and errors")
 
 
 def add_training_options(parser: argparse.ArgumentParser) -> None:

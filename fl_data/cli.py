@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common.config import add_option, positive_float, positive_int, setup_logging
+from common.config import add_logging_options, add_option, positive_float, positive_int, setup_logging
 from common.datasets import BUILTIN_DATASETS, TabularData, load_builtin, read_csv
 from common.partition import SCHEMES, dominant_class_share, holdout_split, partition
 from common.tabular import label_text
@@ -40,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
                help="share of --data kept as holdout.csv (built-in datasets use their fixed holdout split)")
     part.add_argument("--out", type=Path, required=True, help="output folder")
     part.add_argument("--plot", action="store_true", help="also write class-mix.png (class mix per node)")
+    part.add_argument("--overwrite", action="store_true",
+                      help="write into a folder that is not empty: first remove the files fl-data wrote there "
+                      "before (node-<i>.csv, holdout.csv, class-mix.png), and nothing else")
+    add_logging_options(parser)
     return parser
 
 
@@ -91,11 +96,30 @@ def plot_class_mix(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+WRITTEN_FILES = re.compile(r"node-\d+\.csv|holdout\.csv|class-mix\.png")
+
+
+def prepare_output_folder(folder: Path, *, overwrite: bool) -> None:
+    """Refuse a folder with anything in it (a later step would pool stale node files), unless ``overwrite``:
+    then remove what an earlier ``fl-data partition`` wrote there, and only that."""
+    folder.mkdir(parents=True, exist_ok=True)
+    present = sorted(p.name for p in folder.iterdir())
+    if not present:
+        return
+    if not overwrite:
+        raise ValueError(f"{folder} is not empty ({', '.join(present[:5])}{', ...' if len(present) > 5 else ''}); "
+                         "choose an empty folder, or pass --overwrite to replace an earlier partition's files")
+    for name in present:
+        if WRITTEN_FILES.fullmatch(name) and (folder / name).is_file():
+            (folder / name).unlink()
+            logger.info("removed %s (written by an earlier fl-data partition)", folder / name)
+
+
 def partition_command(args: argparse.Namespace) -> int:
     train, holdout, target = load_source(args)
     labels = train[target].map(label_text).to_numpy()
     parts = partition(labels, args.nodes, scheme=args.scheme, seed=args.seed, alpha=args.alpha)
-    args.out.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(args.out, overwrite=args.overwrite)
     for node, rows in enumerate(parts):
         train.iloc[rows].to_csv(args.out / f"node-{node}.csv", index=False)
     holdout.to_csv(args.out / "holdout.csv", index=False)
@@ -114,7 +138,7 @@ def partition_command(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging("WARNING")
+    setup_logging(args.log_level, args.quiet)
     try:
         return partition_command(args)
     except (ValueError, OSError) as exc:

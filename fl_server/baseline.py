@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from common.config import add_option, add_training_options, positive_int, setup_logging
+from common.config import add_logging_options, add_option, add_training_options, positive_int, setup_logging
 from fl_server.history import SessionHistory, config_from_args, utc_now
 
 logger = logging.getLogger("fl_baseline")
@@ -37,8 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--seed", type=int, default=42, help="seed of the holdout split and initial weights")
     add_option(parser, "--history-dir", type=Path, default=Path("history"), help="where the history JSON goes")
     add_option(parser, "--session-id", default=None, help="history file name (default: baseline-<time>)")
-    add_option(parser, "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-               help="logging level")
+    add_logging_options(parser)
     return parser
 
 
@@ -108,7 +107,7 @@ def run_baseline(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.quiet)
     try:
         path = run_baseline(args)
     except (ValueError, OSError) as exc:

@@ -22,7 +22,18 @@ SECRET_SETTINGS = frozenset({"kafka_sasl_password"})
 
 def config_from_args(args: Any) -> dict[str, Any]:
     """The command-line settings of a run, JSON-ready, for the history's ``config`` (secrets left out)."""
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in SECRET_SETTINGS}
+    return {k: json_ready(v) for k, v in vars(args).items() if k not in SECRET_SETTINGS}
+
+
+def json_ready(value: Any) -> Any:
+    """Paths as text, tuples and sets as lists, at any depth (``fl-baseline --data a.csv b.csv`` is a list)."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    return value
 
 
 def write_json_atomic(path: Path, document: Any) -> None:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.config import add_logging_options, setup_logging
 from common.errors import ProtocolError
 from common.safe_json import read_json_file
 from fl_server.history import HISTORY_FORMAT, MAX_HISTORY_BYTES
@@ -162,11 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write the rounds as CSV")
     export.add_argument("file", type=Path, help="history file")
     export.add_argument("--csv", type=Path, required=True, help="CSV to write")
+    add_logging_options(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.quiet)
     out = sys.stdout
     try:
         if args.command == "show":

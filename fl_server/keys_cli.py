@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from common.config import add_flag, setup_logging
+from common.config import add_flag, add_logging_options, setup_logging
 from common.integrity import KeyRegistry, new_key, write_secret
 from common.protocol import ProtocolError, check_node_id
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(create, "--rotate", help="replace the key of a node that already has one", env="FL_KEYS_ROTATE")
     show = sub.add_parser("list", help="list the node ids in a registry (never the keys)")
     show.add_argument("--registry", type=Path, default=Path("keys/registry.json"))
+    add_logging_options(parser)
     return parser
 
 
@@ -56,7 +57,7 @@ def create_keys(registry_path: Path, out_dir: Path, node_ids: list[str], *, rota
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging("INFO")
+    setup_logging(args.log_level, args.quiet)
     try:
         if args.command == "list":
             sys.stdout.write("\n".join(KeyRegistry.load(args.registry).node_ids()) + "\n")
