@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--host", default="127.0.0.1", help="address to listen on")
     add_option(parser, "--port", type=int, default=5000, help="Socket.IO port (0 picks a free one)")
     add_option(parser, "--min-nodes", type=positive_int, default=2, help="nodes that must be connected to start")
+    add_option(parser, "--min-round-nodes", type=positive_int, default=None,
+               help="nodes that must be connected to start each later round; below it the server waits, logging "
+               "how long it has waited (default: --min-nodes)")
     add_option(parser, "--rounds", type=positive_int, default=5, help="number of rounds")
     add_option(parser, "--dataset", default="digits",
                help="built-in dataset whose holdout split the server keeps: digits, breast_cancer, wine, iris "
@@ -110,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 SESSION_SETTINGS = (
     "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "epochs", "batch_size",
     "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction", "max_update_norm",
+    "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes",
     *(keyword for keyword, _, _ in STRATEGY_FLAGS.values()),
 )
 
@@ -141,6 +145,8 @@ def apply_checkpoint_settings(args: argparse.Namespace, checkpoint: Checkpoint) 
         value, current = saved[name], getattr(args, name, None)
         if isinstance(current, Path) and value is not None:
             value = Path(value)
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
         if current != value:
             logger.info("--resume: %s is %r in this session (the command line's %r is not used)", name, value,
                         current)
@@ -152,8 +158,11 @@ def open_history(args: argparse.Namespace, session_id: str, checkpoint: Checkpoi
     """A new session's history, or a resumed one's (from its checkpoint, with the resume recorded)."""
     if checkpoint is not None:
         history = SessionHistory.restore(Path(args.resume), checkpoint.history)
+        # What is in force from here on: the session's settings (from the checkpoint, so unchanged) and this
+        # process's operational ones (ports, timeouts, Kafka), which may differ from the first run's.
         history.document.setdefault("resumes", []).append(
-            {"at": utc_now(), "after_round": checkpoint.completed_round, "model_sha256": checkpoint.weights_sha256})
+            {"at": utc_now(), "after_round": checkpoint.completed_round, "model_sha256": checkpoint.weights_sha256,
+             "config": config_from_args(args)})
         history.document.update(status="running", finished_at=None)
         return history
     config = config_from_args(args)
@@ -228,6 +237,7 @@ async def run_session(args: argparse.Namespace) -> Path:
             session_id=session_id,
             rounds=args.rounds,
             min_nodes=args.min_nodes,
+            min_round_nodes=args.min_round_nodes or args.min_nodes,
             round_timeout_s=args.round_timeout,
             train=TrainConfig(args.epochs, args.batch_size, args.learning_rate),
             end_grace_s=args.end_grace,

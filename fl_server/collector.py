@@ -320,6 +320,10 @@ class RoundCollector:
             logger.warning("round %d: node %s refused to take part (%s): %s", self.server_round, refusal.node_id,
                            refusal.reason, refusal.detail)
 
+    def all_updates_in(self) -> bool:
+        """True when every participant's update is in (or it failed), acknowledged or not."""
+        return all(node_id in self.failed or node_id in self.completed for node_id in self.participants)
+
     def done(self) -> bool:
         """True when every participant has a complete acknowledged update or has failed."""
         return all(

@@ -54,6 +54,7 @@ from fl_server.strategies import AggregationError, Strategy
 logger = logging.getLogger(__name__)
 
 Weights = list[np.ndarray]
+ACK_GRACE_S = 5.0  # how long a round whose updates are all in waits for missing acknowledgements
 EvaluateFn = Callable[[int, Sequence[np.ndarray]], dict[str, float]]
 PublishModelFn = Callable[[int, Sequence[np.ndarray]], Awaitable[ModelRef]]
 EmitFn = Callable[[str, dict[str, Any], str], Awaitable[None]]
@@ -74,6 +75,7 @@ class SessionSettings:
     seed: int = 0
     max_update_norm: float | None = None
     max_record_bytes: int = MAX_RECORD_BYTES
+    min_round_nodes: int = 1  # connected nodes each round needs to start (the CLI defaults it to --min-nodes)
 
 
 @dataclass
@@ -89,6 +91,7 @@ class RoundState:
     start_digest: str
     collector: RoundCollector
     timed_out: bool = False
+    missing_acks: list[str] = field(default_factory=list)
     collect_s: float = 0.0
     aggregate_s: float = 0.0
     total_s: float = 0.0
@@ -179,8 +182,8 @@ class Coordinator:
         if self._current is None:
             return None
         start, collector = self._current
-        if node_id in collector.participants and node_id not in collector.completed and node_id not in collector.failed:
-            return start
+        if node_id in collector.participants and node_id not in collector.acks and node_id not in collector.failed:
+            return start  # also when its update is in: the node then only repeats its acknowledgement
         return None
 
     # ------------------------------------------------------------ the session
@@ -203,8 +206,11 @@ class Coordinator:
         closing: asyncio.Task[None] | None = None
         try:
             for server_round in range(self.first_round, settings.rounds + 1):
-                if len(self.registry) < max(settings.min_fit, 1):
-                    await self.registry.wait_for_logged(max(settings.min_fit, 1))
+                needed = max(settings.min_round_nodes, settings.min_fit, 1)
+                if len(self.registry) < needed:
+                    logger.warning("round %d waits: %d of %d node(s) connected", server_round, len(self.registry),
+                                   needed)
+                    await self.registry.wait_for_logged(needed)
                 state = await self._open_round(server_round)
                 await self._collect(state)
                 await self._aggregate(state)
@@ -256,15 +262,19 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         collector, server_round = state.collector, state.server_round
         deadline = loop.time() + self.settings.round_timeout_s
+        ack_deadline: float | None = None
         while not collector.done():
+            if ack_deadline is None and collector.all_updates_in():
+                # Every update is in; only acknowledgements are missing (a node may have sent its ack to a server
+                # that died since, and will not resend it): wait for them a little, not for the round's timeout.
+                ack_deadline = loop.time() + ACK_GRACE_S
+                deadline = min(deadline, ack_deadline)
             remaining = deadline - loop.time()
             if remaining <= 0:
-                state.timed_out = True
                 break
             try:
                 item = await asyncio.wait_for(self.inbox.get(), remaining)
             except TimeoutError:
-                state.timed_out = True
                 break
             match item:
                 case NodeRefusal():
@@ -277,12 +287,17 @@ class Coordinator:
                 case InspectedRecord():
                     await self._take_record(state, item)
         state.collect_s = time.perf_counter() - state.t0
+        state.timed_out = not collector.all_updates_in()
+        state.missing_acks = sorted(set(collector.completed) - set(collector.acks))
         self._current = None
         state.offsets = dict(self.offsets)  # what a checkpoint of this round resumes from
         if state.timed_out:
-            missing = sorted(collector.participants - set(collector.completed))
+            missing = sorted(collector.participants - set(collector.completed) - set(collector.failed))
             logger.warning("round %d: timed out after %.1fs; missing updates from %s", server_round,
-                           self.settings.round_timeout_s, ", ".join(missing) or "none (acks only)")
+                           self.settings.round_timeout_s, ", ".join(missing))
+        elif state.missing_acks:
+            logger.warning("round %d: every update is in; closed without the acknowledgement of %s", server_round,
+                           ", ".join(state.missing_acks))
 
     async def _take_record(self, state: RoundState, item: InspectedRecord) -> None:
         if item.partition >= 0:
@@ -389,6 +404,7 @@ class Coordinator:
             "accepted": sorted(accepted),
             "num_samples": {n: accepted[n].num_samples for n in sorted(accepted)},
             "timed_out": state.timed_out,
+            "missing_acks": state.missing_acks,
             "train": {"loss": train_loss, "per_node": per_node},
             "holdout": holdout,
             "timings_s": {

@@ -38,3 +38,25 @@ def test_bad_values_are_refused(capsys):
 
 def test_history_cli_has_show():
     assert history_parser().parse_args(["show", "x.json"]).command == "show"
+
+
+def test_resume_takes_every_session_setting_from_the_checkpoint():
+    """The README's `fl-server --node-keys ... --resume history/<session>.json` leaves out --min-nodes and the
+    rest: they must come from the checkpoint, or a resumed round starts with the first two nodes to reconnect."""
+    from types import SimpleNamespace
+
+    from fl_server.cli import SESSION_SETTINGS, apply_checkpoint_settings
+
+    dests = {action.dest for action in server_parser()._actions}
+    assert set(SESSION_SETTINGS) <= dests  # no misspelled setting silently skipped
+    first = server_parser().parse_args(["--min-nodes", "3", "--rounds", "9", "--exclude-columns", "ssn,mrn",
+                                        "--min-category-count", "8", "--strategy", "fedavgm"])
+    from fl_server.history import config_from_args
+
+    checkpoint = SimpleNamespace(history={"config": config_from_args(first)})
+    resumed = server_parser().parse_args(["--round-timeout", "30"])
+    apply_checkpoint_settings(resumed, checkpoint)
+    assert all(getattr(resumed, name) == getattr(first, name) for name in SESSION_SETTINGS), [
+        name for name in SESSION_SETTINGS if getattr(resumed, name) != getattr(first, name)]
+    assert resumed.min_nodes == 3 and resumed.exclude_columns == ("ssn", "mrn")
+    assert resumed.round_timeout == 30  # operational settings stay the command line's

@@ -246,3 +246,78 @@ async def test_the_next_round_starts_while_the_last_one_is_evaluated(tmp_path):
     assert [r["round"] for r in rounds] == [1, 2, 3]  # still recorded in order
     assert [r["holdout"]["loss"] for r in rounds] == [3 * 2.5 * r for r in (1, 2, 3)]  # (1r*1 + 3r*3)/4 each
     assert [r["start_model_sha256"] for r in rounds[1:]] == [r["model_sha256"] for r in rounds[:-1]]
+
+
+async def test_a_round_whose_updates_are_in_waits_only_briefly_for_missing_acks(tmp_path, monkeypatch):
+    """After a server restart a node's update may be read back from Kafka while its ack went to the dead server:
+    the round must not wait its whole timeout (60 s here) for an ack that may never come."""
+    import fl_server.coordinator as coordinator_module
+
+    monkeypatch.setattr(coordinator_module, "ACK_GRACE_S", 0.2)
+
+    class NoAckFederation(FakeFederation):
+        def _answer(self, start, sid):
+            if sid == "n3":
+                self.coordinator.on_ack = lambda ack: None  # n3's acknowledgement is lost
+            super()._answer(start, sid)
+            self.coordinator.on_ack = Coordinator.on_ack.__get__(self.coordinator)
+
+    registry = NodeRegistry()
+    for node_id in ("n1", "n3"):
+        await registry.add(NodeInfo(node_id, node_id, 1))
+    fake = NoAckFederation({"n1": "ok", "n3": "ok"})
+    coordinator = Coordinator(
+        settings=SessionSettings("s", 1, 2, 60.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1), registry=registry,
+        strategy=FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}), evaluate=lambda r, w: {},
+        publish_model=fake.publish_model, emit=fake.emit, history=SessionHistory(tmp_path, "s", {}))
+    fake.coordinator = coordinator
+    weights = await asyncio.wait_for(coordinator.run(), 30)
+    (record,) = coordinator.history.document["rounds"]
+    assert record["accepted"] == ["n1", "n3"] and not record["timed_out"] and record["missing_acks"] == ["n3"]
+    np.testing.assert_allclose(weights[0], [2.5] * 3)  # both updates count: (1*1 + 3*3) / 4
+
+
+async def test_a_reconnecting_participant_whose_update_is_in_is_asked_only_to_repeat_its_ack(tmp_path):
+    from fl_server.collector import RoundCollector
+
+    coordinator = Coordinator(
+        settings=SessionSettings("s", 1, 1, 1.0, TrainConfig(1, 8, 0.1)), registry=NodeRegistry(), strategy=FedAvg(),
+        model=GlobalModel("{}", {}, INITIAL, {}), evaluate=lambda r, w: {}, publish_model=None, emit=None,
+        history=SessionHistory(tmp_path, "s", {}))
+    collector = RoundCollector(session_id="s", server_round=1, participants=["n1"],
+                               expected_specs=coordinator._specs)
+    start = object()
+    coordinator._current = (start, collector)
+    assert coordinator.pending_start("n1") is start
+    for chunk in split_weights(INITIAL, kind=KIND_UPDATE, session_id="s", server_round=1, node_id="n1",
+                               num_samples=1):
+        collector.offer_record(RawRecord(encode_chunk(chunk)))
+    assert "n1" in collector.completed and coordinator.pending_start("n1") is start  # no ack yet: ask again
+    collector.offer_ack(UpdateAck("s", 1, "n1", 1, 1, {}, {}))
+    assert coordinator.pending_start("n1") is None
+
+
+async def test_a_later_round_waits_for_min_round_nodes(tmp_path):
+    """n3 leaves after round 1 and is back 0.3 s later: round 2 waits for it instead of federating one site."""
+    registry = NodeRegistry()
+    for node_id in ("n1", "n3"):
+        await registry.add(NodeInfo(node_id, node_id, 1))
+    loop = asyncio.get_running_loop()
+
+    class LeavingFederation(FakeFederation):
+        def _answer(self, start, sid):
+            super()._answer(start, sid)
+            if sid == "n3" and start.server_round == 1:
+                loop.create_task(registry.remove_sid("n3"))
+                loop.call_later(0.3, lambda: loop.create_task(registry.add(NodeInfo("n3", "n3", 1))))
+
+    fake = LeavingFederation({"n1": "ok", "n3": "ok"})
+    coordinator = Coordinator(
+        settings=SessionSettings("s", 2, 2, 5.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1, min_round_nodes=2),
+        registry=registry, strategy=FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}), evaluate=lambda r, w: {},
+        publish_model=fake.publish_model, emit=fake.emit, history=SessionHistory(tmp_path, "s", {}))
+    fake.coordinator = coordinator
+    await asyncio.wait_for(coordinator.run(), 30)
+    rounds = coordinator.history.document["rounds"]
+    assert [r["participants"] for r in rounds] == [["n1", "n3"], ["n1", "n3"]]
+    assert [r["connected"] for r in rounds] == [2, 2]
