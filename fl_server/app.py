@@ -298,7 +298,8 @@ async def serve_socketio(frontend: SocketIOFrontend, host: str, port: int,
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
-    logger.info("Socket.IO listening on %s://%s:%d", "https" if ssl_context else "http", host, port)
+    bound = runner.addresses[0][1] if runner.addresses else port  # the real port, also with --port 0
+    logger.info("Socket.IO listening on %s://%s:%d", "https" if ssl_context else "http", host, bound)
     return runner
 
 

@@ -304,12 +304,14 @@ async def test_a_later_round_waits_for_min_round_nodes(tmp_path):
         await registry.add(NodeInfo(node_id, node_id, 1))
     loop = asyncio.get_running_loop()
 
+    tasks: set[asyncio.Task] = set()
+
     class LeavingFederation(FakeFederation):
         def _answer(self, start, sid):
             super()._answer(start, sid)
             if sid == "n3" and start.server_round == 1:
-                loop.create_task(registry.remove_sid("n3"))
-                loop.call_later(0.3, lambda: loop.create_task(registry.add(NodeInfo("n3", "n3", 1))))
+                tasks.add(loop.create_task(registry.remove_sid("n3")))
+                loop.call_later(0.3, lambda: tasks.add(loop.create_task(registry.add(NodeInfo("n3", "n3", 1)))))
 
     fake = LeavingFederation({"n1": "ok", "n3": "ok"})
     coordinator = Coordinator(
