@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -44,6 +45,24 @@ def log_crc32c_implementation() -> None:
     else:
         logger.warning("kafka-python computes record checksums in pure Python (the crc32c package is missing): "
                        "large models will be slow to send and receive; pip install 'kafka-python[crc32c]'")
+
+
+class BrokerUnreachable(ValueError):
+    """No bootstrap server accepts a TCP connection."""
+
+
+def check_broker(bootstrap: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one line, when no broker listens at ``bootstrap`` (kafka-python would retry for minutes)."""
+    errors = []
+    for address in bootstrap.split(","):
+        host, _, port = address.strip().rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s):
+                return
+        except (OSError, ValueError) as exc:
+            errors.append(f"{address.strip()}: {getattr(exc, 'strerror', None) or exc}")
+    raise BrokerUnreachable(f"no Kafka broker answers at {bootstrap} ({'; '.join(errors)}); start one with "
+                            "`scripts/kafka-local.sh start` (or `docker compose up -d kafka`), or pass --kafka")
 
 
 def make_producer(bootstrap: str, client_id: str, config: ClientConfig | None = None) -> KafkaProducer:

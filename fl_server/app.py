@@ -297,7 +297,12 @@ async def serve_socketio(frontend: SocketIOFrontend, host: str, port: int,
     # A short shutdown: open websockets must not hold an exiting server for aiohttp's default minute.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
-    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror or exc} (another fl-server? "
+                                 "choose another --port)") from None
     bound = runner.addresses[0][1] if runner.addresses else port  # the real port, also with --port 0
     logger.info("Socket.IO listening on %s://%s:%d", "https" if ssl_context else "http", host, bound)
     return runner

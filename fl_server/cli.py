@@ -136,6 +136,19 @@ def node_keys_from_args(args: argparse.Namespace) -> KeyRegistry | None:
     return None
 
 
+def check_argument_combinations(args: argparse.Namespace) -> None:
+    """Settings that cannot work together, found before anything starts (a ValueError says which)."""
+    if args.holdout is not None and not args.target:
+        raise ValueError("--holdout needs --target (the class column of the holdout and of the nodes' CSV files)")
+    if args.holdout is not None and not args.holdout.is_file():
+        raise ValueError(f"--holdout {args.holdout}: no such file")
+    if args.schema is not None and not args.schema.is_file():
+        raise ValueError(f"--schema {args.schema}: no such file")
+    if args.min_round_nodes is not None and args.min_round_nodes > args.min_nodes:
+        logger.warning("--min-round-nodes %d is more than --min-nodes %d: round 2 may wait for nodes round 1 did "
+                       "not need", args.min_round_nodes, args.min_nodes)
+
+
 def apply_checkpoint_settings(args: argparse.Namespace, checkpoint: Checkpoint) -> None:
     """Take the session-defining settings from the checkpoint, saying where the command line differed."""
     saved = checkpoint.history.get("config", {})
@@ -187,17 +200,28 @@ async def run_session(args: argparse.Namespace) -> Path:
         apply_checkpoint_settings(args, checkpoint)
         args.session_id = checkpoint.session_id
         args.history_dir = Path(args.resume).parent
-    strategy = strategy_from_args(args)  # before anything starts: a strategy that cannot run refuses here
+    # Everything that can be wrong with the command line is found first, in well under a second ...
+    check_argument_combinations(args)
+    strategy = strategy_from_args(args)  # a strategy that cannot run refuses here
     kafka_io.log_crc32c_implementation()
     keys = node_keys_from_args(args)
     server_tls = tls_server_context_from_args(args)
     kafka_config = KafkaSecurity.from_args(args).to_client_config()
-    configure_tensorflow(args.tf_threads or None)
     session_id = args.session_id or new_session_id()
     if not SESSION_ID_PATTERN.fullmatch(session_id):
         raise ValueError(f"session id {session_id!r} must match {SESSION_ID_PATTERN.pattern}")
     registry = NodeRegistry()
     frontend = SocketIOFrontend(registry, ConnectVerifier(keys) if keys is not None else None)
+    # ... then the port and the broker, before the slow part (TensorFlow, data, model) ...
+    loop = asyncio.get_running_loop()
+    early_runner = await serve_socketio(frontend, args.host, args.port, server_tls)
+    try:
+        await loop.run_in_executor(None, kafka_io.check_broker, args.kafka)
+        logger.info("start-up: loading TensorFlow")
+        await loop.run_in_executor(None, configure_tensorflow, args.tf_threads or None)
+    except BaseException:
+        await early_runner.cleanup()
+        raise
     endpoints = Endpoints(args.host, args.port, args.kafka, args.updates_topic, args.models_topic,
                           chunk_bytes=args.chunk_bytes)
     kafka = KafkaPlane(endpoints, session_id, config=kafka_config,
@@ -208,13 +232,14 @@ async def run_session(args: argparse.Namespace) -> Path:
     # Records that arrive before round 1 wait here (bounded; past the bound they wait in Kafka) and are judged in it.
     inbox = Inbox(max_kafka_bytes=args.inbox_bytes)
     inspect = partial(inspect_record, keys=keys, max_record_bytes=args.max_record_bytes)
-    runner = None
+    runner = early_runner
     status = "failed"
     try:
+        logger.info("start-up: creating topics and positioning the consumer on %s", args.updates_topic)
         start_offsets = await kafka.start(inbox, inspect)
-        runner = await serve_socketio(frontend, args.host, args.port, server_tls)
         history.save()
         await registry.wait_for_logged(args.min_nodes)
+        logger.info("start-up: preparing the holdout data and the schema")
         declared = DataSpec.from_wire(checkpoint.model["data"]) if checkpoint else None
         data = await resolve_server_data(
             dataset=args.dataset, holdout_csv=args.holdout, target=args.target, schema_file=args.schema,
@@ -223,6 +248,7 @@ async def run_session(args: argparse.Namespace) -> Path:
             gather_statistics=lambda request: frontend.gather_statistics(request, timeout_s=args.round_timeout),
             declared=declared,
         )
+        logger.info("start-up: building the model")
         if checkpoint is not None:
             model = model_from_architecture(checkpoint.model["architecture"])
             spec = checkpoint.model["compile"]
@@ -289,8 +315,7 @@ async def run_session(args: argparse.Namespace) -> Path:
         history.document["malformed_packets_by_reason"] = dict(sorted(frontend.malformed_by_reason.items()))
         history.document["inbox"] = asdict(inbox.stats())
         history.finish(status)
-        if runner is not None:
-            await runner.cleanup()
+        await runner.cleanup()
         await kafka.stop()
     return history.path
 

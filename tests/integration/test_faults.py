@@ -25,7 +25,6 @@ from tests.integration.harness import (
     Federation,
     LocalBroker,
     Mallory,
-    port_open,
     read_records,
     read_weights,
     wait_until,
@@ -204,7 +203,7 @@ def test_hostile_input_is_rejected_by_reason_and_changes_nothing(federation: Fed
     server = federation.start_server("--min-nodes", "3", "--rounds", "4", "--round-timeout", "90",
                                      "--max-update-norm", "1000", "--max-record-bytes", "300000",
                                      "--inbox-bytes", str(INBOX_BYTES))
-    wait_until(lambda: port_open(federation.port), 120, "the server's Socket.IO port")  # its consumer is positioned
+    server.wait_for_log(r"Kafka at \S+: reading", timeout_s=120)  # the consumer is positioned: it will see the flood
     flood_before_round_1(federation)
     nodes = start_nodes(federation, 2)
     refused = []
