@@ -138,6 +138,11 @@ def positive_fraction(text: str) -> float:
 def setup_logging(level: str, quiet: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else getattr(logging, level), format=LOG_FORMAT,
                         stream=sys.stderr, force=True)
-    # Libraries that are chatty at INFO.
+    # Libraries that are chatty at INFO; with --log-level DEBUG they say everything.
+    debug = level == "DEBUG" and not quiet
     for noisy in ("kafka", "aiohttp.access", "engineio", "socketio", "absl"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.WARNING)
+    # Warnings nobody can act on: kafka-python timing its own I/O tasks ("ran for 0.1s ... blocking").
+    logging.getLogger("kafka.net.selector").setLevel(logging.DEBUG if debug else logging.ERROR)
+    if debug:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")  # TensorFlow's C++ banners too

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -38,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(published to Kafka). Data comes from a built-in dataset share (--dataset/--partition) or a CSV "
         "(--data/--target).",
     )
-    add_option(parser, "--server", default="http://127.0.0.1:5000", help="server URL")
+    port = os.environ.get("FL_PORT", "").strip() or "5000"  # the server's port, when only that is configured
+    add_option(parser, "--server", default=f"http://127.0.0.1:{port}", help="server URL (default: port from FL_PORT)")
     add_option(parser, "--node-id", default=None, help="node id (default: node-<random hex>)")
     add_option(parser, "--dataset", default="digits", help="built-in dataset to take a share of")
     add_option(parser, "--partition", default="0/1", help="this node's share i/n of the dataset (0-based i)")

@@ -93,6 +93,7 @@ class RoundState:
     timed_out: bool = False
     missing_acks: list[str] = field(default_factory=list)
     collect_s: float = 0.0
+    last_delivery_s: float = 0.0  # when the last update or acknowledgement that counted arrived
     aggregate_s: float = 0.0
     total_s: float = 0.0
     failure: str | None = None
@@ -281,7 +282,9 @@ class Coordinator:
                     collector.offer_refusal(item)
                 case UpdateAck():
                     reason = collector.offer_ack(item)
-                    if reason:
+                    if not reason:
+                        state.last_delivery_s = time.perf_counter() - state.t0
+                    else:
                         logger.warning("round %d: ignored acknowledgement from %s (%s)", server_round, item.node_id,
                                        reason)
                 case InspectedRecord():
@@ -311,6 +314,7 @@ class Coordinator:
         state.aggregate_s += time.perf_counter() - t_acc
         update = state.collector.conclude(pending, outcome)
         if update is not None:
+            state.last_delivery_s = time.perf_counter() - state.t0
             logger.info("round %d: update from %s accepted (%d samples)", state.server_round, update.node_id,
                         update.num_samples)
 
@@ -409,7 +413,10 @@ class Coordinator:
             "holdout": holdout,
             "timings_s": {
                 "train": round(train_s, 4),
-                "transport": round(max(state.collect_s - train_s, 0.0), 4),
+                # moving bytes (and the fastest nodes' idle time) until the last delivery; after it, the round
+                # only waited for nodes that never delivered (a timeout) or for missing acknowledgements
+                "transport": round(max(state.last_delivery_s - train_s, 0.0), 4),
+                "waiting": round(max(state.collect_s - state.last_delivery_s, 0.0), 4),
                 "aggregate": round(state.aggregate_s, 4),
                 "evaluate": round(evaluate_s, 4),  # concurrent with the next round: not part of "total"
                 "total": round(state.total_s, 4),

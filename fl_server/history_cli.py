@@ -40,7 +40,7 @@ def _num(value: Any, digits: int = 4) -> str:
 
 def format_table(document: dict[str, Any]) -> str:
     header = ["round", "status", "nodes", "train_loss", "holdout_loss", "holdout_acc", "train_s", "transport_s",
-              "aggregate_s", "evaluate_s", "total_s", "rejected"]
+              "waiting_s", "aggregate_s", "evaluate_s", "total_s", "rejected"]
     rows = [header]
     for r in document["rounds"]:
         t = r.get("timings_s", {})
@@ -49,7 +49,8 @@ def format_table(document: dict[str, Any]) -> str:
             str(r.get("round")), str(r.get("status", "")),
             f"{len(r.get('accepted', []))}/{len(r.get('participants', []))}",
             _num(r.get("train", {}).get("loss")), _num(holdout.get("loss")), _num(holdout.get("accuracy")),
-            _num(t.get("train"), 2), _num(t.get("transport"), 2), _num(t.get("aggregate"), 3),
+            _num(t.get("train"), 2), _num(t.get("transport"), 2), _num(t.get("waiting"), 2),
+            _num(t.get("aggregate"), 3),
             _num(t.get("evaluate"), 2), _num(t.get("total"), 2), str(r.get("rejected_updates", 0)),
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -131,7 +132,7 @@ def export_csv(document: dict[str, Any], out: Path) -> int:
     import csv
 
     fields = ["round", "status", "participants", "accepted", "train_loss", "holdout_loss", "holdout_accuracy",
-              "train_s", "transport_s", "aggregate_s", "evaluate_s", "total_s", "rejected_updates"]
+              "train_s", "transport_s", "waiting_s", "aggregate_s", "evaluate_s", "total_s", "rejected_updates"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
@@ -143,7 +144,8 @@ def export_csv(document: dict[str, Any], out: Path) -> int:
                 "participants": len(r.get("participants", [])), "accepted": len(r.get("accepted", [])),
                 "train_loss": r.get("train", {}).get("loss"), "holdout_loss": r.get("holdout", {}).get("loss"),
                 "holdout_accuracy": r.get("holdout", {}).get("accuracy"),
-                **{f"{k}_s": timings.get(k) for k in ("train", "transport", "aggregate", "evaluate", "total")},
+                **{f"{k}_s": timings.get(k) for k in ("train", "transport", "waiting", "aggregate", "evaluate",
+                                                      "total")},
                 "rejected_updates": r.get("rejected_updates", 0),
             })
     return len(document["rounds"])

@@ -60,3 +60,11 @@ def test_resume_takes_every_session_setting_from_the_checkpoint():
         name for name in SESSION_SETTINGS if getattr(resumed, name) != getattr(first, name)]
     assert resumed.min_nodes == 3 and resumed.exclude_columns == ("ssn", "mrn")
     assert resumed.round_timeout == 30  # operational settings stay the command line's
+
+
+def test_the_node_finds_the_server_port_from_fl_port(monkeypatch):
+    monkeypatch.delenv("FL_SERVER", raising=False)
+    monkeypatch.setenv("FL_PORT", "6123")
+    assert node_parser().parse_args([]).server == "http://127.0.0.1:6123"
+    monkeypatch.setenv("FL_SERVER", "https://fl.example.org:443")
+    assert node_parser().parse_args([]).server == "https://fl.example.org:443"

@@ -323,3 +323,13 @@ async def test_a_later_round_waits_for_min_round_nodes(tmp_path):
     rounds = coordinator.history.document["rounds"]
     assert [r["participants"] for r in rounds] == [["n1", "n3"], ["n1", "n3"]]
     assert [r["connected"] for r in rounds] == [2, 2]
+
+
+async def test_time_spent_waiting_for_an_absent_node_is_waiting_not_transport(tmp_path):
+    _, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "silent"}, rounds=1, timeout_s=1.0)
+    timings = history["rounds"][0]["timings_s"]
+    # transport runs to n1's delivery, waiting from there to the 1 s deadline: together they are the whole wait
+    assert timings["waiting"] > 0 and timings["train"] + timings["transport"] + timings["waiting"] >= 1.0
+    _, history, _ = await run_session(tmp_path / "ok", {"n1": "ok", "n3": "ok"}, rounds=1, timeout_s=30.0)
+    timings = history["rounds"][0]["timings_s"]
+    assert timings["waiting"] < 30.0 / 2  # everyone delivered: the round did not wait for its deadline

@@ -11,7 +11,7 @@ from tests.integration.history_tools import check_history_tools
 
 ROUND_FIELDS = {"round", "started_at", "ended_at", "participants", "num_samples", "train", "holdout", "timings_s",
                 "rejected_updates"}
-TIMING_FIELDS = {"train", "transport", "aggregate", "evaluate", "total"}
+TIMING_FIELDS = {"train", "transport", "waiting", "aggregate", "evaluate", "total"}
 
 
 def start_nodes(federation: Federation, count: int, *args: str) -> list:
