@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from common.disclosure import DEFAULT_MIN_CATEGORY_COUNT
@@ -30,6 +31,7 @@ def add_option(
     default: Any = None,
     help: str,
     env: str | None = None,
+    extra_env: tuple[str, ...] = (),
     **kwargs: Any,
 ) -> None:
     """Add ``flag`` whose default comes from ``env`` (or ``FL_<FLAG>``) before the built-in default."""
@@ -41,18 +43,24 @@ def add_option(
         except (TypeError, ValueError) as exc:
             parser.error(f"environment variable {env}={raw!r}: {exc}")
     shown = "" if default is None else f", default: {default}"
-    parser.add_argument(flag, type=type, default=default, help=f"{help} [env {env}{shown}]", **kwargs)
+    action = parser.add_argument(flag, type=type, default=default, help=f"{help} [env {env}{shown}]", **kwargs)
+    action.env_vars = (env, *extra_env)  # type: ignore[attr-defined]  # read by common.config_file
 
 
 def add_flag(parser: argparse.ArgumentParser, flag: str, *, help: str, env: str | None = None) -> None:
     """A boolean switch, also on when its environment variable is 1/true/yes."""
     env = env or env_name(flag)
     default = os.environ.get(env, "").strip().lower() in ("1", "true", "yes", "on")
-    parser.add_argument(flag, action="store_true", default=default, help=f"{help} [env {env}]")
+    action = parser.add_argument(flag, action="store_true", default=default, help=f"{help} [env {env}]")
+    action.env_vars = (env,)  # type: ignore[attr-defined]
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
+    add_option(parser, "--config", type=Path, default=None, env="FL_CONFIG",
+               help="TOML file of settings (keys as in --print-config); flags and environment override it")
+    add_flag(parser, "--print-config", help="write a complete, commented settings file to standard output and exit")
     add_option(parser, "--kafka", default=os.environ.get("KAFKA_BOOTSTRAP", DEFAULT_KAFKA),
+               extra_env=("KAFKA_BOOTSTRAP",),
                help="Kafka bootstrap servers, host:port[,host:port]")
     add_option(parser, "--updates-topic", default=DEFAULT_UPDATES_TOPIC, help="Kafka topic for node updates")
     add_option(parser, "--models-topic", default=DEFAULT_MODELS_TOPIC, help="Kafka topic for global models")

@@ -23,6 +23,7 @@ from common.config import (
     positive_int,
     setup_logging,
 )
+from common.config_file import config_template, log_settings, parse_with_config
 from common.integrity import read_key_file
 from common.kafka_security import KafkaSecurity, add_kafka_security_options
 from common.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
@@ -95,8 +96,13 @@ def load_local_data(args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, sources = parse_with_config(parser, argv, section="node")
+    if args.print_config:
+        sys.stdout.write(config_template(parser, "node"))
+        return 0
     setup_logging(args.log_level, args.quiet)
+    log_settings(args, sources)
     node_id = args.node_id or f"node-{secrets.token_hex(3)}"
     try:
         check_node_id(node_id)

@@ -28,6 +28,7 @@ from common.config import (
     positive_int,
     setup_logging,
 )
+from common.config_file import config_template, log_settings, parse_with_config
 from common.integrity import ConnectVerifier, KeyRegistry
 from common.kafka_security import KafkaSecurity, add_kafka_security_options
 from common.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, SESSION_ID_PATTERN, TrainConfig
@@ -321,8 +322,13 @@ async def run_session(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, sources = parse_with_config(parser, argv, section="server")
+    if args.print_config:
+        sys.stdout.write(config_template(parser, "server"))
+        return 0
     setup_logging(args.log_level, args.quiet)
+    log_settings(args, sources)
 
     async def runner() -> Any:
         task = asyncio.current_task()

@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.config_file import SECRET_SETTINGS
+
 HISTORY_FORMAT = "fl-history/1"
 MAX_HISTORY_BYTES = 512 * 1024 * 1024
 
@@ -17,12 +19,11 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-SECRET_SETTINGS = frozenset({"kafka_sasl_password"})
 
 
 def config_from_args(args: Any) -> dict[str, Any]:
     """The command-line settings of a run, JSON-ready, for the history's ``config`` (secrets left out)."""
-    return {k: json_ready(v) for k, v in vars(args).items() if k not in SECRET_SETTINGS}
+    return {k: json_ready(v) for k, v in vars(args).items() if k not in SECRET_SETTINGS and k != "print_config"}
 
 
 def json_ready(value: Any) -> Any:
