@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.plugins import is_import_path, load_object
 from common.safe_json import MiB, loads_untrusted
 
 ALLOWED_OPTIMIZERS = ("adam", "sgd")
@@ -67,8 +68,9 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, se
     import keras
 
     keras.utils.set_random_seed(seed)
-    if ".py:" in name:
-        model = _user_builder(name)(input_shape=tuple(input_shape), num_classes=num_classes)
+    if ".py:" in name or is_import_path(name):
+        builder = load_object(name, "--model") if is_import_path(name) else _user_builder(name)
+        model = builder(input_shape=tuple(input_shape), num_classes=num_classes)
         if not isinstance(model, keras.Model):
             raise ValueError(f"{name} did not return a keras.Model")
         return model

@@ -13,7 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from common.config import add_option, env_name, non_negative_float, non_negative_int, positive_float, positive_int
-from fl_server.strategies import STRATEGIES, AggregationError, Strategy, make_strategy, strategy_parameters
+from fl_server.strategies import (
+    STRATEGIES,
+    AggregationError,
+    Strategy,
+    make_strategy,
+    strategy_defaults,
+    strategy_parameters,
+)
 
 MAX_SUGGESTED_NODES = 10_000
 
@@ -61,12 +68,55 @@ def _defaults(keyword: str) -> str:
 
 
 def add_strategy_options(parser: argparse.ArgumentParser) -> None:
-    add_option(parser, "--strategy", default="fedavg", choices=sorted(STRATEGIES),
-               help="aggregation strategy (see the README's Strategies section)")
+    add_option(parser, "--strategy", default="fedavg",
+               help=f"aggregation strategy: {', '.join(sorted(STRATEGIES))}, a name a package registers in the "
+               "fl_kafka.strategies entry-point group, or your own class as package.module:Class (see the README's "
+               "Strategies section)")
+    add_option(parser, "--strategy-param", type=strategy_param, default=None, action="append", metavar="NAME=VALUE",
+               help="a keyword of the strategy's constructor, repeatable (for strategies of your own; the built-in "
+               "ones also have the flags below)")
     for flag, (keyword, kind, text) in STRATEGY_FLAGS.items():
         defaults = _defaults(keyword)
         add_option(parser, flag, type=kind, default=None, dest=keyword, metavar=flag[2:].replace("-", "_").upper(),
                    help=f"{text}" + (f" (default: {defaults})" if defaults else ""))
+
+
+def strategy_param(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip().isidentifier():
+        raise ValueError("must be NAME=VALUE with NAME a keyword of the strategy's constructor")
+    return name.strip(), value.strip()
+
+
+def typed_params(name: str, pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """``--strategy-param`` values as the constructor's defaults are typed (int, float, bool; else text)."""
+    defaults = strategy_defaults(name)
+    params: dict[str, Any] = {}
+    for keyword, text in pairs:
+        default = defaults.get(keyword)
+        try:
+            if isinstance(default, bool):
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError("must be true or false")
+                params[keyword] = text.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                params[keyword] = int(text)
+            elif isinstance(default, float):
+                params[keyword] = float(text)
+            else:
+                params[keyword] = _number_or_text(text)
+        except ValueError as exc:
+            raise ValueError(f"--strategy-param {keyword}={text}: {exc}") from None
+    return params
+
+
+def _number_or_text(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def strategy_from_args(args: argparse.Namespace) -> Strategy:
@@ -74,6 +124,7 @@ def strategy_from_args(args: argparse.Namespace) -> Strategy:
     name = args.strategy
     params = {keyword: getattr(args, keyword) for keyword, _, _ in STRATEGY_FLAGS.values()
               if getattr(args, keyword, None) is not None}
+    params.update(typed_params(name, [tuple(p) for p in (getattr(args, "strategy_param", None) or [])]))
     accepted = strategy_parameters(name)
     stray = [flag for flag, (keyword, _, _) in STRATEGY_FLAGS.items() if keyword in params and keyword not in accepted]
     if stray:

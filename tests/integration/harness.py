@@ -126,6 +126,8 @@ class Federation:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FL_")}
+        # The repository on the path, so a server can load a strategy from tests/plugins as users load theirs.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
         env.update(PYTHONUNBUFFERED="1", FL_TF_THREADS="1", FL_KAFKA=self.kafka, FL_UPDATES_TOPIC=self.updates_topic,
                    FL_MODELS_TOPIC=self.models_topic, TF_CPP_MIN_LOG_LEVEL="3")
         return env

@@ -33,7 +33,11 @@ def assert_round_is_fedavg_of_updates(federation: Federation, server_round: int)
 
 
 def test_three_nodes_train_three_rounds(federation: Federation, capsys) -> None:
-    server = federation.start_server("--min-nodes", "3", "--rounds", "3", "--round-timeout", "90", "--epochs", "2")
+    # The aggregation is a strategy from outside the package (tests/plugins/clipped.py, loaded by import path):
+    # with a max_norm no update reaches, it is FedAvg, and the checks below hold as they do for FedAvg.
+    server = federation.start_server("--min-nodes", "3", "--rounds", "3", "--round-timeout", "90", "--epochs", "2",
+                                     "--strategy", "tests.plugins.clipped:ClippedFedAvg",
+                                     "--strategy-param", "max_norm=1e6")
     nodes = start_nodes(federation, 3)
     assert server.wait(240) == 0, server.log()[-3000:]
     for node in nodes:
@@ -56,6 +60,8 @@ def test_three_nodes_train_three_rounds(federation: Federation, capsys) -> None:
     assert last > 0.6  # ten classes: chance is 0.1
 
     assert_round_is_fedavg_of_updates(federation, 3)
+    assert history["config"]["strategy_params"] == {"max_norm": 1e6}  # the plugin ran in the server process
+    assert all(r["aggregation"] == {"clipped_updates": 0} for r in history["rounds"])
     assert Path(history["final_model"]).is_file()
     assert len(list((federation.tmp_path / "models").glob("*.keras"))) == 3
     check_history_tools(federation, capsys)
