@@ -20,18 +20,43 @@ if [[ $(cat "$_stamp" 2>/dev/null) != "$_want" ]]; then
 fi
 export PATH="$VENV/bin:$PATH"
 
-# Start the local broker unless one already answers at $KAFKA_BOOTSTRAP; sets FL_STARTED_BROKER=1 if we did.
+# A free TCP port on 127.0.0.1 (what the OS hands out for port 0).
+free_port() {
+  "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# True if a Kafka broker (not just anything listening) answers at $1 within a few seconds.
+is_kafka_broker() {
+  timeout 20 "$VENV/bin/python" - "$1" <<'PY' >/dev/null 2>&1
+import sys
+from kafka import KafkaAdminClient
+KafkaAdminClient(bootstrap_servers=sys.argv[1], request_timeout_ms=5000, bootstrap_timeout_ms=5000).list_topics()
+PY
+}
+
+# Use the Kafka broker at $KAFKA_BOOTSTRAP, or start the local one; sets FL_STARTED_BROKER=1 if we did.
+# Something else listening on the default port (9092) is not a broker: then ours starts on a free port.
 ensure_broker() {
+  local explicit=${KAFKA_BOOTSTRAP:+1}
   export KAFKA_PORT=${KAFKA_PORT:-9092}
   export KAFKA_BOOTSTRAP=${KAFKA_BOOTSTRAP:-127.0.0.1:$KAFKA_PORT}
   local host=${KAFKA_BOOTSTRAP%%,*}
   FL_STARTED_BROKER=0
   if timeout 2 bash -c "exec 3<>/dev/tcp/${host%:*}/${host##*:}" 2>/dev/null; then
-    echo "setup: using the Kafka broker at $KAFKA_BOOTSTRAP" >&2
-  else
-    KAFKA_PORT=${host##*:} "$REPO_ROOT/scripts/kafka-local.sh" start
-    FL_STARTED_BROKER=1
+    if is_kafka_broker "$KAFKA_BOOTSTRAP"; then
+      echo "setup: using the Kafka broker at $KAFKA_BOOTSTRAP" >&2
+      return 0
+    fi
+    if [[ -n $explicit ]]; then
+      echo "error: KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP answers, but not as a Kafka broker" >&2
+      return 1
+    fi
+    KAFKA_PORT=$(free_port)
+    export KAFKA_PORT KAFKA_CONTROLLER_PORT=$(free_port) KAFKA_BOOTSTRAP=127.0.0.1:$KAFKA_PORT
+    echo "setup: ${host} is taken by something that is not a Kafka broker; starting ours on $KAFKA_BOOTSTRAP" >&2
   fi
+  KAFKA_PORT=${KAFKA_BOOTSTRAP##*:} "$REPO_ROOT/scripts/kafka-local.sh" start
+  FL_STARTED_BROKER=1
 }
 
 stop_broker_if_started() {

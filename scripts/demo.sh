@@ -8,7 +8,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$REPO_ROOT"
 
 nodes=${FL_NODES:-3}
-export FL_ROUNDS=${FL_ROUNDS:-5} FL_PORT=${FL_PORT:-5000} FL_HISTORY_DIR=${FL_HISTORY_DIR:-history}
+if [[ -z ${FL_PORT:-} ]]; then  # 5000 unless something already listens there (then any free port)
+  FL_PORT=5000
+  if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$FL_PORT" 2>/dev/null; then FL_PORT=$(free_port); fi
+fi
+export FL_ROUNDS=${FL_ROUNDS:-5} FL_PORT FL_HISTORY_DIR=${FL_HISTORY_DIR:-history}
 export FL_TF_THREADS=${FL_TF_THREADS:-1} PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 logs="$FL_HISTORY_DIR/demo-logs"
 mkdir -p "$logs"
