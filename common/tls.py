@@ -16,14 +16,17 @@ that session::
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from cryptography import x509
 
 from common.config import add_flag, add_option
 
@@ -125,3 +128,83 @@ async def async_client_options(context: ssl.SSLContext | None) -> AsyncIterator[
         yield {"http_session": session}
     finally:
         await session.close()
+
+
+class CertificateProblem(ValueError):
+    """The server's certificate cannot be verified; the message says why and what to do."""
+
+
+# OpenSSL's X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code) we can explain.
+_UNTRUSTED = {2, 18, 19, 20, 21}  # unable to get issuer / self-signed / self-signed in chain / local issuer / leaf
+_EXPIRED, _NOT_YET_VALID = 10, 9
+_WRONG_NAME = {62, 64}  # hostname mismatch, IP address mismatch
+
+
+async def check_server_certificate(url: str, context: ssl.SSLContext | None, *, timeout_s: float = 10.0) -> None:
+    """Connect to an https:// server once and raise ``CertificateProblem`` if its certificate does not verify.
+
+    python-socketio only reports "Connection error"; this names the problem (a CA the client does not trust,
+    a name the certificate is not for, an expired or not yet valid certificate) and the fix. An unreachable
+    server is not a certificate problem: it returns, and the caller's connect loop retries."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or parts.hostname is None:
+        return
+    context = context or ssl.create_default_context()
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, parts.port or 443, ssl=context),
+                                           timeout=timeout_s)
+    except ssl.SSLCertVerificationError as exc:
+        certificate = await _peer_certificate(parts.hostname, parts.port or 443, timeout_s)
+        raise CertificateProblem(explain_verification_error(exc, url, certificate)) from None
+    except (OSError, TimeoutError):
+        return
+    writer.close()
+
+
+async def _peer_certificate(host: str, port: int, timeout_s: float) -> x509.Certificate | None:
+    """The server's certificate, fetched without verifying it (only to describe it in an error message)."""
+    insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=insecure), timeout=timeout_s)
+    except (OSError, TimeoutError):
+        return None
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der) if der else None
+    except ValueError:
+        return None
+    finally:
+        writer.close()
+
+
+def explain_verification_error(exc: ssl.SSLCertVerificationError, url: str,
+                               certificate: x509.Certificate | None = None) -> str:
+    """One message per cause: what is wrong with the server's certificate and what to do about it."""
+    code = exc.verify_code
+    host = urlsplit(url).hostname
+    said = f"cannot verify the TLS certificate of {url}: "
+    if code in _UNTRUSTED:
+        return said + (f"it is not signed by a CA this node trusts ({exc.verify_message}); pass the CA that signed "
+                       "it with --tls-ca")
+    if code in _WRONG_NAME:
+        names = _certificate_names(certificate)
+        return said + (f"it is not for {host!r}" + (f" but for {', '.join(names)}" if names else "")
+                       + "; connect with a name it is for, or reissue it with this name in its subjectAltName")
+    if code == _EXPIRED and certificate is not None:
+        return said + f"it expired on {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; the server needs a new one"
+    if code == _NOT_YET_VALID and certificate is not None:
+        return said + (f"it is valid only from {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check this "
+                       "machine's clock and the server's")
+    return said + f"{exc.verify_message or exc} (pass the CA that signed it with --tls-ca)"
+
+
+def _certificate_names(certificate: x509.Certificate | None) -> list[str]:
+    if certificate is None:
+        return []
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import socketio
 from kafka import KafkaConsumer
@@ -35,7 +34,7 @@ from common.protocol import (
 )
 from common.safe_json import SocketIOJson
 from common.tabular import SchemaError
-from common.tls import async_client_options
+from common.tls import CertificateProblem, async_client_options, check_server_certificate
 from fl_node.attacks import apply_attack
 from fl_node.data import LocalData
 from fl_node.trainer import LocalTrainer, TrainResult
@@ -164,20 +163,11 @@ class FederatedNode:
 
     async def _check_server_certificate(self) -> None:
         """An https:// server whose certificate we cannot verify is a configuration error, not an outage:
-        say so plainly instead of retrying forever (the client library only reports "Connection error")."""
-        url = urlsplit(self.settings.server_url)
-        if url.scheme != "https" or url.hostname is None:
-            return
-        context = self.settings.ssl_context or ssl.create_default_context()
+        say what is wrong plainly instead of retrying forever (the client library only says "Connection error")."""
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(url.hostname, url.port or 443, ssl=context), timeout=10)
-        except ssl.SSLCertVerificationError as exc:
-            raise ServerRefused(f"cannot verify the TLS certificate of {self.settings.server_url}: "
-                                f"{exc.verify_message or exc} (pass the CA that signed it with --tls-ca)") from None
-        except (OSError, TimeoutError):
-            return  # not reachable yet: the connect loop below retries
-        writer.close()
+            await check_server_certificate(self.settings.server_url, self.settings.ssl_context)
+        except CertificateProblem as exc:
+            raise ServerRefused(str(exc)) from None
 
     async def close(self) -> None:
         for task in list(self._tasks):

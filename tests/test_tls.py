@@ -5,6 +5,7 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from common.tls import (
+    CertificateProblem,
     add_tls_client_options,
     add_tls_server_options,
     async_client_options,
+    check_server_certificate,
     client_ssl_context,
     server_ssl_context,
     tls_client_context_from_args,
@@ -41,13 +44,23 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
                                        serialization.NoEncryption()))
 
 
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
 def _write_cert(path: Path, cert: x509.Certificate) -> None:
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 
-def make_pki(directory: Path) -> Pki:
-    """A throwaway CA and a server certificate it signed for 127.0.0.1 and localhost."""
+def make_pki(directory: Path, *, names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+             valid_days: tuple[float, float] = (-5 / 1440, 1)) -> Pki:
+    """A throwaway CA and a server certificate it signed for ``names`` (default 127.0.0.1 and localhost), valid
+    from ``valid_days[0]`` to ``valid_days[1]`` days from now."""
     now = datetime.datetime.now(datetime.UTC)
+    directory.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fl-test CA")])
     ca_cert = (
@@ -71,11 +84,9 @@ def make_pki(directory: Path) -> Pki:
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .not_valid_before(now + datetime.timedelta(days=valid_days[0]))
+        .not_valid_after(now + datetime.timedelta(days=valid_days[1]))
+        .add_extension(x509.SubjectAlternativeName([_san(name) for name in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
@@ -229,3 +240,45 @@ def test_client_options(monkeypatch, pki):
     monkeypatch.setenv("FL_TLS_INSECURE", "1")
     context = tls_client_context_from_args(_client_args([]))
     assert context is not None and context.verify_mode == ssl.CERT_NONE and not context.check_hostname
+
+
+@asynccontextmanager
+async def tls_server(pki: Pki) -> AsyncIterator[int]:
+    """A bare TLS listener on a free port with ``pki``'s server certificate (the handshake is what is tested)."""
+    app = web.Application()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl_context(pki.cert, pki.key)).start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("case", "says"), [
+    ("other_ca", "it is not signed by a CA this node trusts"),
+    ("wrong_name", "it is not for '127.0.0.1' but for fl.example.org, 10.9.8.7; connect with a name it is for"),
+    ("expired", "it expired on"),
+    ("not_yet_valid", "it is valid only from"),
+])
+async def test_certificate_problems_are_told_apart(tmp_path, pki, case, says):
+    """Each cause its own message and fix, instead of python-socketio's "Connection error"."""
+    server_pki = {
+        "other_ca": lambda: make_pki(tmp_path / "other"),
+        "wrong_name": lambda: make_pki(tmp_path / "name", names=("fl.example.org", "10.9.8.7")),
+        "expired": lambda: make_pki(tmp_path / "old", valid_days=(-10, -1)),
+        "not_yet_valid": lambda: make_pki(tmp_path / "new", valid_days=(2, 10)),
+    }[case]()
+    trusted = pki.ca if case == "other_ca" else server_pki.ca
+    async with tls_server(server_pki) as port:
+        url = f"https://127.0.0.1:{port}"
+        with pytest.raises(CertificateProblem) as info:
+            await check_server_certificate(url, client_ssl_context(trusted, insecure=False))
+        await check_server_certificate(url, client_ssl_context(None, insecure=True))  # verification off: no problem
+    assert str(info.value).startswith(f"cannot verify the TLS certificate of {url}: ") and says in str(info.value)
+
+
+async def test_a_good_certificate_and_an_absent_server_are_not_certificate_problems(pki):
+    async with tls_server(pki) as port:
+        await check_server_certificate(f"https://127.0.0.1:{port}", client_ssl_context(pki.ca, insecure=False))
+    await check_server_certificate(f"https://127.0.0.1:{port}", client_ssl_context(pki.ca, insecure=False))  # gone
