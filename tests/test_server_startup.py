@@ -3,6 +3,7 @@
 Real ``fl-server`` processes; they fail before TensorFlow loads, so each takes a second or two."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -48,6 +49,8 @@ def test_an_unreachable_broker_says_how_to_start_one(tmp_path):
     (line,) = error_lines(result)
     assert "no Kafka broker answers at 127.0.0.1:" in line and "scripts/kafka-local.sh start" in line
     assert "loading TensorFlow" not in result.stderr
+    listening = re.search(r"Socket.IO listening on http://127.0.0.1:(\d+)", result.stderr)
+    assert listening and int(listening.group(1)) > 0  # --port 0: the port it really bound, not ":0"
 
 
 @pytest.mark.parametrize(("args", "says"), [
