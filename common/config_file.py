@@ -83,7 +83,7 @@ def convert(action: argparse.Action, value: Any, where: str) -> Any:
             converted = kind(str(value))
         else:
             raise ValueError(f"a {type(value).__name__} is not a value for it")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
         raise ValueError(f"{where}: {exc}") from None
     if action.choices is not None and converted not in action.choices:
         raise ValueError(f"{where}: {converted!r} is not one of {list(action.choices)}")

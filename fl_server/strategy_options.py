@@ -13,7 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from common.config import add_option, env_name, non_negative_float, non_negative_int, positive_float, positive_int
+from common.plugins import entry_point_names, is_import_path
 from fl_server.strategies import (
+    ENTRY_POINT_GROUP,
     STRATEGIES,
     AggregationError,
     Strategy,
@@ -68,7 +70,7 @@ def _defaults(keyword: str) -> str:
 
 
 def add_strategy_options(parser: argparse.ArgumentParser) -> None:
-    add_option(parser, "--strategy", default="fedavg",
+    add_option(parser, "--strategy", type=strategy_name, default="fedavg",
                help=f"aggregation strategy: {', '.join(sorted(STRATEGIES))}, a name a package registers in the "
                "fl_kafka.strategies entry-point group, or your own class as package.module:Class (see the README's "
                "Strategies section)")
@@ -79,6 +81,14 @@ def add_strategy_options(parser: argparse.ArgumentParser) -> None:
         defaults = _defaults(keyword)
         add_option(parser, flag, type=kind, default=None, dest=keyword, metavar=flag[2:].replace("-", "_").upper(),
                    help=f"{text}" + (f" (default: {defaults})" if defaults else ""))
+
+
+def strategy_name(text: str) -> str:
+    """A built-in name, an installed plugin's name, or the syntax of package.module:Class (imported later)."""
+    if text in STRATEGIES or is_import_path(text) or text in entry_point_names(ENTRY_POINT_GROUP):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown strategy {text!r}: one of {', '.join(sorted(STRATEGIES))}, an installed plugin's name, "
+                     "or package.module:Class")
 
 
 def strategy_param(text: str) -> tuple[str, str]:

@@ -50,6 +50,7 @@ def test_values_are_converted_and_checked_like_flags(tmp_path):
     ("optimizer = \"adagrad\"\n", "'adagrad' is not one of"),
     ("allow_unauthenticated = \"yes\"\n", "must be true or false"),
     ("rounds = [\n", "not valid TOML"),
+    ("strategy = \"nonesuch\"\n", "unknown strategy 'nonesuch'"),
 ])
 def test_mistakes_in_a_config_file_are_one_line_usage_errors(tmp_path, capsys, text, says):
     path = tmp_path / "bad.toml"

@@ -60,6 +60,7 @@ def _lookup(name: str) -> type[Strategy]:
 
 
 __all__ = [
+    "ENTRY_POINT_GROUP",
     "STRATEGIES",
     "AggregationError",
     "FedAdagrad",

@@ -37,7 +37,9 @@ def test_mixed_csv_federation_refuses_a_misfit_node_and_finishes(federation: Fed
     misfit = pd.read_csv(parts / "node-0.csv").drop(columns=["size_band"])
     misfit.to_csv(parts / "misfit.csv", index=False)
 
-    server = federation.start_server("--min-nodes", "4", "--rounds", "3", "--round-timeout", "90", "--epochs", "3",
+    # Round 1 waits for all four (the misfit must be there to refuse); later rounds go on with the three that fit.
+    server = federation.start_server("--min-nodes", "4", "--min-round-nodes", "3", "--rounds", "3",
+                                     "--round-timeout", "90", "--epochs", "3",
                                      "--holdout", str(parts / "holdout.csv"), "--target", "diagnosis")
     nodes = [federation.start_node(f"site{i}", "--data", str(parts / f"node-{i}.csv")) for i in range(3)]
     bad = federation.start_node("misfit", "--data", str(parts / "misfit.csv"))
