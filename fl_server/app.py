@@ -36,12 +36,14 @@ from common.protocol import (
 )
 from common.ratelog import RateLimitedLog
 from common.safe_json import MALFORMED_EVENT, SocketIOJson
+from fl_server.admission import DEFAULT_HANDSHAKE_TIMEOUT_S, Admission
 from fl_server.collector import InspectedRecord
 from fl_server.coordinator import Coordinator
 from fl_server.inbox import Inbox
 from fl_server.registry import NodeInfo, NodeRegistry
 
 logger = logging.getLogger(__name__)
+REFUSED_CLOSE_DELAY_S = 0.5
 inspect_log = RateLimitedLog(logger)
 
 
@@ -57,14 +59,47 @@ class Endpoints:
     publish_timeout_s: float = 300.0
 
 
+def peer_address(environ: Any) -> str:
+    """The client's address (python-engineio's aiohttp driver puts a fixed 127.0.0.1 in REMOTE_ADDR)."""
+    if isinstance(environ, dict):
+        request = environ.get("aiohttp.request")
+        remote = getattr(request, "remote", None)
+        if isinstance(remote, str):
+            return remote
+        return str(environ.get("REMOTE_ADDR", "?"))
+    return "?"
+
+
+class GuardedAsyncServer(socketio.AsyncServer):
+    """python-socketio's server with admission control at the Engine.IO level (``fl_server.admission``):
+    a session is refused before any handshake when its address or the server has too many pending ones."""
+
+    def __init__(self, frontend: SocketIOFrontend, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._frontend = frontend
+
+    async def _handle_eio_connect(self, eio_sid: str, environ: Any) -> Any:
+        if not self._frontend.admit_transport(eio_sid, environ):
+            return False  # python-engineio answers 401 and keeps nothing
+        return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
+        self._frontend.admission.closed(eio_sid)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+
 class SocketIOFrontend:
     """Socket.IO event handlers: connect (hello), disconnect, fl_update; anything else is logged and dropped.
 
     With a ``verifier`` every connect must carry a fresh proof of the node's key (``common.integrity``);
     without one (``--allow-unauthenticated``) any well-formed hello is let in."""
 
-    def __init__(self, registry: NodeRegistry, verifier: ConnectVerifier | None = None) -> None:
+    def __init__(self, registry: NodeRegistry, verifier: ConnectVerifier | None = None, *,
+                 admission: Admission | None = None,
+                 handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S) -> None:
         self.registry = registry
+        self.admission = admission or Admission()
+        self.handshake_timeout_s = handshake_timeout_s
         self.verifier = verifier
         self.coordinator: Coordinator | None = None
         self.refused_by_reason: Counter[str] = Counter()
@@ -73,8 +108,8 @@ class SocketIOFrontend:
         self._tasks: set[Any] = set()  # background emits, referenced until done
         self._log = RateLimitedLog(logger)  # anything a client can repeat is logged through this
         # Every packet's JSON is parsed by SocketIOJson: size, depth and number limits, never an exception.
-        self.sio = socketio.AsyncServer(async_mode="aiohttp", logger=False, engineio_logger=False, json=SocketIOJson,
-                                        max_http_buffer_size=SocketIOJson.max_bytes)
+        self.sio = GuardedAsyncServer(self, async_mode="aiohttp", logger=False, engineio_logger=False,
+                                      json=SocketIOJson, max_http_buffer_size=SocketIOJson.max_bytes)
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
         self.sio.on("fl_update", self.on_update)
@@ -85,6 +120,44 @@ class SocketIOFrontend:
     @property
     def refused(self) -> int:
         return sum(self.refused_by_reason.values())
+
+    def admit_transport(self, eio_sid: str, environ: Any) -> bool:
+        """A new Engine.IO session: may it start a handshake? Pending ones are closed after the handshake timeout."""
+        address = peer_address(environ)
+        reason = self.admission.open(eio_sid, address, len(self.sio.eio.sockets))
+        if reason is not None:
+            self.refused_by_reason[reason] += 1
+            self._log.warning(f"shed:{reason}", "shed a connection from %s before its handshake (%s; %d pending)",
+                              address, reason, self.admission.pending)
+            return False
+        asyncio.get_running_loop().call_later(self.handshake_timeout_s, self._expire_handshake, eio_sid)
+        return True
+
+    def _expire_handshake(self, eio_sid: str) -> None:
+        if self.admission.is_pending(eio_sid):
+            self.refused_by_reason["handshake_timeout"] += 1
+            self._log.warning("handshake_timeout", "closed a connection that did not complete its hello within %.0fs",
+                              self.handshake_timeout_s)
+            self._close_transport(eio_sid, delay_s=0.0)
+
+    def _close_transport(self, eio_sid: str, delay_s: float) -> None:
+        """Close an Engine.IO session (after ``delay_s``, so that a refusal reaches the client first)."""
+        self.admission.closed(eio_sid)
+
+        async def close() -> None:
+            if delay_s:
+                await asyncio.sleep(delay_s)  # lets the CONNECT_ERROR packet go out before the socket closes
+            await self.sio.eio.disconnect(eio_sid)
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _eio_sid(self, sid: str) -> str | None:
+        try:
+            return self.sio.manager.eio_sid_from_sid(sid, "/")
+        except (KeyError, TypeError):
+            return None
 
     def _lifecycle_event_from_client(self, event: str, sid: str) -> bool:
         """True if a connected client emitted an event named ``connect``/``disconnect``.
@@ -111,6 +184,9 @@ class SocketIOFrontend:
             # The verifier hashes and compares untrusted text: a non-ASCII mac, a nonce with lone
             # surrogates or an out-of-range ts fail there as plain errors; they are still bad proofs.
             self._refuse(sid, environ, "bad_proof", exc)
+        eio_sid = self._eio_sid(sid)
+        if eio_sid is not None:
+            self.admission.admitted(eio_sid)
         previous = await self.registry.add(NodeInfo(hello.node_id, sid, hello.num_samples))
         if previous is not None:
             logger.info("node %s reconnected (replacing connection %s)", hello.node_id, previous.sid)
@@ -126,9 +202,13 @@ class SocketIOFrontend:
                 task.add_done_callback(self._tasks.discard)
 
     def _refuse(self, sid: str, environ: Any, reason: str, exc: Exception) -> NoReturn:
+        """Refuse the hello, and close its connection right after the refusal went out: a refused client
+        must not keep a session (and a file descriptor) open by answering pings."""
         self.refused_by_reason[reason] += 1
-        peer = environ.get("REMOTE_ADDR", "?") if isinstance(environ, dict) else "?"
-        self._log.warning(f"refused:{reason}", "refused connection %s from %s: %s", sid, peer, exc)
+        self._log.warning(f"refused:{reason}", "refused connection %s from %s: %s", sid, peer_address(environ), exc)
+        eio_sid = self._eio_sid(sid)
+        if eio_sid is not None:
+            self._close_transport(eio_sid, delay_s=REFUSED_CLOSE_DELAY_S)
         raise socketio.exceptions.ConnectionRefusedError(reason) from None
 
     async def on_disconnect(self, sid: str, reason: Any = None, *_extra: Any) -> None:

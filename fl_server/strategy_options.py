@@ -87,8 +87,8 @@ def strategy_name(text: str) -> str:
     """A built-in name, an installed plugin's name, or the syntax of package.module:Class (imported later)."""
     if text in STRATEGIES or is_import_path(text) or text in entry_point_names(ENTRY_POINT_GROUP):
         return text
-    raise argparse.ArgumentTypeError(f"unknown strategy {text!r}: one of {', '.join(sorted(STRATEGIES))}, an installed plugin's name, "
-                     "or package.module:Class")
+    raise argparse.ArgumentTypeError(f"unknown strategy {text!r}: one of {', '.join(sorted(STRATEGIES))}, an "
+                                     "installed plugin's name, or package.module:Class")
 
 
 def strategy_param(text: str) -> tuple[str, str]:

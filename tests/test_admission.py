@@ -1,0 +1,90 @@
+"""Nobody keeps the server's connections by failing to prove who they are: refused and half-open sessions are
+closed, and a burst from one address is shed before its handshake (issue: what a determined outsider gets)."""
+
+import asyncio
+import logging
+import time
+
+import engineio
+import pytest
+import socketio
+
+from common.integrity import ConnectVerifier, KeyRegistry, connect_proof
+from common.protocol import Hello
+from fl_server.admission import Admission
+from fl_server.app import SocketIOFrontend, serve_socketio
+from fl_server.registry import NodeRegistry
+
+KEY = b"a" * 32
+TIMEOUT_S = 20.0
+
+
+def test_admission_caps_pending_sessions_per_address_overall_and_near_the_fd_limit():
+    admission = Admission(max_pending_per_address=2, max_pending=3, fd_limit=100, fd_headroom=10)
+    assert [admission.open(f"s{i}", "10.0.0.1", 0) for i in range(3)] == [None, None, "too_many_pending_from_address"]
+    assert admission.open("t1", "10.0.0.2", 0) is None
+    assert admission.open("t2", "10.0.0.3", 0) == "too_many_pending"
+    admission.admitted("s0")
+    assert admission.open("s3", "10.0.0.1", 0) is None  # an admitted session no longer counts
+    admission.closed("t1")
+    assert admission.open("u1", "10.0.0.4", 90) == "fd_limit"
+    assert dict(admission.shed_by_reason) == {"too_many_pending_from_address": 1, "too_many_pending": 1, "fd_limit": 1}
+
+
+async def wait_until(condition, timeout_s: float = TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(120)
+async def test_refused_and_half_open_sessions_are_closed_and_a_real_node_still_gets_in(caplog):
+    frontend = SocketIOFrontend(NodeRegistry(), ConnectVerifier(KeyRegistry({"alice": KEY})),
+                                admission=Admission(max_pending_per_address=4), handshake_timeout_s=1.0)
+    runner = await serve_socketio(frontend, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    open_sessions = lambda: len(frontend.sio.eio.sockets)  # noqa: E731
+    clients: list = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="fl_server.app"):
+            # 30 refused hellos in a row: each session is closed by the server, none accumulates.
+            for _ in range(30):
+                client = socketio.AsyncClient(reconnection=False, handle_sigint=False)
+                clients.append(client)
+                with pytest.raises(socketio.exceptions.ConnectionError):
+                    await client.connect(url, auth=Hello("alice", 10).to_wire(), transports=["websocket"],
+                                         wait_timeout=TIMEOUT_S)
+            await wait_until(lambda: open_sessions() == 0)
+            # Engine.IO sessions that never say hello: past 4 from this address they are shed at once, and the
+            # first 4 are closed when their handshake times out.
+            raw = [engineio.AsyncClient() for _ in range(6)]
+            clients.extend(raw)
+            outcomes = []
+            for client in raw:
+                try:
+                    await client.connect(url, transports=["websocket"], engineio_path="socket.io")
+                    outcomes.append("open")
+                except engineio.exceptions.ConnectionError:
+                    outcomes.append("shed")
+            assert outcomes == ["open"] * 4 + ["shed"] * 2
+            await wait_until(lambda: open_sessions() == 0)
+        # Then a real node gets in.
+        alice = socketio.AsyncClient(reconnection=False, handle_sigint=False)
+        clients.append(alice)
+        await alice.connect(url, auth=Hello("alice", 10, proof=connect_proof(KEY, "alice")).to_wire(),
+                            transports=["websocket"], wait_timeout=TIMEOUT_S)
+        assert [n.node_id for n in frontend.registry.snapshot()] == ["alice"]
+        assert frontend.refused_by_reason == {"unauthenticated": 30, "too_many_pending_from_address": 2,
+                                              "handshake_timeout": 4}
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) <= 5 * 3  # rate-limited: a few lines per reason, not one per attempt
+    finally:
+        for client in clients:
+            try:
+                await client.disconnect()
+            except Exception:  # noqa: BLE001 - closing whatever state each client is in
+                pass
+        await frontend.sio.shutdown()
+        await runner.cleanup()
