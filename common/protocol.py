@@ -405,8 +405,8 @@ class UpdateAck:
     node_id: str
     num_samples: int
     num_records: int
-    metrics: dict[str, float]
-    timings_s: dict[str, float]
+    metrics: dict[str, float | None]  # None: not finite at the node (a diverged loss), sent as null
+    timings_s: dict[str, float | None]
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -456,14 +456,15 @@ class EndSession:
         )
 
 
-def _float_map(obj: object, where: str, max_items: int = 64) -> dict[str, float]:
+def _float_map(obj: object, where: str, max_items: int = 64) -> dict[str, float | None]:
+    """Metric name -> finite number, or null for a value that was not finite where it was measured (a NaN loss)."""
     if not isinstance(obj, dict) or len(obj) > max_items:
         raise ProtocolError("bad_schema", f"{where} must be an object of at most {max_items} numbers")
-    out: dict[str, float] = {}
+    out: dict[str, float | None] = {}
     for key in obj:
         if not isinstance(key, str) or len(key) > 64:
             raise ProtocolError("bad_schema", f"{where} keys must be short strings")
-        out[key] = float(_require(obj, key, float, where=where))
+        out[key] = None if obj[key] is None else float(_require(obj, key, float, where=where))
     return out
 
 

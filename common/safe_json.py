@@ -100,6 +100,35 @@ def read_json_file(path: Path, *, max_bytes: int) -> Any:
     return loads_untrusted(data, max_bytes=max_bytes, what=str(path))
 
 
+def finite_or_null(value: Any, path: str = "$") -> tuple[Any, list[str]]:
+    """A copy of ``value`` with every NaN and infinity replaced by None, and the paths it replaced.
+
+    NaN and Infinity are not JSON: other tools (browsers, jq, other languages) refuse files holding them.
+    Everything we write (history, checkpoints, Socket.IO messages) goes through this first."""
+    if isinstance(value, float):
+        return (value, []) if math.isfinite(value) else (None, [path])
+    if isinstance(value, dict):
+        out, replaced = {}, []
+        for key, item in value.items():
+            out[key], found = finite_or_null(item, f"{path}.{key}")
+            replaced += found
+        return out, replaced
+    if isinstance(value, (list, tuple)):
+        items, replaced = [], []
+        for index, item in enumerate(value):
+            clean, found = finite_or_null(item, f"{path}[{index}]")
+            items.append(clean)
+            replaced += found
+        return items, replaced
+    return value, []
+
+
+def dumps_standard(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that writes standard JSON: non-finite numbers as null."""
+    clean, _ = finite_or_null(value)
+    return json.dumps(clean, allow_nan=False, **kwargs)
+
+
 class SocketIOJson:
     """The ``json`` module python-socketio decodes every packet with (``AsyncServer(json=SocketIOJson)``).
 
@@ -111,7 +140,7 @@ class SocketIOJson:
 
     @staticmethod
     def dumps(obj: Any, **kwargs: Any) -> str:
-        return json.dumps(obj, **kwargs)
+        return dumps_standard(obj, **kwargs)
 
     @classmethod
     def loads(cls, text: str | bytes, **_kwargs: Any) -> Any:

@@ -395,9 +395,9 @@ class Coordinator:
         collector = state.collector
         accepted = collector.completed
         per_node = {node_id: dict(collector.acks[node_id].metrics) for node_id in accepted if node_id in collector.acks}
-        weighted = [(m["loss"], accepted[n].num_samples) for n, m in per_node.items() if "loss" in m]
+        weighted = [(loss, accepted[n].num_samples) for n, m in per_node.items() if (loss := m.get("loss")) is not None]
         train_loss = sum(loss * n for loss, n in weighted) / sum(n for _, n in weighted) if weighted else None
-        train_s = max((collector.acks[n].timings_s.get("train", 0.0) for n in accepted if n in collector.acks),
+        train_s = max((collector.acks[n].timings_s.get("train") or 0.0 for n in accepted if n in collector.acks),
                       default=0.0)
         return {
             "round": state.server_round,

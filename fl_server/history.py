@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config_file import SECRET_SETTINGS
+from common.safe_json import finite_or_null
 
 HISTORY_FORMAT = "fl-history/1"
 MAX_HISTORY_BYTES = 512 * 1024 * 1024
@@ -38,12 +39,18 @@ def json_ready(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write standard JSON to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A non-finite number (a NaN loss, an overflowed average) is written as null, and the document lists
+    where under ``non_finite_values`` (not JSON's business to carry NaN; other tools refuse it)."""
+    document, replaced = finite_or_null(document)
+    if replaced and isinstance(document, dict):
+        document["non_finite_values"] = sorted(set(document.get("non_finite_values") or []) | set(replaced))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=False)
+            json.dump(document, handle, indent=2, sort_keys=False, allow_nan=False)
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())

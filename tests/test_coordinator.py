@@ -47,11 +47,13 @@ class FakeFederation:
             asyncio.get_running_loop().call_later(0.5, self._answer, start, sid)
         elif behaviour == "ok":
             self._answer(start, sid)
+        elif behaviour == "nan_loss":  # its loss diverged: the ack carries null (see test_non_finite.py)
+            self._answer(start, sid, metrics={"loss": None})
         elif behaviour == "train_fails":  # the node's training raised: it says so instead of going silent
             self.coordinator.on_refusal(NodeRefusal(start.session_id, start.server_round, sid, "train_failed",
                                                     "RuntimeError: out of memory"))
 
-    def _answer(self, start, sid):
+    def _answer(self, start, sid, metrics=None):
         factor = float(sid[1:])
         weights = [np.full(3, factor * start.server_round, np.float32)]
         for chunk in split_weights(weights, kind=KIND_UPDATE, session_id=start.session_id,
@@ -59,7 +61,7 @@ class FakeFederation:
                                    chunk_bytes=4):
             self.coordinator.on_record(RawRecord(encode_chunk(chunk)))
         self.coordinator.on_ack(UpdateAck(start.session_id, start.server_round, sid, int(factor), 3,
-                                          {"loss": factor}, {"train": 0.01}))
+                                          metrics if metrics is not None else {"loss": factor}, {"train": 0.01}))
 
 
 async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1", "n3"), strategy=None,
@@ -333,3 +335,11 @@ async def test_time_spent_waiting_for_an_absent_node_is_waiting_not_transport(tm
     _, history, _ = await run_session(tmp_path / "ok", {"n1": "ok", "n3": "ok"}, rounds=1, timeout_s=30.0)
     timings = history["rounds"][0]["timings_s"]
     assert timings["waiting"] < 30.0 / 2  # everyone delivered: the round did not wait for its deadline
+
+
+async def test_a_node_whose_loss_is_not_finite_still_counts_and_the_history_stays_json(tmp_path):
+    weights, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "nan_loss"}, rounds=1, timeout_s=30)
+    record = history["rounds"][0]
+    assert record["accepted"] == ["n1", "n3"] and not record["timed_out"]
+    assert record["train"]["per_node"]["n3"] == {"loss": None} and record["train"]["loss"] == 1.0  # n1's alone
+    np.testing.assert_allclose(weights[0], [2.5] * 3)
