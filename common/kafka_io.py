@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from common.assembly import WeightAssembler
+from common.model_budget import check_parameter_budget
 from common.protocol import ModelRef, ProtocolError, RawRecord, WeightChunk, decode_chunk, encode_chunk
 from common.ratelog import RateLimitedLog
 
@@ -154,12 +156,14 @@ def fetch_weights(
     session_id: str,
     server_round: int,
     timeout_s: float,
+    max_elements: int | None = None,
 ) -> list[np.ndarray]:
     """Read the model chunks a ``ModelRef`` points at (assign + seek; no consumer group)."""
     partition = TopicPartition(ref.topic, ref.partition)
     consumer.assign([partition])
     consumer.seek(partition, ref.start_offset)
     assembler = WeightAssembler()
+    layer_sizes: dict[int, int] = {}  # declared elements per layer, checked before any of it is kept
     deadline = time.monotonic() + timeout_s
     while not assembler.complete:
         if time.monotonic() > deadline:
@@ -175,6 +179,9 @@ def fetch_weights(
                                                 record.offset, exc)
                     continue
                 if chunk.session_id == session_id and chunk.server_round == server_round:
+                    if max_elements is not None:
+                        layer_sizes[chunk.layer_index] = math.prod(chunk.spec.shape)
+                        check_parameter_budget(sum(layer_sizes.values()), max_elements, "the global model's weights")
                     assembler.add(chunk)
         if consumer.position(partition) > ref.end_offset and not assembler.complete:
             raise ProtocolError("incomplete_model", f"model for round {server_round} is incomplete in Kafka")

@@ -26,6 +26,7 @@ from common.config import (
 from common.config_file import config_template, log_settings, parse_with_config
 from common.integrity import read_key_file
 from common.kafka_security import KafkaSecurity, add_kafka_security_options
+from common.model_budget import DEFAULT_MAX_MODEL_PARAMS
 from common.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
 from common.tls import add_tls_client_options, tls_client_context_from_args
 from fl_node.attacks import ATTACKS
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                "w_global - S * (w_local - w_global)")
     add_option(parser, "--attack-scale", type=positive_float, default=1.0,
                help="FOR ROBUSTNESS EXPERIMENTS ONLY: the factor S of --attack sign-flip")
+    add_option(parser, "--max-model-params", type=positive_int, default=DEFAULT_MAX_MODEL_PARAMS,
+               help="refuse (before building it) a model the server sends with more parameters than this")
     add_disclosure_options(parser, side="node")
     add_common_options(parser)
     add_tls_client_options(parser)
@@ -128,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                             ssl_context=ssl_context)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, data.num_rows, args.server, args.kafka)
     kafka_io.log_crc32c_implementation()
-    node = FederatedNode(settings, data, LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id))
+    trainer = LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id, max_model_params=args.max_model_params)
+    node = FederatedNode(settings, data, trainer)
 
     async def runner() -> Path | None:
         task = asyncio.current_task()

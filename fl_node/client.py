@@ -21,6 +21,7 @@ from kafka import KafkaConsumer
 from common import kafka_io
 from common.dataspec import DataSpec
 from common.integrity import connect_proof, signed_headers
+from common.model_budget import ModelTooLarge
 from common.protocol import (
     KIND_UPDATE,
     EndSession,
@@ -80,6 +81,8 @@ class LocalFailure(RuntimeError):
             yield
         except SchemaError:
             raise
+        except ModelTooLarge as exc:
+            raise LocalFailure("model_too_large", str(exc)) from exc
         except Exception as exc:
             raise LocalFailure(reason, f"{type(exc).__name__}: {exc}"[:500]) from exc
 
@@ -345,7 +348,7 @@ class FederatedNode:
             node_id=self.settings.node_id,
             num_samples=self.trainer.num_samples,
             num_records=len(chunks),
-            metrics=result.metrics,
+            metrics=dict(result.metrics),
             timings_s={"fetch": round(fetch_s, 4), "train": round(result.train_s, 4),
                        "publish": round(publish_s, 4)},
         )
@@ -355,7 +358,8 @@ class FederatedNode:
             self._consumer = kafka_io.make_consumer(self.settings.kafka, f"fl-node-{self.settings.node_id}",
                                                     self.settings.kafka_config)
         return kafka_io.fetch_weights(self._consumer, model.weights, session_id=session_id,
-                                      server_round=server_round, timeout_s=self.settings.fetch_timeout_s)
+                                      server_round=server_round, timeout_s=self.settings.fetch_timeout_s,
+                                      max_elements=self.trainer.max_model_params)
 
     async def _finish(self, end: EndSession) -> None:
         loop = asyncio.get_running_loop()

@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from common.models import compile_model, model_from_architecture
+from common.model_budget import DEFAULT_MAX_MODEL_PARAMS, check_parameter_budget, estimate_parameters
+from common.models import MAX_ARCHITECTURE_BYTES, compile_model, model_from_architecture
 from common.protocol import TrainConfig
+from common.safe_json import loads_untrusted
 from fl_node.proximal import ProximalLoop
 
 logger = logging.getLogger(__name__)
@@ -30,10 +32,12 @@ class TrainResult:
 class LocalTrainer:
     """Holds the node's data and a model rebuilt from the server's architecture (cached across rounds)."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, *, node_id: str) -> None:
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, node_id: str,
+                 max_model_params: int = DEFAULT_MAX_MODEL_PARAMS) -> None:
         self.x = x
         self.y = y
         self.node_id = node_id
+        self.max_model_params = max_model_params
         self._model: Any = None
         self._architecture_digest: str | None = None
         self._compiled_for: str | None = None  # the compile spec (less the learning rate) the model has
@@ -51,7 +55,11 @@ class LocalTrainer:
     def _model_for(self, architecture: str) -> Any:
         digest = hashlib.sha256(architecture.encode()).hexdigest()
         if digest != self._architecture_digest:
+            config = loads_untrusted(architecture, max_bytes=MAX_ARCHITECTURE_BYTES, what="model architecture")
+            check_parameter_budget(estimate_parameters(config), self.max_model_params, "the server's architecture")
             self._model = model_from_architecture(architecture)
+            # The estimate reads shapes the architecture declares; the built model's own count is the truth.
+            check_parameter_budget(int(self._model.count_params()), self.max_model_params, "the built model")
             self._architecture_digest = digest
             self._compiled_for = None
             input_shape = tuple(self._model.input_shape[1:])
