@@ -74,7 +74,7 @@ async def server_ingest(kafka: str, topic: str, keys: dict[str, bytes], model_mb
     """Seconds for the real coordinator to take in every update of round 1 from Kafka."""
     registry = NodeRegistry()
     for node_id in keys:
-        await registry.add(NodeInfo(node_id, node_id, 1))
+        await registry.add(NodeInfo(node_id, node_id, 1000))  # num_samples of the updates below: 100 + i
     plane = KafkaPlane(Endpoints("127.0.0.1", 0, kafka, topic, f"{topic}.models"), SESSION,
                        start_offsets={p: 0 for p in range(3)})
     inbox = Inbox()

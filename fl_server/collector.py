@@ -178,7 +178,8 @@ class RoundCollector:
         reference: Sequence[np.ndarray] | None = None,
         max_update_norm: float | None = None,
         max_record_bytes: int = MAX_RECORD_BYTES,
-        seen: set[bytes] | None = None,
+        seen: dict[bytes, int] | None = None,
+        declared_samples: dict[str, int] | None = None,
     ) -> None:
         if max_update_norm is not None and reference is None:
             raise ValueError("max_update_norm needs the reference (global) weights")
@@ -190,7 +191,8 @@ class RoundCollector:
         self.reference = reference
         self.max_update_norm = max_update_norm
         self._max_record_bytes = max_record_bytes
-        self.seen: set[bytes] = seen if seen is not None else set()  # digests of records taken (session-wide)
+        self.seen: dict[bytes, int] = seen if seen is not None else {}  # digest of a record taken -> its round
+        self.declared_samples = declared_samples or {}  # what each participant said at connect
         self._assemblers: dict[str, WeightAssembler] = {}  # partial uploads: one per participant at most
         self._assembling: set[str] = set()  # complete, handed to assemble_update, not concluded yet
         self.completed: dict[str, CompletedUpdate] = {}  # bookkeeping only: weights=[]
@@ -261,6 +263,13 @@ class RoundCollector:
             self.reject("not_participant", f"{node_id!r} is not a participant of round {self.server_round}",
                         update_key=update_key)
             return None
+        declared = self.declared_samples.get(node_id)
+        if declared is not None and chunk.num_samples > declared:
+            # A node may train on fewer rows than it has (rows with unknown classes), never on more: a claim over
+            # what it declared at connect would buy it a larger share of the average.
+            self._reject_signed("samples_exceed_declared", f"node {node_id} claims {chunk.num_samples} samples, "
+                                f"declared {declared} at connect", signer, update_key=update_key)
+            return None
         if node_id in self.completed or node_id in self.failed or node_id in self._assembling:
             self.duplicates += 1
             return None
@@ -276,7 +285,7 @@ class RoundCollector:
             self._assemblers.pop(node_id, None)
             self.reject(exc.reason, f"node {node_id}: {exc}", update_key=update_key)
             return None
-        self.seen.add(item.digest)
+        self.seen[item.digest] = self.server_round
         if not assembler.complete:
             return None
         del self._assemblers[node_id]

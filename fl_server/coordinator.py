@@ -152,7 +152,7 @@ class Coordinator:
         self._checkpoint_file = checkpoint_file
         self._commit = commit
         self.offsets: dict[int, int] = dict(offsets or {})  # partition -> next offset, as consumed by rounds
-        self._seen: set[bytes] = set()
+        self._seen: dict[bytes, int] = {}  # digests of records taken -> round, for replay detection (pruned)
         self._evaluate = evaluate
         self._publish_model = publish_model
         self._emit = emit
@@ -232,6 +232,8 @@ class Coordinator:
         chosen = set(sample_participants([n.node_id for n in connected], fraction=settings.fraction_fit,
                                          min_count=settings.min_fit, seed=settings.seed, server_round=server_round))
         participants = [n for n in connected if n.node_id in chosen]
+        # Replays of rounds before the last are late anyway: their digests need not be kept (bounded memory).
+        self._seen = {digest: r for digest, r in self._seen.items() if r >= server_round - 1}
         collector = RoundCollector(
             session_id=settings.session_id,
             server_round=server_round,
@@ -242,6 +244,7 @@ class Coordinator:
             max_update_norm=settings.max_update_norm,
             max_record_bytes=settings.max_record_bytes,
             seen=self._seen,
+            declared_samples={n.node_id: n.num_samples for n in participants},
         )
         state = RoundState(server_round, started_at, t0, len(connected), sorted(n.node_id for n in participants),
                            required_updates(len(participants), min_fit=settings.min_fit,

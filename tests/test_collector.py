@@ -70,7 +70,7 @@ def test_oversize_records_are_refused_before_parsing():
 
 
 def test_replayed_record_of_an_earlier_round_is_told_apart_from_a_late_one():
-    seen: set[bytes] = set()
+    seen: dict[bytes, int] = {}
     round2 = RoundCollector(session_id="s", server_round=2, participants=["a"],
                             expected_specs=[ArraySpec.of(w) for w in MODEL], seen=seen)
     old = records("a")
@@ -218,3 +218,11 @@ def test_partial_uploads_are_bounded_by_the_participants_and_die_with_the_round(
     following = collector(participants=("a", "b"))  # the next round starts from nothing
     assert following.partial_uploads == 0
     assert following.offer_record(a_records[-1]) is None and following.partial_uploads == 1
+
+
+def test_a_node_cannot_claim_more_samples_than_it_declared_at_connect():
+    c = collector(signed=True, declared_samples={"a": 5, "b": 5})
+    for record in signed("a", num_samples=2**40):
+        c.offer_record(record)
+    assert dict(c.rejected) == {"samples_exceed_declared": 1} and c.failed == {"a": "samples_exceed_declared"}
+    assert [u for u in map(c.offer_record, signed("b", num_samples=3)) if u is not None]  # fewer is fine

@@ -70,7 +70,7 @@ async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1
     keywords (``checkpoint_file``, ``commit``, ``resume``), to the ``Coordinator``."""
     registry = NodeRegistry()
     for node_id in connect:
-        await registry.add(NodeInfo(node_id, node_id, 1))
+        await registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
     fake = FakeFederation(behaviour)
     wiring = {k: options.pop(k) for k in ("checkpoint_file", "commit", "resume") if k in options}
     settings = SessionSettings("s", rounds, len(connect), timeout_s, TrainConfig(1, 8, 0.1), end_grace_s=0.1,
@@ -235,7 +235,7 @@ async def test_the_next_round_starts_while_the_last_one_is_evaluated(tmp_path):
 
     registry = NodeRegistry()
     for node_id in ("n1", "n3"):
-        await registry.add(NodeInfo(node_id, node_id, 1))
+        await registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
     fake = Fake({"n1": "ok", "n3": "ok"})
     coordinator = Coordinator(
         settings=SessionSettings("s", 3, 2, 5.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1), registry=registry,
@@ -266,7 +266,7 @@ async def test_a_round_whose_updates_are_in_waits_only_briefly_for_missing_acks(
 
     registry = NodeRegistry()
     for node_id in ("n1", "n3"):
-        await registry.add(NodeInfo(node_id, node_id, 1))
+        await registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
     fake = NoAckFederation({"n1": "ok", "n3": "ok"})
     coordinator = Coordinator(
         settings=SessionSettings("s", 1, 2, 60.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1), registry=registry,
@@ -303,7 +303,7 @@ async def test_a_later_round_waits_for_min_round_nodes(tmp_path):
     """n3 leaves after round 1 and is back 0.3 s later: round 2 waits for it instead of federating one site."""
     registry = NodeRegistry()
     for node_id in ("n1", "n3"):
-        await registry.add(NodeInfo(node_id, node_id, 1))
+        await registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
     loop = asyncio.get_running_loop()
 
     tasks: set[asyncio.Task] = set()
@@ -313,7 +313,7 @@ async def test_a_later_round_waits_for_min_round_nodes(tmp_path):
             super()._answer(start, sid)
             if sid == "n3" and start.server_round == 1:
                 tasks.add(loop.create_task(registry.remove_sid("n3")))
-                loop.call_later(0.3, lambda: tasks.add(loop.create_task(registry.add(NodeInfo("n3", "n3", 1)))))
+                loop.call_later(0.3, lambda: tasks.add(loop.create_task(registry.add(NodeInfo("n3", "n3", 3)))))
 
     fake = LeavingFederation({"n1": "ok", "n3": "ok"})
     coordinator = Coordinator(
