@@ -12,9 +12,11 @@ import pandas as pd
 
 from common.dataspec import IMAGE, DataSpec
 from common.disclosure import DisclosurePolicy
-from common.tabular import SchemaError, encode_frame, local_statistics
+from common.safe_json import SOCKETIO_MAX_BYTES, dumps_standard
+from common.tabular import MAX_COLUMNS, SchemaError, encode_frame, local_statistics
 
 logger = logging.getLogger(__name__)
+MAX_STATISTICS_BYTES = SOCKETIO_MAX_BYTES - 64 * 1024  # room for the Socket.IO framing of the reply
 
 
 class LocalData:
@@ -42,10 +44,17 @@ class LocalData:
         made stricter (never looser) by what the server asks; never rows. Withheld columns are logged."""
         if self.frame is None:
             raise SchemaError("this node holds image data; it has no column statistics")
+        if len(self.frame.columns) > MAX_COLUMNS:
+            raise SchemaError(f"this node's data has {len(self.frame.columns)} columns, more than the {MAX_COLUMNS} "
+                              "statistics may describe: declare a schema (fl-server --schema) or exclude columns")
         policy = self.policy.stricter(min_category_count=min_category_count, exclude=exclude or ())
         stats = local_statistics(self.frame, target, categorical, policy)
         for name, reason in stats["withheld"].items():
             logger.warning("column %r is not shared in statistics: %s", name, reason)
+        size = len(dumps_standard(stats))
+        if size > MAX_STATISTICS_BYTES:
+            raise SchemaError(f"this node's statistics are {size} bytes, more than the {MAX_STATISTICS_BYTES} a reply "
+                              "may have: declare a schema (fl-server --schema) or exclude columns")
         return stats
 
     def prepare(self, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:

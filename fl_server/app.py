@@ -266,7 +266,9 @@ class SocketIOFrontend:
         collected: dict[str, Any] = {}
         for node, reply in zip(nodes, replies, strict=True):
             if isinstance(reply, BaseException):
-                logger.warning("node %s gave no statistics (%r)", node.node_id, reply)
+                timed_out = isinstance(reply, (TimeoutError, socketio.exceptions.TimeoutError))
+                said = f"no answer within {timeout_s:.0f}s" if timed_out else repr(reply)
+                logger.warning("node %s gave no statistics (%s)", node.node_id, said)
             elif isinstance(reply, dict) and "error" in reply:
                 logger.warning("node %s cannot share statistics: %.300s", node.node_id, reply["error"])
                 self.refusals[node.node_id] = f"statistics: {reply['error']!s:.300}"

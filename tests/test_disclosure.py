@@ -111,3 +111,14 @@ def test_the_nodes_stats_handler_applies_the_stricter_of_its_policy_and_the_requ
     assert RARE not in json.dumps(reply)  # the node's own k (5) holds against the request's 2
     assert "error" in asyncio.run(ask({"target": "outcome", "min_category_count": 10**9}))
     assert "error" in asyncio.run(ask({"target": "outcome", "exclude": "insurer"}))
+
+
+def test_a_node_with_too_many_columns_says_so_instead_of_sending_an_oversized_reply(tmp_path):
+    wide = pd.DataFrame(np.zeros((3, 2500)), columns=[f"c{i}" for i in range(2500)]).assign(label=["a", "b", "a"])
+    with pytest.raises(Exception, match="2501 columns, more than the 2000"):
+        LocalData(frame=wide, target="label").statistics("label", [])
+    many_categories = pd.DataFrame({f"c{i}": [f"value-{j % 60}" for j in range(400)] for i in range(1900)})
+    many_categories["label"] = ["a", "b"] * 200
+    with pytest.raises(Exception, match=r"statistics are \d+ bytes, more than the"):
+        LocalData(frame=many_categories, target="label", policy=DisclosurePolicy(min_category_count=1)).statistics(
+            "label", [])
