@@ -31,11 +31,44 @@ def load_history(path: Path) -> dict[str, Any]:
         raise HistoryFileError(f"{path}: not a history file (no \"format\": \"{HISTORY_FORMAT}\")")
     if not isinstance(document.get("rounds"), list):
         raise HistoryFileError(f"{path}: history file has no rounds list")
+    problem = history_problem(document)
+    if problem is not None:
+        raise HistoryFileError(f"{path}: not a usable history file ({problem})")
     return document
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def history_problem(document: dict[str, Any]) -> str | None:
+    """The first field whose type the commands cannot use, or None: a hostile or damaged file is one line, never
+    a traceback. Numbers may be null (not finite when measured)."""
+    if not isinstance(document.get("config", {}), dict):
+        return "config must be an object"
+    for index, record in enumerate(document["rounds"]):
+        where = f"rounds[{index}]"
+        if not isinstance(record, dict):
+            return f"{where} must be an object"
+        if not isinstance(record.get("round"), int) or isinstance(record.get("round"), bool):
+            return f"{where}.round must be an integer"
+        for name in ("accepted", "participants"):
+            if not isinstance(record.get(name, []), list):
+                return f"{where}.{name} must be a list"
+        if not isinstance(record.get("rejected_updates", 0), int):
+            return f"{where}.rejected_updates must be an integer"
+        for name in ("train", "holdout", "timings_s"):
+            section = record.get(name, {})
+            if not isinstance(section, dict):
+                return f"{where}.{name} must be an object"
+            for key, value in section.items():
+                if key != "per_node" and value is not None and not _is_number(value):
+                    return f"{where}.{name}.{key} must be a number or null"
+    return None
+
+
 def _num(value: Any, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return f"{value:.{digits}f}" if _is_number(value) else "-"
 
 
 def format_table(document: dict[str, Any]) -> str:
@@ -76,7 +109,7 @@ def summarize(document: dict[str, Any], target: float | None) -> dict[str, Any]:
     """Final and best accuracy, the first round reaching ``target``, total time."""
     curve = [(rnd, acc) for rnd, acc, _ in accuracy_curve(document) if acc is not None]
     reached = next((rnd for rnd, acc in curve if target is not None and acc >= target), None)
-    total_s = sum(r.get("timings_s", {}).get("total", 0.0) for r in document["rounds"])
+    total_s = sum(r.get("timings_s", {}).get("total") or 0.0 for r in document["rounds"])
     return {
         "run": run_label(document),
         "rounds": len(document["rounds"]),
