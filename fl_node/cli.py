@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                "w_global - S * (w_local - w_global)")
     add_option(parser, "--attack-scale", type=positive_float, default=1.0,
                help="FOR ROBUSTNESS EXPERIMENTS ONLY: the factor S of --attack sign-flip")
+    add_option(parser, "--max-idle", type=positive_float, default=1800.0,
+               help="seconds without session traffic (a round, statistics, end_session) after which the node exits "
+               "with code 3: a server gone for good, or a missed end_session")
     add_option(parser, "--max-model-params", type=positive_int, default=DEFAULT_MAX_MODEL_PARAMS,
                help="refuse (before building it) a model the server sends with more parameters than this")
     add_disclosure_options(parser, side="node")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     from socketio.exceptions import ConnectionError as SocketIOConnectionError
 
     from common.tf_setup import configure_tensorflow
-    from fl_node.client import FederatedNode, NodeSettings, ServerRefused
+    from fl_node.client import EXIT_IDLE, FederatedNode, NodeSettings, ServerRefused
     from fl_node.trainer import LocalTrainer
 
     configure_tensorflow(args.tf_threads or None)
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                             updates_topic=args.updates_topic, out_dir=args.out_dir, chunk_bytes=args.chunk_bytes,
                             fetch_timeout_s=args.fetch_timeout, publish_timeout_s=args.publish_timeout,
                             attack=args.attack, attack_scale=args.attack_scale, key=key, kafka_config=kafka_config,
-                            ssl_context=ssl_context)
+                            ssl_context=ssl_context, max_idle_s=args.max_idle)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, data.num_rows, args.server, args.kafka)
     kafka_io.log_crc32c_implementation()
     trainer = LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id, max_model_params=args.max_model_params)
@@ -156,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if node.refused is not None:
         logger.error("node %s could not take part: %s", node_id, node.refused)
         return 2
+    if node.idle_timed_out:
+        return EXIT_IDLE
     if path is None:
         return 1
     sys.stdout.write(f"{path}\n")

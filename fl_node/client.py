@@ -59,6 +59,13 @@ class NodeSettings:
     key: bytes | None = field(default=None, repr=False)  # signs connect proofs and update records
     kafka_config: dict[str, Any] = field(default_factory=dict, repr=False)  # SSL/SASL settings for kafka-python
     ssl_context: ssl.SSLContext | None = None  # TLS to the server (https://)
+    max_idle_s: float = 1800.0  # exit after this long without session traffic
+
+
+# Refusals that retrying cannot heal: the node stops with the reason instead of reconnecting forever.
+NON_HEALING_REFUSALS = frozenset({"unknown_node", "bad_signature", "unauthenticated", "bad_hello", "bad_version",
+                                  "bad_node_id", "bad_schema", "bad_proof", "stale_proof"})
+EXIT_IDLE = 3
 
 
 class ServerRefused(RuntimeError):
@@ -106,6 +113,9 @@ class FederatedNode:
         self._finished = asyncio.Event()
         self._producer: Any = None
         self._consumer: KafkaConsumer | None = None
+        self._last_activity = time.monotonic()  # of session traffic: start_round, fl_stats, end_session
+        self._ever_connected = False
+        self.idle_timed_out = False
         self.sio = self._new_client()
 
     def _new_client(self, **options: Any) -> socketio.AsyncClient:
@@ -138,10 +148,22 @@ class FederatedNode:
                 self.sio = self._new_client(**options)
             try:
                 await self._connect()
+                self._spawn(self._watch_idle())
                 await self._finished.wait()
             finally:
                 await self.close()
         return self.final_model_path
+
+    async def _watch_idle(self) -> None:
+        """Leave after ``max_idle_s`` without any session traffic (a server gone for good, a missed end_session)."""
+        while not self._finished.is_set():
+            idle_s = time.monotonic() - self._last_activity
+            if idle_s >= self.settings.max_idle_s:
+                self.idle_timed_out = True
+                logger.error("node %s: no session for %.0f s (--max-idle); exiting", self.settings.node_id, idle_s)
+                self._finished.set()
+                return
+            await asyncio.sleep(min(self.settings.max_idle_s - idle_s, 10.0) + 0.01)  # the timer itself
 
     async def _connect(self) -> None:
         """First connection: retry with jittered backoff (0.5 s doubling to 5 s) while the server is not there;
@@ -193,12 +215,24 @@ class FederatedNode:
         task.add_done_callback(self._tasks.discard)
 
     async def _on_connect(self) -> None:
+        self._ever_connected = True
+        self._last_activity = time.monotonic()
         logger.info("node %s connected to %s", self.settings.node_id, self.settings.server_url)
 
     async def _on_connect_error(self, data: Any = None) -> None:
         if isinstance(data, dict) and "message" in data:  # the server answered and refused us
-            self.connect_error = str(data["message"])[:200]
+            reason = str(data["message"])[:64]
+            raw = data.get("data")
+            details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            self.connect_error = reason + (f" ({str(details['detail'])[:200]})" if "detail" in details else "")
+            server_time = details.get("server_time")
+            if reason == "stale_proof" and isinstance(server_time, (int, float)) and not isinstance(server_time, bool):
+                self.connect_error += f"; this node's clock is {time.time() - server_time:+.0f} s off the server's"
             logger.error("node %s: the server refused the connection: %s", self.settings.node_id, self.connect_error)
+            if reason in NON_HEALING_REFUSALS and self.sio.connected is False and self._ever_connected:
+                # Retrying cannot help (the Socket.IO client would retry forever): stop with the reason.
+                self.refused = f"the server refuses this node: {self.connect_error}"
+                self._finished.set()
         else:  # the server is not there (yet): the connect loop or the client's reconnection retries
             logger.debug("node %s: connection to %s failed (%s)", self.settings.node_id, self.settings.server_url,
                          data)
@@ -210,6 +244,7 @@ class FederatedNode:
     # ------------------------------------------------------------ events
 
     async def _on_start_round(self, data: Any = None) -> None:
+        self._last_activity = time.monotonic()
         try:
             start = StartRound.from_wire(data)
         except ProtocolError as exc:
@@ -243,6 +278,7 @@ class FederatedNode:
 
     async def _on_stats(self, data: Any = None) -> dict[str, Any]:
         """Column statistics for the federation's schema: counts, sums, value counts; never rows."""
+        self._last_activity = time.monotonic()
         if not isinstance(data, dict) or not isinstance(data.get("target"), str):
             return {"error": "fl_stats needs a target column name"}
         categorical = data.get("categorical") or []
@@ -264,6 +300,7 @@ class FederatedNode:
         return stats
 
     async def _on_end_session(self, data: Any = None) -> None:
+        self._last_activity = time.monotonic()
         try:
             end = EndSession.from_wire(data)
         except ProtocolError as exc:

@@ -209,7 +209,10 @@ class SocketIOFrontend:
         eio_sid = self._eio_sid(sid)
         if eio_sid is not None:
             self._close_transport(eio_sid, delay_s=REFUSED_CLOSE_DELAY_S)
-        raise socketio.exceptions.ConnectionRefusedError(reason) from None
+        # The detail and the server's clock go with the reason: a node can say what is wrong (and by how much its
+        # clock is off, for stale_proof) instead of only a tag.
+        raise socketio.exceptions.ConnectionRefusedError(reason, {"detail": str(exc)[:300],
+                                                                  "server_time": time.time()}) from None
 
     async def on_disconnect(self, sid: str, reason: Any = None, *_extra: Any) -> None:
         if self._lifecycle_event_from_client("disconnect", sid):

@@ -92,3 +92,30 @@ async def test_data_is_prepared_on_the_worker_thread_not_the_event_loop(tmp_path
     await asyncio.wait_for(node._run_round(start_round()), 10)
     assert trainer.threads and all(name.startswith("fl-node-worker") for name in trainer.threads)
     await node.close()
+
+
+async def test_a_node_without_session_traffic_for_max_idle_exits_with_its_code(tmp_path):
+    node = make_node(tmp_path, FakeTrainer())
+    node.settings = type(node.settings)(**{**node.settings.__dict__, "max_idle_s": 0.3})
+    await asyncio.wait_for(node.run(), 20)
+    assert node.idle_timed_out and node.refused is None
+
+
+@pytest.mark.parametrize(("data", "says"), [
+    ({"message": "unknown_node", "data": {"detail": "node 'n1' is not in the key registry"}},
+     "unknown_node (node 'n1' is not in the key registry)"),
+    ({"message": "stale_proof", "data": {"detail": "proof is 400s old", "server_time": 1_000.0}},
+     "s off the server's"),
+])
+async def test_a_refusal_that_retrying_cannot_heal_stops_a_reconnecting_node(tmp_path, data, says):
+    node = make_node(tmp_path, FakeTrainer())
+    node._ever_connected, node.sio.connected = True, False  # it was in, lost the server, and reconnects
+    await node._on_connect_error(data)
+    assert node._finished.is_set() and says in node.refused
+
+
+async def test_a_server_that_is_not_there_yet_is_not_a_refusal(tmp_path):
+    node = make_node(tmp_path, FakeTrainer())
+    node._ever_connected, node.sio.connected = True, False
+    await node._on_connect_error("Connection refused by the OS")
+    assert not node._finished.is_set() and node.refused is None
