@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import socket
@@ -17,6 +18,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from common.assembly import WeightAssembler
+from common.codec import weights_digest
 from common.model_budget import check_parameter_budget
 from common.protocol import ModelRef, ProtocolError, RawRecord, WeightChunk, decode_chunk, encode_chunk
 from common.ratelog import RateLimitedLog
@@ -107,13 +109,17 @@ def ensure_topics(bootstrap: str, topics: dict[str, int], config: ClientConfig |
 
 
 def publish_chunks(producer: KafkaProducer, topic: str, chunks: Iterable[WeightChunk], *,
-                   sign: Signer | None = None, timeout_s: float = SEND_TIMEOUT_S) -> list[tuple[int, int]]:
+                   sign: Signer | None = None, timeout_s: float = SEND_TIMEOUT_S,
+                   digests: list[str] | None = None) -> list[tuple[int, int]]:
     """Send chunks keyed by sender (one partition, in order); return (partition, offset) of each once acked.
 
-    ``sign(chunk, value)`` returns the record's headers (``common.integrity.signed_headers``)."""
+    ``sign(chunk, value)`` returns the record's headers (``common.integrity.signed_headers``); ``digests``, if
+    given, receives the SHA-256 (hex) of each value sent, in order."""
     futures = []
     for chunk in chunks:
         value = encode_chunk(chunk)
+        if digests is not None:
+            digests.append(hashlib.sha256(value).hexdigest())
         headers = sign(chunk, value) if sign is not None else chunk.headers()
         futures.append(producer.send(topic, key=chunk.node_id.encode(), value=value, headers=headers))
     producer.flush(timeout=timeout_s)
@@ -141,12 +147,14 @@ def publish_until(deadline_s: float, publish: Callable[[], list[tuple[int, int]]
             delay = min(delay * 2, 15.0)
 
 
-def model_ref(topic: str, positions: Sequence[tuple[int, int]]) -> ModelRef:
+def model_ref(topic: str, positions: Sequence[tuple[int, int]], digests: Sequence[str] = (),
+              model_sha256: str = "") -> ModelRef:
     partitions = {p for p, _ in positions}
     if len(partitions) != 1:
         raise RuntimeError(f"model chunks landed on several partitions {partitions}")
     offsets = [o for _, o in positions]
-    return ModelRef(topic, partitions.pop(), min(offsets), max(offsets), len(positions))
+    return ModelRef(topic, partitions.pop(), min(offsets), max(offsets), len(positions), tuple(digests),
+                    model_sha256)
 
 
 def fetch_weights(
@@ -164,6 +172,9 @@ def fetch_weights(
     consumer.seek(partition, ref.start_offset)
     assembler = WeightAssembler()
     layer_sizes: dict[int, int] = {}  # declared elements per layer, checked before any of it is kept
+    expected = {bytes.fromhex(d) for d in ref.record_digests}  # the server's own records, when it listed them
+    taken: set[bytes] = set()
+    skipped = 0
     deadline = time.monotonic() + timeout_s
     while not assembler.complete:
         if time.monotonic() > deadline:
@@ -172,6 +183,14 @@ def fetch_weights(
             for record in records:
                 if record.offset > ref.end_offset:
                     continue
+                if expected:
+                    digest = hashlib.sha256(record.value or b"").digest()
+                    if digest not in expected or digest in taken:
+                        skipped += 1  # someone else's record inside the range: skip it, never fail on it
+                        foreign_records_log.warning("foreign", "skipping a model record at offset %d that is not "
+                                                    "one the server listed", record.offset)
+                        continue
+                    taken.add(digest)
                 try:
                     chunk = decode_chunk(record.value)
                 except ProtocolError as exc:
@@ -185,7 +204,12 @@ def fetch_weights(
                     assembler.add(chunk)
         if consumer.position(partition) > ref.end_offset and not assembler.complete:
             raise ProtocolError("incomplete_model", f"model for round {server_round} is incomplete in Kafka")
-    return assembler.result()
+    weights = assembler.result()
+    if ref.model_sha256 and weights_digest(weights) != ref.model_sha256:
+        raise ProtocolError("model_digest_mismatch", f"model for round {server_round} is not the one announced")
+    if skipped:
+        logger.info("round %d: skipped %d foreign record(s) in the model's range", server_round, skipped)
+    return weights
 
 
 class UpdateConsumer:

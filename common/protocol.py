@@ -266,22 +266,33 @@ class Hello:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """Where the global model's weight chunks sit in Kafka (records in [start_offset, end_offset])."""
+    """Where the global model's weight chunks sit in Kafka (records in [start_offset, end_offset]).
+
+    ``record_digests`` (SHA-256 of each record's value, hex) and ``model_sha256`` (``weights_digest``) let a
+    node take exactly the server's records from a range anyone who can write the topic may have added to:
+    they arrive over the Socket.IO channel, not through Kafka. Empty when a sender does not provide them."""
 
     topic: str
     partition: int
     start_offset: int
     end_offset: int
     num_records: int
+    record_digests: tuple[str, ...] = ()
+    model_sha256: str = ""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "topic": self.topic,
             "partition": self.partition,
             "start_offset": self.start_offset,
             "end_offset": self.end_offset,
             "num_records": self.num_records,
         }
+        if self.record_digests:
+            wire["record_digests"] = list(self.record_digests)
+        if self.model_sha256:
+            wire["model_sha256"] = self.model_sha256
+        return wire
 
     @classmethod
     def from_wire(cls, obj: object) -> ModelRef:
@@ -289,13 +300,27 @@ class ModelRef:
             raise ProtocolError("bad_schema", "model reference must be an object")
         topic = _require(obj, "topic", str, where="model ref")
         start = _int_in(obj, "start_offset", 0, 1 << 62, where="model ref")
+        num_records = _int_in(obj, "num_records", 1, MAX_CHUNKS, where="model ref")
+        digests = obj.get("record_digests", [])
+        if not (isinstance(digests, list) and (not digests or len(digests) == num_records)
+                and all(_is_sha256_hex(d) for d in digests)):
+            raise ProtocolError("bad_schema", "model ref: record_digests must list one SHA-256 (hex) per record")
+        model_sha256 = obj.get("model_sha256", "")
+        if model_sha256 and not _is_sha256_hex(model_sha256):
+            raise ProtocolError("bad_schema", "model ref: model_sha256 must be a SHA-256 in hex")
         return cls(
             topic=topic,
             partition=_int_in(obj, "partition", 0, 1 << 20, where="model ref"),
             start_offset=start,
             end_offset=_int_in(obj, "end_offset", start, 1 << 62, where="model ref"),
-            num_records=_int_in(obj, "num_records", 1, MAX_CHUNKS, where="model ref"),
+            num_records=num_records,
+            record_digests=tuple(digests),
+            model_sha256=model_sha256,
         )
+
+
+def _is_sha256_hex(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import socketio
 from aiohttp import web
 
 from common import kafka_io
+from common.codec import weights_digest
 from common.integrity import ConnectVerifier
 from common.protocol import (
     KIND_MODEL,
@@ -353,16 +354,20 @@ class KafkaPlane:
         topic = self.endpoints.models_topic
         deadline = time.monotonic() + self.endpoints.publish_timeout_s
 
-        def publish() -> list[tuple[int, int]]:  # a worker thread: slicing and encoding are O(model)
+        digests: list[str] = []
+
+        def publish() -> list[tuple[int, int]]:  # a worker thread: slicing, encoding, hashing are O(model)
             chunks = split_weights(weights, kind=KIND_MODEL, session_id=self.session_id, server_round=server_round,
                                    node_id=SERVER_SENDER_ID, num_samples=0, chunk_bytes=self.endpoints.chunk_bytes)
-            return kafka_io.publish_chunks(self._producer, topic, chunks)
+            digests.clear()  # a retry publishes (and lists) the records again
+            return kafka_io.publish_chunks(self._producer, topic, chunks, digests=digests)
 
         loop = asyncio.get_running_loop()
         positions = await loop.run_in_executor(
             None, kafka_io.publish_until, deadline, publish, f"publishing the round {server_round} model"
         )
-        return kafka_io.model_ref(topic, positions)
+        model_sha256 = await loop.run_in_executor(None, weights_digest, weights)
+        return kafka_io.model_ref(topic, positions, digests, model_sha256)
 
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
