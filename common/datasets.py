@@ -116,12 +116,25 @@ def node_rows(dataset: Dataset, index: int, count: int, *, scheme: str = "iid", 
     return partition(labels_of(dataset), count, scheme=scheme, seed=seed, alpha=alpha)[index]
 
 
+MAX_CLASSES = 1000  # a target column with more distinct values is an identifier or a measurement, not classes
+
+
+def check_class_column(labels: pd.Series, name: str) -> None:
+    """Refuse, at once, a class column that holds more than ``MAX_CLASSES`` distinct values."""
+    distinct = labels.nunique(dropna=True)
+    if distinct > MAX_CLASSES:
+        raise ValueError(f"column {name!r} has {distinct} distinct values, more than the {MAX_CLASSES} classes a "
+                         "target may have: is it the class column?")
+
+
 def read_csv(path: Path) -> pd.DataFrame:
     """A site's own CSV file (any mix of numeric and text columns; empty cells are missing values)."""
     try:
         frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read CSV ({exc})") from exc
+    except MemoryError:
+        raise ValueError(f"{path}: too large to load into this machine's memory") from None
     if frame.empty:
         raise ValueError(f"{path}: no rows")
     logger.info("loaded %d rows x %d columns from %s", len(frame), frame.shape[1], path)

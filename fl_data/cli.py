@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from common.config import add_logging_options, add_option, positive_float, positive_int, setup_logging
-from common.datasets import BUILTIN_DATASETS, TabularData, load_builtin, read_csv
+from common.datasets import BUILTIN_DATASETS, TabularData, check_class_column, load_builtin, read_csv
 from common.partition import SCHEMES, dominant_class_share, holdout_split, partition
 from common.tabular import label_text
 
@@ -56,6 +56,7 @@ def load_source(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, s
         frame = read_csv(args.data)
         if args.target not in frame.columns:
             raise ValueError(f"{args.data}: no column {args.target!r}")
+        check_class_column(frame[args.target], args.target)
         labels = frame[args.target].map(label_text).to_numpy()
         train_rows, holdout_rows = holdout_split(labels, holdout_fraction=args.holdout_fraction, seed=args.seed)
         return frame.iloc[train_rows], frame.iloc[holdout_rows], args.target
