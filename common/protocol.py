@@ -45,6 +45,7 @@ MAX_RECORD_BYTES = 4 * 1024 * 1024
 MAX_LAYERS = 10_000
 MAX_CHUNKS = 1 << 20
 NODE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+INSTANCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -245,9 +246,12 @@ class Hello:
     num_samples: int
     protocol: int = PROTOCOL_VERSION
     proof: dict[str, Any] | None = None
+    instance: str = ""  # random per node process: a reconnect of the same process may replace its old connection
 
     def to_wire(self) -> dict[str, Any]:
-        wire = {"node_id": self.node_id, "num_samples": self.num_samples, "protocol": self.protocol}
+        wire: dict[str, Any] = {"node_id": self.node_id, "num_samples": self.num_samples, "protocol": self.protocol}
+        if self.instance:
+            wire["instance"] = self.instance
         return {**wire, **(self.proof or {})}
 
     @classmethod
@@ -257,10 +261,15 @@ class Hello:
         if obj.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError("bad_version", f"protocol {obj.get('protocol')!r:.20} is not {PROTOCOL_VERSION}")
         proof = {k: obj[k] for k in ("ts", "nonce", "mac") if k in obj}
+        instance = obj.get("instance", "")
+        if not (isinstance(instance, str) and len(instance) <= 64 and (not instance or INSTANCE_PATTERN.fullmatch(
+                instance))):
+            raise ProtocolError("bad_hello", "instance must be up to 64 letters, digits, '-' or '_'")
         return cls(
             node_id=check_node_id(obj.get("node_id")),
             num_samples=_int_in(obj, "num_samples", 1, 1 << 40, where="hello"),
             proof=proof or None,
+            instance=instance,
         )
 
 

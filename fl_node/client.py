@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 import ssl
 import time
 from collections.abc import Iterator
@@ -114,6 +115,7 @@ class FederatedNode:
         self._producer: Any = None
         self._consumer: KafkaConsumer | None = None
         self._last_activity = time.monotonic()  # of session traffic: start_round, fl_stats, end_session
+        self.instance = secrets.token_hex(8)  # tells the server a reconnect of this process from a second node
         self._ever_connected = False
         self.idle_timed_out = False
         self.sio = self._new_client()
@@ -129,6 +131,8 @@ class FederatedNode:
         sio.on("start_round", self._on_start_round)
         sio.on("end_session", self._on_end_session)
         sio.on("fl_stats", self._on_stats)
+        sio.on("fl_ping", self._on_ping)
+        sio.on("fl_replaced", self._on_replaced)
         return sio
 
     # ------------------------------------------------------------ lifecycle
@@ -137,7 +141,7 @@ class FederatedNode:
         """Connect auth, made afresh for every (re)connection: a proof is only good once."""
         key, node_id = self.settings.key, self.settings.node_id
         proof = connect_proof(key, node_id) if key is not None else None
-        return Hello(node_id, max(self.data.num_rows, 1), proof=proof).to_wire()
+        return Hello(node_id, max(self.data.num_rows, 1), proof=proof, instance=self.instance).to_wire()
 
     async def run(self) -> Path | None:
         """Connect (retrying until the server answers) and serve rounds until ``end_session``.
@@ -236,6 +240,17 @@ class FederatedNode:
         else:  # the server is not there (yet): the connect loop or the client's reconnection retries
             logger.debug("node %s: connection to %s failed (%s)", self.settings.node_id, self.settings.server_url,
                          data)
+
+    async def _on_ping(self, data: Any = None) -> dict[str, Any]:
+        """The server asks whether this connection is alive (another connection claims this node's id)."""
+        return {"alive": True}
+
+    async def _on_replaced(self, data: Any = None) -> None:
+        """Another connection with this node's id and key took this one's place while it did not answer."""
+        reason = str(data.get("reason"))[:200] if isinstance(data, dict) else "no reason given"
+        self.refused = f"the server replaced this node's connection with another one using its key: {reason}"
+        logger.error("node %s: %s", self.settings.node_id, self.refused)
+        self._finished.set()
 
     async def _on_disconnect(self, reason: Any = None) -> None:
         if not self._finished.is_set():

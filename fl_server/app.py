@@ -45,6 +45,7 @@ from fl_server.registry import NodeInfo, NodeRegistry
 
 logger = logging.getLogger(__name__)
 REFUSED_CLOSE_DELAY_S = 0.5
+LIVENESS_TIMEOUT_S = 5.0  # a connected node that does not answer fl_ping in this long may be replaced
 inspect_log = RateLimitedLog(logger)
 
 
@@ -97,8 +98,10 @@ class SocketIOFrontend:
 
     def __init__(self, registry: NodeRegistry, verifier: ConnectVerifier | None = None, *,
                  admission: Admission | None = None,
-                 handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S) -> None:
+                 handshake_timeout_s: float = DEFAULT_HANDSHAKE_TIMEOUT_S,
+                 liveness_timeout_s: float = LIVENESS_TIMEOUT_S) -> None:
         self.registry = registry
+        self.liveness_timeout_s = liveness_timeout_s
         self.admission = admission or Admission()
         self.handshake_timeout_s = handshake_timeout_s
         self.verifier = verifier
@@ -185,12 +188,20 @@ class SocketIOFrontend:
             # The verifier hashes and compares untrusted text: a non-ASCII mac, a nonce with lone
             # surrogates or an out-of-range ts fail there as plain errors; they are still bad proofs.
             self._refuse(sid, environ, "bad_proof", exc)
+        current = self.registry.info(hello.node_id)
+        if current is not None and not await self._may_replace(current, hello):
+            self._refuse(sid, environ, "node_id_in_use", ProtocolError(
+                "node_id_in_use", f"node {hello.node_id} is connected and answers; a second connection with its id "
+                "is not let in"))
         eio_sid = self._eio_sid(sid)
         if eio_sid is not None:
             self.admission.admitted(eio_sid)
-        previous = await self.registry.add(NodeInfo(hello.node_id, sid, hello.num_samples))
+        previous = await self.registry.add(NodeInfo(hello.node_id, sid, hello.num_samples, instance=hello.instance))
         if previous is not None:
             logger.info("node %s reconnected (replacing connection %s)", hello.node_id, previous.sid)
+            if previous.instance != hello.instance:
+                await self.emit("fl_replaced", {"reason": "another connection proved this node's key while this one "
+                                                          "did not answer"}, previous.sid)
             await self.sio.disconnect(previous.sid)
         logger.info("node %s connected with %d samples (%d connected)", hello.node_id, hello.num_samples,
                     len(self.registry))
@@ -201,6 +212,19 @@ class SocketIOFrontend:
                 task = self.sio.start_background_task(self.emit, "start_round", pending.to_wire(), sid)
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    async def _may_replace(self, current: NodeInfo, hello: Hello) -> bool:
+        """A second connection with a connected node's id replaces the first only if it is the same node process
+        (same ``instance``) or the first no longer answers: a key holder cannot evict a live node."""
+        if hello.instance and hello.instance == current.instance:
+            return True
+        if not self.sio.manager.is_connected(current.sid, "/"):
+            return True
+        try:
+            reply = await self.sio.call("fl_ping", {}, to=current.sid, timeout=self.liveness_timeout_s)
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.SocketIOError, KeyError):
+            return True
+        return not (isinstance(reply, dict) and reply.get("alive") is True)
 
     def _refuse(self, sid: str, environ: Any, reason: str, exc: Exception) -> NoReturn:
         """Refuse the hello, and close its connection right after the refusal went out: a refused client

@@ -16,6 +16,7 @@ class NodeInfo:
     sid: str
     num_samples: int
     connected_at: float = field(default_factory=time.time)
+    instance: str = ""
 
 
 class NodeRegistry:
@@ -51,6 +52,9 @@ class NodeRegistry:
         async with self._changed:
             self._changed.notify_all()
         return info
+
+    def info(self, node_id: str) -> NodeInfo | None:
+        return self._by_node.get(node_id)
 
     def node_for_sid(self, sid: str) -> str | None:
         return self._node_by_sid.get(sid)

@@ -88,3 +88,51 @@ async def test_refused_and_half_open_sessions_are_closed_and_a_real_node_still_g
                 pass
         await frontend.sio.shutdown()
         await runner.cleanup()
+
+
+@pytest.mark.timeout(120)
+async def test_a_key_holder_cannot_evict_a_live_node_but_a_dead_connection_is_replaced():
+    frontend = SocketIOFrontend(NodeRegistry(), ConnectVerifier(KeyRegistry({"alice": KEY})), liveness_timeout_s=0.5)
+    runner = await serve_socketio(frontend, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    clients: list[socketio.AsyncClient] = []
+    replaced: list[dict] = []
+
+    async def client(instance: str, *, answers_pings: bool) -> socketio.AsyncClient:
+        sio = socketio.AsyncClient(reconnection=False, handle_sigint=False)
+        clients.append(sio)
+        if answers_pings:
+            sio.on("fl_ping", lambda data=None: {"alive": True})
+        sio.on("fl_replaced", replaced.append)
+        await sio.connect(url, transports=["websocket"], wait_timeout=TIMEOUT_S,
+                          auth=Hello("alice", 10, proof=connect_proof(KEY, "alice"), instance=instance).to_wire())
+        return sio
+
+    def registered() -> str | None:
+        info = frontend.registry.info("alice")
+        return info.sid if info is not None else None
+
+    try:
+        alice = await client("instance-a", answers_pings=True)
+        with pytest.raises(socketio.exceptions.ConnectionError):  # another holder of the key, while alice answers
+            await client("instance-x", answers_pings=True)
+        assert registered() == alice.get_sid("/") and frontend.refused_by_reason == {"node_id_in_use": 1}
+        again = await client("instance-a", answers_pings=True)  # the same process reconnecting: replaces at once
+        await wait_until(lambda: registered() == again.get_sid("/"))
+        assert not replaced
+        await again.disconnect()
+        await wait_until(lambda: registered() is None)
+        mute = await client("instance-m", answers_pings=False)  # a connection that no longer answers...
+        successor = await client("instance-n", answers_pings=True)  # ...is replaced once its ping times out
+        await wait_until(lambda: registered() == successor.get_sid("/"))
+        await wait_until(lambda: len(replaced) == 1)  # and the replaced one was told why
+        assert "did not answer" in replaced[0]["reason"]
+        await wait_until(lambda: not mute.connected)
+    finally:
+        for sio in clients:
+            try:
+                await sio.disconnect()
+            except Exception:  # noqa: BLE001 - closing whatever state each client is in
+                pass
+        await frontend.sio.shutdown()
+        await runner.cleanup()
