@@ -1,9 +1,7 @@
 """Nobody keeps the server's connections by failing to prove who they are: refused and half-open sessions are
 closed, and a burst from one address is shed before its handshake (issue: what a determined outsider gets)."""
 
-import asyncio
 import logging
-import time
 
 import engineio
 import pytest
@@ -14,6 +12,7 @@ from common.protocol import Hello
 from fl_server.admission import Admission
 from fl_server.app import SocketIOFrontend, serve_socketio
 from fl_server.registry import NodeRegistry
+from tests.waiting import wait_until
 
 KEY = b"a" * 32
 TIMEOUT_S = 20.0
@@ -31,12 +30,14 @@ def test_admission_caps_pending_sessions_per_address_overall_and_near_the_fd_lim
     assert dict(admission.shed_by_reason) == {"too_many_pending_from_address": 1, "too_many_pending": 1, "fd_limit": 1}
 
 
-async def wait_until(condition, timeout_s: float = TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+async def close_all(clients: list, frontend: SocketIOFrontend, runner) -> None:
+    for client in clients:
+        try:
+            await client.disconnect()
+        except Exception:  # noqa: BLE001 - closing whatever state each client is in
+            pass
+    await frontend.sio.shutdown()
+    await runner.cleanup()
 
 
 @pytest.mark.timeout(120)
@@ -81,13 +82,7 @@ async def test_refused_and_half_open_sessions_are_closed_and_a_real_node_still_g
         warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert len(warnings) <= 5 * 3  # rate-limited: a few lines per reason, not one per attempt
     finally:
-        for client in clients:
-            try:
-                await client.disconnect()
-            except Exception:  # noqa: BLE001 - closing whatever state each client is in
-                pass
-        await frontend.sio.shutdown()
-        await runner.cleanup()
+        await close_all(clients, frontend, runner)
 
 
 @pytest.mark.timeout(120)
@@ -129,10 +124,4 @@ async def test_a_key_holder_cannot_evict_a_live_node_but_a_dead_connection_is_re
         assert "did not answer" in replaced[0]["reason"]
         await wait_until(lambda: not mute.connected)
     finally:
-        for sio in clients:
-            try:
-                await sio.disconnect()
-            except Exception:  # noqa: BLE001 - closing whatever state each client is in
-                pass
-        await frontend.sio.shutdown()
-        await runner.cleanup()
+        await close_all(clients, frontend, runner)

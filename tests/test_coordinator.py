@@ -65,19 +65,20 @@ class FakeFederation:
 
 
 async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1", "n3"), strategy=None,
-                      history=None, **options):
+                      history=None, fake_class=None, evaluate=None, registry=None, **options):
     """A session with fake nodes; ``options`` go to ``SessionSettings`` or, for the checkpoint/resume
     keywords (``checkpoint_file``, ``commit``, ``resume``), to the ``Coordinator``."""
-    registry = NodeRegistry()
+    registry = registry or NodeRegistry()
     for node_id in connect:
         await registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
-    fake = FakeFederation(behaviour)
+    fake = (fake_class or FakeFederation)(behaviour)
     wiring = {k: options.pop(k) for k in ("checkpoint_file", "commit", "resume") if k in options}
     settings = SessionSettings("s", rounds, len(connect), timeout_s, TrainConfig(1, 8, 0.1), end_grace_s=0.1,
                                **options)
     coordinator = Coordinator(
         settings=settings, registry=registry, strategy=strategy or FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}),
-        evaluate=lambda r, w: {"loss": float(np.sum(w[0]))}, publish_model=fake.publish_model, emit=fake.emit,
+        evaluate=evaluate or (lambda r, w: {"loss": float(np.sum(w[0]))}), publish_model=fake.publish_model,
+        emit=fake.emit,
         history=history or SessionHistory(tmp_path, "s", {}), **wiring,
     )
     fake.coordinator = coordinator
@@ -233,18 +234,10 @@ async def test_the_next_round_starts_while_the_last_one_is_evaluated(tmp_path):
             seen_in_time[1] = round_2_sent.wait(timeout=5)
         return {"loss": float(np.sum(weights[0]))}
 
-    registry = NodeRegistry()
-    for node_id in ("n1", "n3"):
-        await registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
-    fake = Fake({"n1": "ok", "n3": "ok"})
-    coordinator = Coordinator(
-        settings=SessionSettings("s", 3, 2, 5.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1), registry=registry,
-        strategy=FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}), evaluate=evaluate,
-        publish_model=fake.publish_model, emit=fake.emit, history=SessionHistory(tmp_path, "s", {}))
-    fake.coordinator = coordinator
-    await asyncio.wait_for(coordinator.run(), 30)
+    _, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "ok"}, rounds=3, timeout_s=5.0, fake_class=Fake,
+                                      evaluate=evaluate)
     assert seen_in_time == {1: True}
-    rounds = coordinator.history.document["rounds"]
+    rounds = history["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3]  # still recorded in order
     assert [r["holdout"]["loss"] for r in rounds] == [3 * 2.5 * r for r in (1, 2, 3)]  # (1r*1 + 3r*3)/4 each
     assert [r["start_model_sha256"] for r in rounds[1:]] == [r["model_sha256"] for r in rounds[:-1]]
@@ -264,17 +257,9 @@ async def test_a_round_whose_updates_are_in_waits_only_briefly_for_missing_acks(
             super()._answer(start, sid)
             self.coordinator.on_ack = Coordinator.on_ack.__get__(self.coordinator)
 
-    registry = NodeRegistry()
-    for node_id in ("n1", "n3"):
-        await registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
-    fake = NoAckFederation({"n1": "ok", "n3": "ok"})
-    coordinator = Coordinator(
-        settings=SessionSettings("s", 1, 2, 60.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1), registry=registry,
-        strategy=FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}), evaluate=lambda r, w: {},
-        publish_model=fake.publish_model, emit=fake.emit, history=SessionHistory(tmp_path, "s", {}))
-    fake.coordinator = coordinator
-    weights = await asyncio.wait_for(coordinator.run(), 30)
-    (record,) = coordinator.history.document["rounds"]
+    weights, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "ok"}, rounds=1, timeout_s=60.0,
+                                            fake_class=NoAckFederation)
+    (record,) = history["rounds"]
     assert record["accepted"] == ["n1", "n3"] and not record["timed_out"] and record["missing_acks"] == ["n3"]
     np.testing.assert_allclose(weights[0], [2.5] * 3)  # both updates count: (1*1 + 3*3) / 4
 
@@ -302,10 +287,7 @@ async def test_a_reconnecting_participant_whose_update_is_in_is_asked_only_to_re
 async def test_a_later_round_waits_for_min_round_nodes(tmp_path):
     """n3 leaves after round 1 and is back 0.3 s later: round 2 waits for it instead of federating one site."""
     registry = NodeRegistry()
-    for node_id in ("n1", "n3"):
-        await registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
     loop = asyncio.get_running_loop()
-
     tasks: set[asyncio.Task] = set()
 
     class LeavingFederation(FakeFederation):
@@ -315,14 +297,9 @@ async def test_a_later_round_waits_for_min_round_nodes(tmp_path):
                 tasks.add(loop.create_task(registry.remove_sid("n3")))
                 loop.call_later(0.3, lambda: tasks.add(loop.create_task(registry.add(NodeInfo("n3", "n3", 3)))))
 
-    fake = LeavingFederation({"n1": "ok", "n3": "ok"})
-    coordinator = Coordinator(
-        settings=SessionSettings("s", 2, 2, 5.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1, min_round_nodes=2),
-        registry=registry, strategy=FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}), evaluate=lambda r, w: {},
-        publish_model=fake.publish_model, emit=fake.emit, history=SessionHistory(tmp_path, "s", {}))
-    fake.coordinator = coordinator
-    await asyncio.wait_for(coordinator.run(), 30)
-    rounds = coordinator.history.document["rounds"]
+    _, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "ok"}, rounds=2, timeout_s=5.0,
+                                      fake_class=LeavingFederation, registry=registry, min_round_nodes=2)
+    rounds = history["rounds"]
     assert [r["participants"] for r in rounds] == [["n1", "n3"], ["n1", "n3"]]
     assert [r["connected"] for r in rounds] == [2, 2]
 

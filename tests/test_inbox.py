@@ -4,6 +4,7 @@ import asyncio
 import threading
 
 from fl_server.inbox import Inbox
+from tests.waiting import wait_until
 
 
 async def test_a_full_inbox_blocks_the_consumer_thread_not_the_loop_and_loses_nothing():
@@ -13,9 +14,7 @@ async def test_a_full_inbox_blocks_the_consumer_thread_not_the_loop_and_loses_no
     loop = asyncio.get_running_loop()
     # 50 items of 100 bytes through a 1000-byte inbox: the producer thread must wait for the loop 4 times at least.
     producer = loop.run_in_executor(None, lambda: [inbox.put_from_thread(i, 100, stop) for i in range(50)])
-    await asyncio.sleep(0)  # let the thread fill the inbox
-    while inbox.stats().kafka_items < 10:  # the loop keeps running while the producer is blocked
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: inbox.stats().kafka_items >= 10, what="a full inbox")  # the loop runs meanwhile
     got = [await asyncio.wait_for(inbox.get(), 10) for _ in range(50)]
     assert await asyncio.wait_for(producer, 10) == [True] * 50
     assert got == list(range(50))  # order kept, nothing dropped
@@ -30,8 +29,8 @@ async def test_stop_releases_a_waiting_consumer_thread():
     stop = threading.Event()
     assert inbox.put_from_thread("first", 100, stop)
     waiting = asyncio.get_running_loop().run_in_executor(None, inbox.put_from_thread, "second", 100, stop)
-    await asyncio.sleep(0.05)
-    assert not waiting.done()
+    done, _ = await asyncio.wait([waiting], timeout=0.05)
+    assert not done  # still waiting for room
     stop.set()
     assert await asyncio.wait_for(waiting, 5) is False
 

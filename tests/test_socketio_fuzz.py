@@ -27,6 +27,7 @@ from common.protocol import Hello, NodeRefusal, UpdateAck, check_node_id
 from fl_server.app import SocketIOFrontend, serve_socketio
 from fl_server.coordinator import Coordinator
 from fl_server.registry import NodeInfo, NodeRegistry
+from tests.waiting import wait_until
 
 KEYS = {"alice": b"a" * 32, "bob": b"b" * 32}
 WRONG_KEY = b"w" * 32
@@ -453,14 +454,6 @@ def random_args(rng: random.Random, *, huge_ints: bool = False) -> Any:
     if roll < 0.25:
         return tuple(random_json(rng, huge_ints=huge_ints) for _ in range(rng.randrange(2, 4)))
     return random_json(rng, huge_ints=huge_ints)
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = WIRE_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def alice_ack(node_id: str = "alice") -> dict[str, Any]:
