@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                help="as --min-fit, as a share of the round's sampled nodes (the larger of the two applies)")
     add_option(parser, "--max-update-norm", type=positive_float, default=None,
                help="reject an update whose L2 distance from the global model exceeds this")
+    add_option(parser, "--max-node-weight", type=positive_fraction, default=None,
+               help="cap any node's weight in an averaging strategy at this share of the samples the round's "
+               "participants declared (a node cannot buy the average by claiming many samples)")
     add_option(parser, "--max-record-bytes", type=positive_int, default=MAX_RECORD_BYTES,
                help="reject update records larger than this")
     add_option(parser, "--inbox-bytes", type=positive_int, default=DEFAULT_KAFKA_BYTES,
@@ -114,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 SESSION_SETTINGS = (
     "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "epochs", "batch_size",
     "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction", "max_update_norm",
-    "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes",
+    "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes", "max_node_weight",
     *(keyword for keyword, _, _ in STRATEGY_FLAGS.values()),
 )
 
@@ -265,6 +268,7 @@ async def run_session(args: argparse.Namespace) -> Path:
             rounds=args.rounds,
             min_nodes=args.min_nodes,
             min_round_nodes=args.min_round_nodes or args.min_nodes,
+            max_node_weight=args.max_node_weight,
             round_timeout_s=args.round_timeout,
             train=TrainConfig(args.epochs, args.batch_size, args.learning_rate),
             end_grace_s=args.end_grace,

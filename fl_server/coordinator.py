@@ -76,6 +76,7 @@ class SessionSettings:
     max_update_norm: float | None = None
     max_record_bytes: int = MAX_RECORD_BYTES
     min_round_nodes: int = 1  # connected nodes each round needs to start (the CLI defaults it to --min-nodes)
+    max_node_weight: float | None = None  # cap on a node's samples, as a share of the round's declared samples
 
 
 @dataclass
@@ -90,6 +91,8 @@ class RoundState:
     required: int
     start_digest: str
     collector: RoundCollector
+    sample_cap: int | None = None  # --max-node-weight x the participants' declared samples
+    capped: dict[str, int] = field(default_factory=dict)  # node -> the samples it claimed, where capped
     timed_out: bool = False
     missing_acks: list[str] = field(default_factory=list)
     collect_s: float = 0.0
@@ -250,6 +253,9 @@ class Coordinator:
                            required_updates(len(participants), min_fit=settings.min_fit,
                                             min_fit_fraction=settings.min_fit_fraction),
                            self._digest, collector)
+        if settings.max_node_weight is not None:
+            declared = sum(n.num_samples for n in participants)
+            state.sample_cap = max(1, int(settings.max_node_weight * declared))
         self.strategy.begin_round(server_round, self.weights)
         ref = await self._publish_model(server_round, self.weights)
         train = replace(self.settings.train, **self.strategy.train_config(server_round))
@@ -312,7 +318,7 @@ class Coordinator:
         if pending is None:
             return
         t_acc = time.perf_counter()
-        outcome = await asyncio.get_running_loop().run_in_executor(None, self._assemble_and_fold, state.collector,
+        outcome = await asyncio.get_running_loop().run_in_executor(None, self._assemble_and_fold, state,
                                                                    pending)
         state.aggregate_s += time.perf_counter() - t_acc
         update = state.collector.conclude(pending, outcome)
@@ -364,12 +370,17 @@ class Coordinator:
         logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", state.server_round, record["status"],
                     len(state.collector.completed), len(state.participants), _fmt(holdout), state.total_s)
 
-    def _assemble_and_fold(self, collector: RoundCollector, pending: PendingUpdate) -> AssembledUpdate:
+    def _assemble_and_fold(self, state: RoundState, pending: PendingUpdate) -> AssembledUpdate:
         """Worker thread: rebuild and check a node's update, and fold it into the strategy if it passes."""
+        collector = state.collector
         outcome = assemble_update(pending, reference=collector.reference, max_update_norm=collector.max_update_norm)
         if outcome.update is not None:
             update = outcome.update
-            self.strategy.accumulate(update.node_id, update.weights, update.num_samples)
+            weight = update.num_samples
+            if state.sample_cap is not None and weight > state.sample_cap:
+                state.capped[update.node_id] = weight
+                weight = state.sample_cap  # --max-node-weight: no node outweighs its share of the round
+            self.strategy.accumulate(update.node_id, update.weights, weight)
             outcome = AssembledUpdate(replace(update, weights=[]))  # the strategy has them; do not keep a copy
         return outcome
 
@@ -435,6 +446,7 @@ class Coordinator:
             "start_model_sha256": state.start_digest,
             "model_sha256": state.model_digest,
             "ignored_records": collector.ignored,
+            "capped_weights": {n: {"claimed": c, "used": state.sample_cap} for n, c in sorted(state.capped.items())},
         }
 
     def _message(self, ref: ModelRef) -> ModelMessage:

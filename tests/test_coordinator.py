@@ -320,3 +320,10 @@ async def test_a_node_whose_loss_is_not_finite_still_counts_and_the_history_stay
     assert record["accepted"] == ["n1", "n3"] and not record["timed_out"]
     assert record["train"]["per_node"]["n3"] == {"loss": None} and record["train"]["loss"] == 1.0  # n1's alone
     np.testing.assert_allclose(weights[0], [2.5] * 3)
+
+
+async def test_max_node_weight_caps_a_nodes_share_of_the_average(tmp_path):
+    """n1 declares 1 sample, n3 3: with a cap of half the 4 declared, n3 weighs 2, not 3."""
+    weights, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "ok"}, rounds=1, max_node_weight=0.5)
+    np.testing.assert_allclose(weights[0], [(1.0 * 1 + 3.0 * 2) / 3] * 3, rtol=1e-6)
+    assert history["rounds"][0]["capped_weights"] == {"n3": {"claimed": 3, "used": 2}}
