@@ -7,8 +7,9 @@ Every node shares one secret key with the server (``fl-keys`` makes them). Two t
   and its exact value bytes, so changing any byte of the value or any of those headers breaks it.
   A record of an old round replayed later still verifies, which is why the collector also checks
   the round and remembers digests of what it already took (``replayed``).
-* **Socket.IO connect** sends ``HMAC(key, "connect", node_id, timestamp, nonce)``, never the key
-  itself. The server accepts a proof once, within a clock-skew window.
+* **Socket.IO connect** sends ``HMAC(key, "fl-connect/2", node_id, server_id, challenge, timestamp, nonce)``,
+  never the key itself, over a challenge the node fetched from this server just before (``GET
+  /fl/challenge``). The server accepts a challenge once and a proof within a clock-skew window.
 
 Untrusted input is refused with ``ProtocolError(reason, message)``; reasons are short tags that
 end up in the round history (``unsigned``, ``unknown_node``, ``bad_signature``, ``header_mismatch``).
@@ -35,9 +36,11 @@ KEYS_FORMAT = "fl-keys/1"
 NODE_HEADER = "fl.node"
 MAC_HEADER = "fl.mac"
 CONNECT_SKEW_S = 300.0
+CHALLENGE_TTL_S = 60.0
+CHALLENGE_BYTES = 16
 MAX_REGISTRY_BYTES = 16 * MiB
 _MAC_CONTEXT = b"fl-record/1"
-_CONNECT_CONTEXT = b"fl-connect/1"
+_CONNECT_CONTEXT = b"fl-connect/2"
 
 logger = logging.getLogger(__name__)
 
@@ -155,24 +158,55 @@ def check_headers_match(headers: Mapping[str, bytes], chunk: WeightChunk) -> Non
 # --------------------------------------------------------------------- Socket.IO connect proof
 
 
-def connect_proof(key: bytes, node_id: str, *, timestamp: float | None = None,
+def connect_proof(key: bytes, node_id: str, *, challenge: str, server_id: str, timestamp: float | None = None,
                   nonce: str | None = None) -> dict[str, Any]:
-    """Fields a node adds to its hello: proves it holds ``key`` without sending it."""
+    """Fields a node adds to its hello: proves it holds ``key`` without sending it, for this server's
+    ``challenge`` only (fetched from ``GET /fl/challenge`` just before connecting)."""
     ts = int(time.time() if timestamp is None else timestamp)
     nonce = nonce or secrets.token_hex(16)
-    mac = hmac.new(key, _encode_fields(_CONNECT_CONTEXT, node_id.encode(), str(ts).encode(), nonce.encode()),
-                   hashlib.sha256).hexdigest()
-    return {"ts": ts, "nonce": nonce, "mac": mac}
+    return {"ts": ts, "nonce": nonce, "challenge": challenge, "server_id": server_id,
+            "mac": _connect_mac(key, node_id, server_id, challenge, ts, nonce)}
+
+
+def _connect_mac(key: bytes, node_id: str, server_id: str, challenge: str, ts: int, nonce: str) -> str:
+    fields = _encode_fields(_CONNECT_CONTEXT, node_id.encode(), server_id.encode(), challenge.encode(),
+                            str(ts).encode(), nonce.encode())
+    return hmac.new(key, fields, hashlib.sha256).hexdigest()
+
+
+def _is_hex(text: object, length: int) -> bool:
+    return isinstance(text, str) and len(text) == length and all(c in "0123456789abcdef" for c in text)
 
 
 class ConnectVerifier:
-    """Checks connect proofs against the registry: fresh (within ``skew_s``), not seen before, right key."""
+    """Checks connect proofs against the registry: the right key, over a challenge this server issued (once,
+    within ``challenge_ttl_s``) and its own ``server_id``, fresh (within ``skew_s``), not seen before.
 
-    def __init__(self, registry: KeyRegistry, *, skew_s: float = CONNECT_SKEW_S, max_nonces: int = 100_000) -> None:
+    A challenge is single use: a hello captured on the wire, or harvested by a server that is not this one,
+    is not valid again here (not even after a restart: challenges live in the process that issued them)."""
+
+    def __init__(self, registry: KeyRegistry, *, skew_s: float = CONNECT_SKEW_S, max_nonces: int = 100_000,
+                 server_id: str | None = None, challenge_ttl_s: float = CHALLENGE_TTL_S,
+                 max_challenges: int = 100_000) -> None:
         self.registry = registry
         self.skew_s = skew_s
+        self.server_id = server_id or secrets.token_hex(8)
+        self.challenge_ttl_s = challenge_ttl_s
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._max_nonces = max_nonces
+        self._challenges: OrderedDict[str, float] = OrderedDict()  # challenge -> issued at (oldest first)
+        self._max_challenges = max_challenges
+
+    def issue_challenge(self, *, now: float | None = None) -> dict[str, Any]:
+        """A fresh challenge for one connect (``GET /fl/challenge``); the oldest are forgotten past the cap."""
+        now = time.time() if now is None else now
+        horizon = now - self.challenge_ttl_s
+        while self._challenges and (len(self._challenges) >= self._max_challenges
+                                    or next(iter(self._challenges.values())) < horizon):
+            self._challenges.popitem(last=False)
+        challenge = secrets.token_hex(CHALLENGE_BYTES)
+        self._challenges[challenge] = now
+        return {"challenge": challenge, "server_id": self.server_id, "ttl_s": self.challenge_ttl_s}
 
     def verify(self, node_id: str, auth: Mapping[str, Any], *, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -182,17 +216,28 @@ class ConnectVerifier:
         ts, nonce, mac = auth.get("ts"), auth.get("nonce"), auth.get("mac")
         if not (isinstance(ts, int) and not isinstance(ts, bool) and isinstance(nonce, str) and isinstance(mac, str)):
             raise ProtocolError("unauthenticated", "connect needs ts, nonce and mac (this node has no key?)")
+        challenge, server_id = auth.get("challenge"), auth.get("server_id")
+        if challenge is None or server_id is None:
+            raise ProtocolError("no_challenge", "connect needs a challenge from GET /fl/challenge")
         if not (abs(ts) < 1 << 40 and 8 <= len(nonce) <= 64 and nonce.isascii() and nonce.isprintable()
-                and len(mac) == 64 and all(c in "0123456789abcdef" for c in mac)):
+                and _is_hex(mac, 64) and _is_hex(challenge, 2 * CHALLENGE_BYTES) and isinstance(server_id, str)
+                and len(server_id) <= 64):
             raise ProtocolError("bad_proof", "connect proof fields are out of range")
         if abs(now - ts) > self.skew_s:
             raise ProtocolError("stale_proof",
                                 f"connect proof is {now - ts:.0f}s old (clock skew > {self.skew_s:.0f}s?)")
-        want = connect_proof(key, node_id, timestamp=ts, nonce=nonce)["mac"]
+        if server_id != self.server_id:
+            raise ProtocolError("wrong_server", "the connect proof was made for another server")
+        issued = self._challenges.get(challenge)
+        if issued is None or now - issued > self.challenge_ttl_s:
+            raise ProtocolError("unknown_challenge", "the challenge was not issued by this server, was used, or "
+                                                     "expired")
+        want = _connect_mac(key, node_id, server_id, challenge, ts, nonce)
         if not hmac.compare_digest(mac, want):
             raise ProtocolError("bad_signature", f"connect proof of node {node_id} does not verify")
         if (node_id, nonce) in self._seen:
             raise ProtocolError("replayed", f"connect proof of node {node_id} was used before")
+        del self._challenges[challenge]  # single use
         self._seen[(node_id, nonce)] = now
         horizon = now - 2 * self.skew_s  # older proofs fail the time check anyway
         while self._seen and (len(self._seen) > self._max_nonces or next(iter(self._seen.values())) < horizon):

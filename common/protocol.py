@@ -260,7 +260,7 @@ class Hello:
             raise ProtocolError("bad_hello", "connect auth must be an object with node_id and num_samples")
         if obj.get("protocol") != PROTOCOL_VERSION:
             raise ProtocolError("bad_version", f"protocol {obj.get('protocol')!r:.20} is not {PROTOCOL_VERSION}")
-        proof = {k: obj[k] for k in ("ts", "nonce", "mac") if k in obj}
+        proof = {k: obj[k] for k in ("ts", "nonce", "mac", "challenge", "server_id") if k in obj}
         instance = obj.get("instance", "")
         if not (isinstance(instance, str) and len(instance) <= 64 and (not instance or INSTANCE_PATTERN.fullmatch(
                 instance))):

@@ -16,6 +16,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import socketio
 from kafka import KafkaConsumer
 
@@ -34,7 +35,7 @@ from common.protocol import (
     UpdateAck,
     split_weights,
 )
-from common.safe_json import SocketIOJson
+from common.safe_json import SocketIOJson, loads_untrusted
 from common.tabular import SchemaError
 from common.tls import CertificateProblem, async_client_options, check_server_certificate
 from fl_node.attacks import apply_attack
@@ -67,6 +68,28 @@ class NodeSettings:
 NON_HEALING_REFUSALS = frozenset({"unknown_node", "bad_signature", "unauthenticated", "bad_hello", "bad_version",
                                   "bad_node_id", "bad_schema", "bad_proof", "stale_proof"})
 EXIT_IDLE = 3
+
+
+async def fetch_challenge(server_url: str, context: ssl.SSLContext | None,
+                          timeout_s: float = 10.0) -> dict[str, str] | None:
+    """``GET <server>/fl/challenge`` (the reply is untrusted: checked before use); None if it cannot be had."""
+    url = server_url.rstrip("/") + "/fl/challenge"
+    connector = aiohttp.TCPConnector(ssl=context) if context is not None else None
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+            async with http.get(url) as response:
+                body = await response.content.read(4096)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        logger.debug("no challenge from %s: %r", url, exc)
+        return None
+    try:
+        reply = loads_untrusted(body, max_bytes=4096, what="challenge")
+    except ProtocolError:
+        return None
+    if not (isinstance(reply, dict) and isinstance(reply.get("challenge"), str) and len(reply["challenge"]) <= 64
+            and isinstance(reply.get("server_id"), str) and len(reply["server_id"]) <= 64):
+        return None
+    return {"challenge": reply["challenge"], "server_id": reply["server_id"]}
 
 
 class ServerRefused(RuntimeError):
@@ -104,6 +127,7 @@ class FederatedNode:
         self.trainer = trainer
         self.refused: str | None = None
         self.connect_error: str | None = None
+        self.connect_error_reason: str | None = None
         self.final_model_path: Path | None = None
         self.rounds_done: set[tuple[str, int]] = set()
         self._in_progress: set[tuple[str, int]] = set()
@@ -137,10 +161,16 @@ class FederatedNode:
 
     # ------------------------------------------------------------ lifecycle
 
-    def _hello(self) -> dict[str, Any]:
-        """Connect auth, made afresh for every (re)connection: a proof is only good once."""
+    async def _hello(self) -> dict[str, Any]:
+        """Connect auth, made afresh for every (re)connection over a challenge fetched from the server just
+        before (python-socketio awaits this at each attempt): a proof is good once, and only at that server."""
         key, node_id = self.settings.key, self.settings.node_id
-        proof = connect_proof(key, node_id) if key is not None else None
+        proof = None
+        if key is not None:
+            challenge = await fetch_challenge(self.settings.server_url, self.settings.ssl_context)
+            if challenge is not None:  # else the server refuses with no_challenge and the client tries again
+                proof = connect_proof(key, node_id, challenge=challenge["challenge"],
+                                      server_id=challenge["server_id"])
         return Hello(node_id, max(self.data.num_rows, 1), proof=proof, instance=self.instance).to_wire()
 
     async def run(self) -> Path | None:
@@ -181,9 +211,10 @@ class FederatedNode:
                                        wait_timeout=10)
                 return
             except socketio.exceptions.ConnectionError as exc:
-                if self.connect_error is not None:
+                if self.connect_error is not None and self.connect_error_reason in NON_HEALING_REFUSALS:
                     raise ServerRefused(f"server refused node {self.settings.node_id}: "
                                         f"{self.connect_error}") from exc
+                self.connect_error = None  # a refusal a new attempt can heal (e.g. an expired challenge)
             pause = delay * random.uniform(0.5, 1.5)
             logger.warning("node %s: cannot reach %s; retrying in %.1fs", self.settings.node_id,
                            self.settings.server_url, pause)
@@ -226,6 +257,7 @@ class FederatedNode:
     async def _on_connect_error(self, data: Any = None) -> None:
         if isinstance(data, dict) and "message" in data:  # the server answered and refused us
             reason = str(data["message"])[:64]
+            self.connect_error_reason = reason
             raw = data.get("data")
             details: dict[str, Any] = raw if isinstance(raw, dict) else {}
             self.connect_error = reason + (f" ({str(details['detail'])[:200]})" if "detail" in details else "")

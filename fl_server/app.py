@@ -45,6 +45,7 @@ from fl_server.registry import NodeInfo, NodeRegistry
 
 logger = logging.getLogger(__name__)
 REFUSED_CLOSE_DELAY_S = 0.5
+CHALLENGE_PATH = "/fl/challenge"
 LIVENESS_TIMEOUT_S = 5.0  # a connected node that does not answer fl_ping in this long may be replaced
 inspect_log = RateLimitedLog(logger)
 
@@ -124,6 +125,12 @@ class SocketIOFrontend:
     @property
     def refused(self) -> int:
         return sum(self.refused_by_reason.values())
+
+    async def challenge(self, request: web.Request) -> web.Response:
+        """``GET /fl/challenge``: a single-use challenge a node's next connect proof must cover."""
+        if self.verifier is None:  # --allow-unauthenticated: proofs are not checked
+            return web.json_response({"challenge": None, "server_id": None})
+        return web.json_response(self.verifier.issue_challenge())
 
     def admit_transport(self, eio_sid: str, environ: Any) -> bool:
         """A new Engine.IO session: may it start a handshake? Pending ones are closed after the handshake timeout."""
@@ -407,6 +414,7 @@ class KafkaPlane:
 async def serve_socketio(frontend: SocketIOFrontend, host: str, port: int,
                          ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
     app = web.Application()
+    app.router.add_get(CHALLENGE_PATH, frontend.challenge)
     frontend.sio.attach(app)
     # A short shutdown: open websockets must not hold an exiting server for aiohttp's default minute.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)

@@ -30,6 +30,12 @@ def test_admission_caps_pending_sessions_per_address_overall_and_near_the_fd_lim
     assert dict(admission.shed_by_reason) == {"too_many_pending_from_address": 1, "too_many_pending": 1, "fd_limit": 1}
 
 
+def fresh_proof(frontend: SocketIOFrontend) -> dict:
+    """A proof over a challenge this server issued (what a node gets from GET /fl/challenge)."""
+    challenge = frontend.verifier.issue_challenge()
+    return connect_proof(KEY, "alice", challenge=challenge["challenge"], server_id=challenge["server_id"])
+
+
 async def close_all(clients: list, frontend: SocketIOFrontend, runner) -> None:
     for client in clients:
         try:
@@ -74,7 +80,7 @@ async def test_refused_and_half_open_sessions_are_closed_and_a_real_node_still_g
         # Then a real node gets in.
         alice = socketio.AsyncClient(reconnection=False, handle_sigint=False)
         clients.append(alice)
-        await alice.connect(url, auth=Hello("alice", 10, proof=connect_proof(KEY, "alice")).to_wire(),
+        await alice.connect(url, auth=Hello("alice", 10, proof=fresh_proof(frontend)).to_wire(),
                             transports=["websocket"], wait_timeout=TIMEOUT_S)
         assert [n.node_id for n in frontend.registry.snapshot()] == ["alice"]
         assert frontend.refused_by_reason == {"unauthenticated": 30, "too_many_pending_from_address": 2,
@@ -100,7 +106,7 @@ async def test_a_key_holder_cannot_evict_a_live_node_but_a_dead_connection_is_re
             sio.on("fl_ping", lambda data=None: {"alive": True})
         sio.on("fl_replaced", replaced.append)
         await sio.connect(url, transports=["websocket"], wait_timeout=TIMEOUT_S,
-                          auth=Hello("alice", 10, proof=connect_proof(KEY, "alice"), instance=instance).to_wire())
+                          auth=Hello("alice", 10, proof=fresh_proof(frontend), instance=instance).to_wire())
         return sio
 
     def registered() -> str | None:

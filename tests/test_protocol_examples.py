@@ -22,9 +22,11 @@ def test_the_documented_connect_proof_and_record_mac_are_what_the_code_computes(
     key_file.chmod(0o600)
     key = read_key_file(key_file)  # the key is the hex-decoded bytes
     assert key == bytes(range(32))
-    fields = _encode_fields(b"fl-connect/1", b"site-a", b"1767225600", b"0123456789abcdef")
+    fields = _encode_fields(b"fl-connect/2", b"site-a", b"3f2a9c1d5e7b8a60", b"00112233445566778899aabbccddeeff",
+                            b"1767225600", b"0123456789abcdef")
     assert fields.hex() == documented("encoded connect fields (hex)")
-    proof = connect_proof(key, "site-a", timestamp=1767225600, nonce="0123456789abcdef")
+    proof = connect_proof(key, "site-a", challenge="00112233445566778899aabbccddeeff", server_id="3f2a9c1d5e7b8a60",
+                          timestamp=1767225600, nonce="0123456789abcdef")
     assert proof["mac"] == documented("connect `mac`")
     mac = record_mac(key, kind="update", session_id="s1", server_round=3, node_id="site-a", record_key=b"site-a",
                      value=b'{"v":1}')

@@ -8,6 +8,7 @@ handlers never raise, and only the node a session belongs to can hand the coordi
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import random
 import time
@@ -168,7 +169,8 @@ def draw_proof(draw: st.DrawFn, node_id: Any, minted: list[tuple[str, dict[str, 
 
     def mint(with_key: bytes, for_node: str, ts: int) -> dict[str, Any]:
         nonce = draw(st.text(HEX, min_size=8, max_size=64))
-        return connect_proof(with_key, for_node, timestamp=ts, nonce=nonce)
+        return connect_proof(with_key, for_node, challenge=challenge_for(for_node, nonce), server_id=FUZZ_SERVER_ID,
+                             timestamp=ts, nonce=nonce)
 
     fresh_ts = now + draw(st.integers(-60, 60))
     if kind == "none":
@@ -197,6 +199,26 @@ def draw_proof(draw: st.DrawFn, node_id: Any, minted: list[tuple[str, dict[str, 
     return proof, key is not None
 
 
+FUZZ_SERVER_ID = "fuzz-server"
+
+
+def challenge_for(node_id: str, nonce: str) -> str:
+    """The challenge a drawn proof covers, one per (node, nonce): using it up is exactly what the model's
+    ``consumed`` set tracks. The run registers every challenge of its script with the verifier first (the
+    script is drawn before any verifier exists, as GET /fl/challenge would have issued them)."""
+    return hashlib.sha256(f"{node_id}|{nonce}".encode()).hexdigest()[:32]
+
+
+def verifier_for(script: list[Any]) -> ConnectVerifier:
+    verifier = ConnectVerifier(KeyRegistry(KEYS), server_id=FUZZ_SERVER_ID)
+    for step in script:
+        auth = step.auth if isinstance(step, ConnectAttempt) else None
+        challenge = auth.get("challenge") if isinstance(auth, dict) else None
+        if isinstance(challenge, str):
+            verifier._challenges[challenge] = time.time()  # seeding, as issue_challenge would have
+    return verifier
+
+
 def hostile_values(name: str, original: Any) -> list[Any]:
     """Replacements for one proof field that the verifier must turn into a refusal, never a crash."""
     if name == "ts":
@@ -207,7 +229,7 @@ def hostile_values(name: str, original: Any) -> list[Any]:
 
 
 async def run_connect_script(script: list[ConnectAttempt | str], authenticated: bool, with_session: bool) -> None:
-    verifier = ConnectVerifier(KeyRegistry(KEYS)) if authenticated else None
+    verifier = verifier_for(script) if authenticated else None
     frontend = RecordingFrontend(NodeRegistry(), verifier)
     coordinator = FakeCoordinator() if with_session else None
     attach(frontend, coordinator)
@@ -276,10 +298,11 @@ def test_connect_with_verifier_garbage_refuses_instead_of_crashing() -> None:
     the other two can.)"""
     now = int(time.time())
     hello = Hello("alice", 5).to_wire()
+    challenge = {"challenge": "ab" * 16, "server_id": "any"}
     cases = {
-        "huge_ts": {**hello, "ts": 10**400, "nonce": "n" * 16, "mac": "0" * 64},
-        "surrogate_nonce": {**hello, "ts": now, "nonce": "\ud800" * 16, "mac": "0" * 64},
-        "non_ascii_mac": {**hello, "ts": now, "nonce": "n" * 16, "mac": "é" * 64},
+        "huge_ts": {**hello, **challenge, "ts": 10**400, "nonce": "n" * 16, "mac": "0" * 64},
+        "surrogate_nonce": {**hello, **challenge, "ts": now, "nonce": "\ud800" * 16, "mac": "0" * 64},
+        "non_ascii_mac": {**hello, **challenge, "ts": now, "nonce": "n" * 16, "mac": "é" * 64},
     }
 
     async def attempt(auth: dict[str, Any]) -> Counter[str]:
@@ -479,25 +502,31 @@ async def test_real_server_refuses_bad_connects_survives_a_barrage_and_still_ser
 
     try:
         # (a) Refused connects, counted by reason; the earlier session is untouched.
-        first_proof = connect_proof(key, "alice")
+        def proof(with_key: bytes = key) -> dict[str, Any]:  # over a challenge from this server
+            issued = frontend.verifier.issue_challenge()
+            return connect_proof(with_key, "alice", challenge=issued["challenge"], server_id=issued["server_id"])
+
+        first_proof = proof()
         first = await connect(Hello("alice", 10, proof=first_proof).to_wire())
         first_sid = first.get_sid("/")
         assert registry_state(registry) == [("alice", first_sid, 10)]
         bad_auths: list[dict[str, Any] | None] = [
             None,
             Hello("alice", 10).to_wire(),
-            Hello("alice", 10, proof=connect_proof(WRONG_KEY, "alice")).to_wire(),
+            Hello("alice", 10, proof=proof(WRONG_KEY)).to_wire(),
             Hello("alice", 10, proof=first_proof).to_wire(),
         ]
         for auth in bad_auths:
             with pytest.raises(socketio.exceptions.ConnectionError):
                 await connect(auth)
-        assert frontend.refused_by_reason == Counter(bad_hello=1, unauthenticated=1, bad_signature=1, replayed=1)
+        # the replayed proof: its challenge was used up by the first connect (a replay is refused as that, now)
+        assert frontend.refused_by_reason == Counter(bad_hello=1, unauthenticated=1, bad_signature=1,
+                                                     unknown_challenge=1)
         assert registry_state(registry) == [("alice", first_sid, 10)]
 
         # (b) Lifecycle event names emitted by a connected client change nothing, not even with a valid
         # proof, which stays unused ((c) connects with it). Then a barrage: any event name, any arguments.
-        spare_hello = Hello("alice", 12, proof=connect_proof(key, "alice")).to_wire()
+        spare_hello = Hello("alice", 12, proof=proof()).to_wire()
         assert await first.call("connect", ({"REMOTE_ADDR": "10.0.0.1"}, spare_hello), timeout=WIRE_TIMEOUT_S) is None
         assert await first.call("disconnect", "client namespace disconnect", timeout=WIRE_TIMEOUT_S) is None
         assert first.connected and registry_state(registry) == [("alice", first_sid, 10)]

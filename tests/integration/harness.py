@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -260,7 +261,7 @@ class Mallory:
         self.sio.on("end_session", self._on_end)
         wait_until(lambda: port_open(federation.port), 120, "the server's Socket.IO port")
         self.sio.connect(f"http://127.0.0.1:{federation.port}", transports=["websocket"],
-                         auth=Hello(node_id, 100, proof=connect_proof(self.key, node_id)).to_wire())
+                         auth=Hello(node_id, 100, proof=fresh_proof(federation.port, self.key, node_id)).to_wire())
         self._producer = KafkaProducer(bootstrap_servers=federation.kafka)
 
     def _on_end(self, data: Any = None) -> None:
@@ -304,6 +305,13 @@ class Mallory:
         self._producer.close(timeout=10)
         if self.sio.connected:
             self.sio.disconnect()
+
+
+def fresh_proof(port: int, key: bytes, node_id: str) -> dict[str, Any]:
+    """A connect proof over a challenge from the server at ``port`` (GET /fl/challenge), as a node makes one."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/fl/challenge", timeout=30) as response:
+        issued = json.loads(response.read())
+    return connect_proof(key, node_id, challenge=issued["challenge"], server_id=issued["server_id"])
 
 
 def port_open(port: int) -> bool:

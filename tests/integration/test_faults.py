@@ -18,13 +18,14 @@ import socketio
 from kafka import KafkaAdminClient, KafkaProducer
 
 from common.codec import weights_digest
-from common.integrity import connect_proof, signed_headers
+from common.integrity import signed_headers
 from common.protocol import KIND_MODEL, KIND_UPDATE, Hello, RawRecord, encode_chunk, split_weights
 from fl_server.strategies import weighted_average
 from tests.integration.harness import (
     Federation,
     LocalBroker,
     Mallory,
+    fresh_proof,
     read_records,
     read_weights,
     wait_until,
@@ -207,7 +208,8 @@ def test_hostile_input_is_rejected_by_reason_and_changes_nothing(federation: Fed
     flood_before_round_1(federation)
     nodes = start_nodes(federation, 2)
     refused = []
-    no_proof, unknown = Hello("n0", 10), Hello("intruder", 10, proof=connect_proof(b"x" * 32, "intruder"))
+    no_proof = Hello("n0", 10)
+    unknown = Hello("intruder", 10, proof=fresh_proof(federation.port, b"x" * 32, "intruder"))
     for auth in (no_proof.to_wire(), unknown.to_wire()):
         client = socketio.Client(reconnection=False)
         with pytest.raises(socketio.exceptions.ConnectionError):
