@@ -209,6 +209,10 @@ class RoundCollector:
         """Participants with some, but not all, of their chunks in (bounded by the participants)."""
         return len(self._assemblers)
 
+    def incomplete(self) -> list[str]:
+        """Participants whose update was still partial (some chunks in) when the round stopped collecting."""
+        return sorted(self._assemblers)
+
     def reject(self, reason: str, detail: str, *, update_key: tuple[str, int] | None = None,
                forfeit: str | None = None) -> None:
         """Count a rejection. Records that belong to one identifiable update (node, round) count once.

@@ -95,6 +95,7 @@ class RoundState:
     capped: dict[str, int] = field(default_factory=dict)  # node -> the samples it claimed, where capped
     timed_out: bool = False
     missing_acks: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
     collect_s: float = 0.0
     last_delivery_s: float = 0.0  # when the last update or acknowledgement that counted arrived
     aggregate_s: float = 0.0
@@ -301,6 +302,7 @@ class Coordinator:
         state.collect_s = time.perf_counter() - state.t0
         state.timed_out = not collector.all_updates_in()
         state.missing_acks = sorted(set(collector.completed) - set(collector.acks))
+        state.incomplete = collector.incomplete()  # their partial chunks are dropped with the collector
         self._current = None
         state.offsets = dict(self.offsets)  # what a checkpoint of this round resumes from
         if state.timed_out:
@@ -423,6 +425,7 @@ class Coordinator:
             "num_samples": {n: accepted[n].num_samples for n in sorted(accepted)},
             "timed_out": state.timed_out,
             "missing_acks": state.missing_acks,
+            "incomplete_updates": state.incomplete,
             "train": {"loss": train_loss, "per_node": per_node},
             "holdout": holdout,
             "timings_s": {

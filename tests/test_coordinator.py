@@ -47,6 +47,10 @@ class FakeFederation:
             asyncio.get_running_loop().call_later(0.5, self._answer, start, sid)
         elif behaviour == "ok":
             self._answer(start, sid)
+        elif behaviour == "partial":  # sends the first chunk of its update, then nothing
+            chunk = next(split_weights([np.full(3, 1.0, np.float32)], kind=KIND_UPDATE, session_id=start.session_id,
+                                       server_round=start.server_round, node_id=sid, num_samples=1, chunk_bytes=4))
+            self.coordinator.on_record(RawRecord(encode_chunk(chunk)))
         elif behaviour == "nan_loss":  # its loss diverged: the ack carries null (see test_non_finite.py)
             self._answer(start, sid, metrics={"loss": None})
         elif behaviour == "train_fails":  # the node's training raised: it says so instead of going silent
@@ -327,3 +331,9 @@ async def test_max_node_weight_caps_a_nodes_share_of_the_average(tmp_path):
     weights, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "ok"}, rounds=1, max_node_weight=0.5)
     np.testing.assert_allclose(weights[0], [(1.0 * 1 + 3.0 * 2) / 3] * 3, rtol=1e-6)
     assert history["rounds"][0]["capped_weights"] == {"n3": {"claimed": 3, "used": 2}}
+
+
+async def test_a_node_whose_update_is_incomplete_at_the_deadline_is_recorded_as_such(tmp_path):
+    _, history, _ = await run_session(tmp_path, {"n1": "ok", "n3": "partial"}, rounds=1, timeout_s=0.3)
+    record = history["rounds"][0]
+    assert record["timed_out"] and record["accepted"] == ["n1"] and record["incomplete_updates"] == ["n3"]
