@@ -82,7 +82,7 @@ async def server_ingest(kafka: str, topic: str, keys: dict[str, bytes], model_mb
     template = model_of(model_mb, 99)
     coordinator: Coordinator | None = None
 
-    async def publish_model(server_round, weights):
+    async def publish_model(server_round, weights, model_sha256):
         return ModelRef("m", 0, 0, 0, 1)
 
     async def emit(event, data, sid):  # the nodes' acknowledgements: their records are already in Kafka

@@ -22,7 +22,6 @@ import socketio
 from aiohttp import web
 
 from common import kafka_io
-from common.codec import weights_digest
 from common.integrity import ConnectVerifier
 from common.protocol import (
     KIND_MODEL,
@@ -381,7 +380,8 @@ class KafkaPlane:
         if self._consumer is not None:
             self._consumer.request_commit(offsets)
 
-    async def publish_model(self, server_round: int, weights: Sequence[np.ndarray]) -> ModelRef:
+    async def publish_model(self, server_round: int, weights: Sequence[np.ndarray], model_sha256: str) -> ModelRef:
+        """Publish the global model; ``model_sha256`` is its ``weights_digest``, which the coordinator keeps."""
         topic = self.endpoints.models_topic
         deadline = time.monotonic() + self.endpoints.publish_timeout_s
 
@@ -397,7 +397,6 @@ class KafkaPlane:
         positions = await loop.run_in_executor(
             None, kafka_io.publish_until, deadline, publish, f"publishing the round {server_round} model"
         )
-        model_sha256 = await loop.run_in_executor(None, weights_digest, weights)
         return kafka_io.model_ref(topic, positions, digests, model_sha256)
 
     async def stop(self) -> None:

@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 Weights = list[np.ndarray]
 ACK_GRACE_S = 5.0  # how long a round whose updates are all in waits for missing acknowledgements
 EvaluateFn = Callable[[int, Sequence[np.ndarray]], dict[str, float]]
-PublishModelFn = Callable[[int, Sequence[np.ndarray]], Awaitable[ModelRef]]
+PublishModelFn = Callable[[int, Sequence[np.ndarray], str], Awaitable[ModelRef]]  # round, weights, their digest
 EmitFn = Callable[[str, dict[str, Any], str], Awaitable[None]]
 CommitFn = Callable[[dict[int, int]], None]
 
@@ -258,7 +258,7 @@ class Coordinator:
             declared = sum(n.num_samples for n in participants)
             state.sample_cap = max(1, int(settings.max_node_weight * declared))
         self.strategy.begin_round(server_round, self.weights)
-        ref = await self._publish_model(server_round, self.weights)
+        ref = await self._publish_model(server_round, self.weights, self._digest)
         train = replace(self.settings.train, **self.strategy.train_config(server_round))
         start = StartRound(self.settings.session_id, server_round, train, self._message(ref))
         logger.info("round %d: started with %d of %d connected node(s): %s", server_round, len(participants),
@@ -457,7 +457,7 @@ class Coordinator:
 
     async def _end_session(self) -> None:
         rounds = self.settings.rounds
-        ref = await self._publish_model(rounds + 1, self.weights)
+        ref = await self._publish_model(rounds + 1, self.weights, self._digest)
         end = EndSession(self.settings.session_id, rounds, self._message(ref))
         nodes = self.registry.snapshot()
         for node in nodes:

@@ -33,7 +33,7 @@ class FakeFederation:
         self.starts: list[tuple[str, int]] = []
         self.configs: list[TrainConfig] = []  # every start_round config the nodes were sent
 
-    async def publish_model(self, server_round, weights):
+    async def publish_model(self, server_round, weights, model_sha256):
         return ModelRef("models", 0, server_round, server_round, 1)
 
     async def emit(self, event, data, sid):

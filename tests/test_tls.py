@@ -104,6 +104,19 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
+@asynccontextmanager
+async def tls_server(pki: Pki, app: web.Application | None = None) -> AsyncIterator[int]:
+    """``app`` (default: an empty one, when only the handshake is tested) over TLS on a free port of 127.0.0.1,
+    with ``pki``'s server certificate."""
+    runner = web.AppRunner(app or web.Application(), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl_context(pki.cert, pki.key)).start()
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def tls_port(pki: Pki) -> AsyncIterator[int]:
     """A Socket.IO server over TLS on a free port of 127.0.0.1, answering ``echo`` calls."""
@@ -115,14 +128,11 @@ async def tls_port(pki: Pki) -> AsyncIterator[int]:
 
     app = web.Application()
     sio.attach(app)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl_context(pki.cert, pki.key)).start()
-        yield runner.addresses[0][1]
+        async with tls_server(pki, app) as port:
+            yield port
     finally:
         await sio.shutdown()
-        await runner.cleanup()
 
 
 async def connect_and_echo(url: str, context: ssl.SSLContext | None) -> object:
@@ -240,19 +250,6 @@ def test_client_options(monkeypatch, pki):
     monkeypatch.setenv("FL_TLS_INSECURE", "1")
     context = tls_client_context_from_args(_client_args([]))
     assert context is not None and context.verify_mode == ssl.CERT_NONE and not context.check_hostname
-
-
-@asynccontextmanager
-async def tls_server(pki: Pki) -> AsyncIterator[int]:
-    """A bare TLS listener on a free port with ``pki``'s server certificate (the handshake is what is tested)."""
-    app = web.Application()
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ssl_context(pki.cert, pki.key)).start()
-        yield runner.addresses[0][1]
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(("case", "says"), [
