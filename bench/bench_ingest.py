@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kafka import KafkaConsumer, TopicPartition
 
-from common import kafka_io
-from common.codec import b64decode
-from common.integrity import KeyRegistry, signed_headers
-from common.protocol import KIND_UPDATE, ModelRef, StartRound, TrainConfig, UpdateAck, encode_chunk, split_weights
+from common.transport import kafka_io
+from common.wire.codec import b64decode
+from common.wire.integrity import KeyRegistry, signed_headers
+from common.wire.protocol import KIND_UPDATE, ModelRef, StartRound, TrainConfig, UpdateAck, encode_chunk, split_weights
 from fl_server.app import Endpoints, KafkaPlane
 from fl_server.collector import inspect_record
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings

@@ -26,9 +26,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.codec import ArraySpec
-from common.integrity import KeyRegistry, signed_headers
-from common.protocol import KIND_UPDATE, RawRecord, encode_chunk, split_weights
+from common.wire.codec import ArraySpec
+from common.wire.integrity import KeyRegistry, signed_headers
+from common.wire.protocol import KIND_UPDATE, RawRecord, encode_chunk, split_weights
 from fl_server.collector import RoundCollector, assemble_update, inspect_record
 
 KEY = b"k" * 32

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common.disclosure import DEFAULT_MIN_CATEGORY_COUNT
+from common.data.disclosure import DEFAULT_MIN_CATEGORY_COUNT
 
 DEFAULT_KAFKA = "127.0.0.1:9092"
 DEFAULT_UPDATES_TOPIC = "fl.updates"
@@ -88,7 +88,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_disclosure_options(parser: argparse.ArgumentParser, *, side: str) -> None:
-    """What column statistics may disclose (``common.disclosure``), shared by fl-server and fl-node."""
+    """What column statistics may disclose (``common.data.disclosure``), shared by fl-server and fl-node."""
     where = ("asked of every node (a node applies the stricter of this and its own)" if side == "server"
              else "applied before this node's statistics leave it (the server can only make it stricter)")
     add_option(parser, "--exclude-columns", type=column_list, default=(),

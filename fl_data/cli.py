@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 from common.config import add_logging_options, add_option, positive_float, positive_int, setup_logging
-from common.datasets import BUILTIN_DATASETS, TabularData, check_class_column, load_builtin, read_csv
-from common.partition import SCHEMES, dominant_class_share, holdout_split, partition
-from common.tabular import label_text
+from common.data.datasets import BUILTIN_DATASETS, TabularData, check_class_column, load_builtin, read_csv
+from common.data.partition import SCHEMES, dominant_class_share, holdout_split, partition
+from common.data.tabular import label_text
 
 logger = logging.getLogger("fl_data")
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from common import kafka_io
 from common.config import (
     add_common_options,
     add_disclosure_options,
@@ -24,11 +23,12 @@ from common.config import (
     setup_logging,
 )
 from common.config_file import config_template, log_settings, parse_with_config
-from common.integrity import read_key_file
-from common.kafka_security import KafkaSecurity, add_kafka_security_options
-from common.model_budget import DEFAULT_MAX_MODEL_PARAMS
-from common.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
-from common.tls import add_tls_client_options, tls_client_context_from_args
+from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS
+from common.transport import kafka_io
+from common.transport.kafka_security import KafkaSecurity, add_kafka_security_options
+from common.transport.tls import add_tls_client_options, tls_client_context_from_args
+from common.wire.integrity import read_key_file
+from common.wire.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
 from fl_node.attacks import ATTACKS
 
 logger = logging.getLogger("fl_node")
@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_local_data(args: argparse.Namespace) -> Any:
     """This node's rows: its own CSV, or its share of a built-in dataset's training split."""
-    from common.datasets import ImageData, load_builtin, node_rows, read_csv
-    from common.disclosure import DisclosurePolicy
-    from common.partition import parse_partition
+    from common.data.datasets import ImageData, load_builtin, node_rows, read_csv
+    from common.data.disclosure import DisclosurePolicy
+    from common.data.partition import parse_partition
     from fl_node.data import LocalData
 
     policy = DisclosurePolicy(min_category_count=args.min_category_count, exclude=frozenset(args.exclude_columns))
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from socketio.exceptions import ConnectionError as SocketIOConnectionError
 
-    from common.tf_setup import configure_tensorflow
+    from common.ml.tf_setup import configure_tensorflow
     from fl_node.client import EXIT_IDLE, FederatedNode, NodeSettings, ServerRefused
     from fl_node.trainer import LocalTrainer
 

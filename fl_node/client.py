@@ -20,11 +20,13 @@ import aiohttp
 import socketio
 from kafka import KafkaConsumer
 
-from common import kafka_io
-from common.dataspec import DataSpec
-from common.integrity import connect_proof, signed_headers
-from common.model_budget import ModelTooLarge
-from common.protocol import (
+from common.data.dataspec import DataSpec
+from common.data.tabular import SchemaError
+from common.ml.model_budget import ModelTooLarge
+from common.transport import kafka_io
+from common.transport.tls import CertificateProblem, async_client_options, check_server_certificate
+from common.wire.integrity import connect_proof, signed_headers
+from common.wire.protocol import (
     KIND_UPDATE,
     EndSession,
     Hello,
@@ -35,9 +37,7 @@ from common.protocol import (
     UpdateAck,
     split_weights,
 )
-from common.safe_json import SocketIOJson, loads_untrusted
-from common.tabular import SchemaError
-from common.tls import CertificateProblem, async_client_options, check_server_certificate
+from common.wire.safe_json import SocketIOJson, loads_untrusted
 from fl_node.attacks import apply_attack
 from fl_node.data import LocalData
 from fl_node.trainer import LocalTrainer, TrainResult

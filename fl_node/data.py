@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.dataspec import IMAGE, DataSpec
-from common.disclosure import DisclosurePolicy
-from common.safe_json import SOCKETIO_MAX_BYTES, dumps_standard
-from common.tabular import MAX_COLUMNS, SchemaError, encode_frame, local_statistics
+from common.data.dataspec import IMAGE, DataSpec
+from common.data.disclosure import DisclosurePolicy
+from common.data.tabular import MAX_COLUMNS, SchemaError, encode_frame, local_statistics
+from common.wire.safe_json import SOCKETIO_MAX_BYTES, dumps_standard
 
 logger = logging.getLogger(__name__)
 MAX_STATISTICS_BYTES = SOCKETIO_MAX_BYTES - 64 * 1024  # room for the Socket.IO framing of the reply

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from common.model_budget import DEFAULT_MAX_MODEL_PARAMS, check_parameter_budget, estimate_parameters
-from common.models import MAX_ARCHITECTURE_BYTES, compile_model, model_from_architecture
-from common.protocol import TrainConfig
-from common.safe_json import loads_untrusted
+from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS, check_parameter_budget, estimate_parameters
+from common.ml.models import MAX_ARCHITECTURE_BYTES, compile_model, model_from_architecture
+from common.wire.protocol import TrainConfig
+from common.wire.safe_json import loads_untrusted
 from fl_node.proximal import ProximalLoop
 
 logger = logging.getLogger(__name__)

@@ -21,9 +21,10 @@ import numpy as np
 import socketio
 from aiohttp import web
 
-from common import kafka_io
-from common.integrity import ConnectVerifier
-from common.protocol import (
+from common.ratelog import RateLimitedLog
+from common.transport import kafka_io
+from common.wire.integrity import ConnectVerifier
+from common.wire.protocol import (
     KIND_MODEL,
     SERVER_SENDER_ID,
     Hello,
@@ -34,8 +35,7 @@ from common.protocol import (
     UpdateAck,
     split_weights,
 )
-from common.ratelog import RateLimitedLog
-from common.safe_json import MALFORMED_EVENT, SocketIOJson
+from common.wire.safe_json import MALFORMED_EVENT, SocketIOJson
 from fl_server.admission import DEFAULT_HANDSHAKE_TIMEOUT_S, Admission
 from fl_server.collector import InspectedRecord
 from fl_server.coordinator import Coordinator
@@ -93,7 +93,7 @@ class GuardedAsyncServer(socketio.AsyncServer):
 class SocketIOFrontend:
     """Socket.IO event handlers: connect (hello), disconnect, fl_update; anything else is logged and dropped.
 
-    With a ``verifier`` every connect must carry a fresh proof of the node's key (``common.integrity``);
+    With a ``verifier`` every connect must carry a fresh proof of the node's key (``common.wire.integrity``);
     without one (``--allow-unauthenticated``) any well-formed hello is let in."""
 
     def __init__(self, registry: NodeRegistry, verifier: ConnectVerifier | None = None, *,
@@ -108,7 +108,7 @@ class SocketIOFrontend:
         self.coordinator: Coordinator | None = None
         self.refused_by_reason: Counter[str] = Counter()
         self.refusals: dict[str, str] = {}
-        self.malformed_by_reason: Counter[str] = Counter()  # packets whose JSON was unfit (common.safe_json)
+        self.malformed_by_reason: Counter[str] = Counter()  # packets whose JSON was unfit (common.wire.safe_json)
         self._tasks: set[Any] = set()  # background emits, referenced until done
         self._log = RateLimitedLog(logger)  # anything a client can repeat is logged through this
         # Every packet's JSON is parsed by SocketIOJson: size, depth and number limits, never an exception.

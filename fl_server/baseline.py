@@ -42,11 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_baseline(args: argparse.Namespace) -> Path:
-    from common.datasets import ImageData, load_builtin, read_csv
-    from common.dataspec import DataSpec
-    from common.models import build_model, compile_model, compile_spec
-    from common.tabular import encode_frame, local_statistics, merge_statistics
-    from common.tf_setup import configure_tensorflow
+    from common.data.datasets import ImageData, load_builtin, read_csv
+    from common.data.dataspec import DataSpec
+    from common.data.tabular import encode_frame, local_statistics, merge_statistics
+    from common.ml.models import build_model, compile_model, compile_spec
+    from common.ml.tf_setup import configure_tensorflow
 
     configure_tensorflow()
     categorical = [c for c in (args.categorical or "").split(",") if c]

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from common.codec import ALLOWED_DTYPES, CodecError, decode_array, encode_array, weights_digest
-from common.safe_json import MiB, read_json_file
+from common.wire.codec import ALLOWED_DTYPES, CodecError, decode_array, encode_array, weights_digest
+from common.wire.safe_json import MiB, read_json_file
 from fl_server.history import MAX_HISTORY_BYTES, utc_now, write_json_atomic
 
 CHECKPOINT_FORMAT = "fl-checkpoint/1"

@@ -15,7 +15,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from common import kafka_io
 from common.config import (
     add_common_options,
     add_disclosure_options,
@@ -29,10 +28,11 @@ from common.config import (
     setup_logging,
 )
 from common.config_file import config_template, log_settings, parse_with_config
-from common.integrity import ConnectVerifier, KeyRegistry
-from common.kafka_security import KafkaSecurity, add_kafka_security_options
-from common.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, SESSION_ID_PATTERN, TrainConfig
-from common.tls import add_tls_server_options, tls_server_context_from_args
+from common.transport import kafka_io
+from common.transport.kafka_security import KafkaSecurity, add_kafka_security_options
+from common.transport.tls import add_tls_server_options, tls_server_context_from_args
+from common.wire.integrity import ConnectVerifier, KeyRegistry
+from common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, SESSION_ID_PATTERN, TrainConfig
 from fl_server.app import Endpoints, KafkaPlane, SocketIOFrontend, final_model_path, serve_socketio
 from fl_server.checkpoint import Checkpoint, CheckpointError, checkpoint_path, load_checkpoint_for
 from fl_server.collector import inspect_record
@@ -189,9 +189,9 @@ def open_history(args: argparse.Namespace, session_id: str, checkpoint: Checkpoi
 
 async def run_session(args: argparse.Namespace) -> Path:
     """Run one session end to end (or the rest of one, with --resume); returns the history file path."""
-    from common.dataspec import DataSpec
-    from common.models import build_model, compile_model, compile_spec, model_from_architecture
-    from common.tf_setup import configure_tensorflow
+    from common.data.dataspec import DataSpec
+    from common.ml.models import build_model, compile_model, compile_spec, model_from_architecture
+    from common.ml.tf_setup import configure_tensorflow
     from fl_server.data import resolve_server_data
     from fl_server.evaluation import KerasHoldout
 

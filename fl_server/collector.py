@@ -41,10 +41,11 @@ from functools import partial
 
 import numpy as np
 
-from common.assembly import WeightAssembler
-from common.codec import ArraySpec
-from common.integrity import KeyRegistry, check_headers_match, value_digest
-from common.protocol import (
+from common.ratelog import RateLimitedLog
+from common.wire.assembly import WeightAssembler
+from common.wire.codec import ArraySpec
+from common.wire.integrity import KeyRegistry, check_headers_match, value_digest
+from common.wire.protocol import (
     KIND_UPDATE,
     MAX_RECORD_BYTES,
     NodeRefusal,
@@ -54,7 +55,6 @@ from common.protocol import (
     WeightChunk,
     decode_chunk,
 )
-from common.ratelog import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 rejections_log = RateLimitedLog(logger)  # one per process: a flood of bad records is a few lines and a count

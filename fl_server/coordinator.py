@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from common.codec import ArraySpec, weights_digest
-from common.integrity import KeyRegistry
-from common.protocol import (
+from common.wire.codec import ArraySpec, weights_digest
+from common.wire.integrity import KeyRegistry
+from common.wire.protocol import (
     MAX_RECORD_BYTES,
     EndSession,
     ModelMessage,

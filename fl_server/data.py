@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from common.datasets import ImageData, load_builtin, read_csv
-from common.dataspec import DataSpec
-from common.errors import ProtocolError
-from common.safe_json import MiB, read_json_file
-from common.tabular import Schema, SchemaError, encode_frame, merge_statistics, parse_statistics
+from common.data.datasets import ImageData, load_builtin, read_csv
+from common.data.dataspec import DataSpec
+from common.data.tabular import Schema, SchemaError, encode_frame, merge_statistics, parse_statistics
+from common.wire.errors import ProtocolError
+from common.wire.safe_json import MiB, read_json_file
 
 logger = logging.getLogger(__name__)
 

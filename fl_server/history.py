@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config_file import SECRET_SETTINGS
-from common.safe_json import finite_or_null
+from common.wire.safe_json import finite_or_null
 
 HISTORY_FORMAT = "fl-history/1"
 MAX_HISTORY_BYTES = 512 * 1024 * 1024

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from common.config import add_logging_options, setup_logging
-from common.errors import ProtocolError
-from common.safe_json import read_json_file
+from common.wire.errors import ProtocolError
+from common.wire.safe_json import read_json_file
 from fl_server.history import HISTORY_FORMAT, MAX_HISTORY_BYTES
 
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from common.config import add_flag, add_logging_options, setup_logging
-from common.integrity import KeyRegistry, new_key, write_secret
-from common.protocol import ProtocolError, check_node_id
+from common.wire.integrity import KeyRegistry, new_key, write_secret
+from common.wire.protocol import ProtocolError, check_node_id
 
 logger = logging.getLogger("fl_keys")
 

@@ -7,8 +7,8 @@ import engineio
 import pytest
 import socketio
 
-from common.integrity import ConnectVerifier, KeyRegistry, connect_proof
-from common.protocol import Hello
+from common.wire.integrity import ConnectVerifier, KeyRegistry, connect_proof
+from common.wire.protocol import Hello
 from fl_server.admission import Admission
 from fl_server.app import SocketIOFrontend, serve_socketio
 from fl_server.registry import NodeRegistry

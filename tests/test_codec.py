@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from common.codec import ArraySpec, CodecError, array_from_bytes, array_to_bytes, decode_array, encode_array
+from common.wire.codec import ArraySpec, CodecError, array_from_bytes, array_to_bytes, decode_array, encode_array
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ import pickle
 import numpy as np
 import pytest
 
-from common.codec import ArraySpec
-from common.integrity import KeyRegistry, record_mac, signed_headers
-from common.protocol import KIND_MODEL, KIND_UPDATE, RawRecord, UpdateAck, encode_chunk, split_weights
+from common.wire.codec import ArraySpec
+from common.wire.integrity import KeyRegistry, record_mac, signed_headers
+from common.wire.protocol import KIND_MODEL, KIND_UPDATE, RawRecord, UpdateAck, encode_chunk, split_weights
 from fl_server.collector import RoundCollector, update_norm
 
 MODEL = [np.zeros((4, 3), np.float32), np.zeros(3, np.float32)]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.protocol import (
+from common.wire.protocol import (
     KIND_UPDATE,
     ModelRef,
     NodeRefusal,

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.disclosure import DisclosurePolicy, normalise_category
-from common.tabular import encode_frame, local_statistics, merge_statistics
+from common.data.disclosure import DisclosurePolicy, normalise_category
+from common.data.tabular import encode_frame, local_statistics, merge_statistics
 from fl_node.data import LocalData
 
 ROWS = 60

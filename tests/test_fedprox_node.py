@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from common.protocol import TrainConfig
+from common.wire.protocol import TrainConfig
 from fl_node.trainer import LocalTrainer
 
 

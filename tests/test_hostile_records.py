@@ -9,9 +9,17 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from common.codec import ArraySpec
-from common.integrity import KeyRegistry, signed_headers
-from common.protocol import KIND_UPDATE, ProtocolError, RawRecord, UpdateAck, decode_chunk, encode_chunk, split_weights
+from common.wire.codec import ArraySpec
+from common.wire.integrity import KeyRegistry, signed_headers
+from common.wire.protocol import (
+    KIND_UPDATE,
+    ProtocolError,
+    RawRecord,
+    UpdateAck,
+    decode_chunk,
+    encode_chunk,
+    split_weights,
+)
 from fl_server.collector import RoundCollector
 from fl_server.strategies import FedAvg
 

@@ -3,8 +3,8 @@ import stat
 
 import pytest
 
-from common.integrity import ConnectVerifier, KeyRegistry, connect_proof, read_key_file
-from common.protocol import ProtocolError
+from common.wire.integrity import ConnectVerifier, KeyRegistry, connect_proof, read_key_file
+from common.wire.protocol import ProtocolError
 from fl_server.keys_cli import create_keys, main
 
 KEY = b"k" * 32
@@ -122,7 +122,7 @@ def test_out_of_range_proof_fields_are_bad_proofs_not_crashes(auth):
 
 
 def test_ids_with_a_trailing_newline_are_refused():
-    from common.protocol import check_node_id, check_session_id
+    from common.wire.protocol import check_node_id, check_session_id
 
     for check in (check_node_id, check_session_id):
         with pytest.raises(ProtocolError):

@@ -2,7 +2,7 @@
 
 import logging
 
-from common import kafka_io
+from common.transport import kafka_io
 
 
 def test_the_native_crc32c_is_in_use():
@@ -15,6 +15,6 @@ def test_the_native_crc32c_is_in_use():
 
 def test_a_missing_native_crc32c_is_a_warning_at_start_up(monkeypatch, caplog):
     monkeypatch.setattr(kafka_io, "native_crc32c", lambda: False)
-    with caplog.at_level(logging.WARNING, logger="common.kafka_io"):
+    with caplog.at_level(logging.WARNING, logger="common.transport.kafka_io"):
         kafka_io.log_crc32c_implementation()
     assert [r.levelno for r in caplog.records] == [logging.WARNING]

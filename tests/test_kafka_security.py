@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from common.kafka_security import PASSWORD_ENV, KafkaSecurity, Secret, add_kafka_security_options
+from common.transport.kafka_security import PASSWORD_ENV, KafkaSecurity, Secret, add_kafka_security_options
 
 PASSWORD = "hunter2-s3cret"
 

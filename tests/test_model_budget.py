@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from common.model_budget import ModelTooLarge, estimate_parameters
-from common.models import build_model
+from common.ml.model_budget import ModelTooLarge, estimate_parameters
+from common.ml.models import build_model
 from fl_node.trainer import LocalTrainer
 
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from common.codec import weights_digest
-from common.kafka_io import fetch_weights
-from common.protocol import KIND_MODEL, ModelRef, ProtocolError, encode_chunk, split_weights
+from common.transport.kafka_io import fetch_weights
+from common.wire.codec import weights_digest
+from common.wire.protocol import KIND_MODEL, ModelRef, ProtocolError, encode_chunk, split_weights
 
 MODEL = [np.arange(40, dtype=np.float32).reshape(5, 8), np.ones(8, np.float32)]
 

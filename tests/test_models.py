@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from common.models import build_model, model_from_architecture, parse_model_name
+from common.ml.models import build_model, model_from_architecture, parse_model_name
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from unittest.mock import AsyncMock
 import numpy as np
 import pytest
 
-from common.dataspec import DataSpec
-from common.protocol import ModelMessage, ModelRef, StartRound, TrainConfig
+from common.data.dataspec import DataSpec
+from common.wire.protocol import ModelMessage, ModelRef, StartRound, TrainConfig
 from fl_node.client import FederatedNode, NodeSettings
 from fl_node.data import LocalData
 from fl_node.trainer import TrainResult

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from common.protocol import ProtocolError, UpdateAck
-from common.safe_json import SocketIOJson, finite_or_null
+from common.wire.protocol import ProtocolError, UpdateAck
+from common.wire.safe_json import SocketIOJson, finite_or_null
 from fl_server.history import write_json_atomic
 
 

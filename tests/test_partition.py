@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from common.partition import dominant_class_share, holdout_split, iid_partition, parse_partition, partition
+from common.data.partition import dominant_class_share, holdout_split, iid_partition, parse_partition, partition
 
 
 def test_iid_partition_is_disjoint_complete_and_reproducible():

@@ -4,9 +4,9 @@ import pickle
 import numpy as np
 import pytest
 
-from common.assembly import WeightAssembler
-from common.codec import ArraySpec
-from common.protocol import (
+from common.wire.assembly import WeightAssembler
+from common.wire.codec import ArraySpec
+from common.wire.protocol import (
     KIND_UPDATE,
     Hello,
     ProtocolError,

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common.integrity import _encode_fields, connect_proof, read_key_file, record_mac, signed_headers
-from common.protocol import KIND_UPDATE, split_weights
+from common.wire.integrity import _encode_fields, connect_proof, read_key_file, record_mac, signed_headers
+from common.wire.protocol import KIND_UPDATE, split_weights
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
 

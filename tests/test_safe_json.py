@@ -7,9 +7,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from common.errors import ProtocolError
 from common.ratelog import RateLimitedLog
-from common.safe_json import MALFORMED_EVENT, MAX_DEPTH, SocketIOJson, loads_untrusted, read_json_file
+from common.wire.errors import ProtocolError
+from common.wire.safe_json import MALFORMED_EVENT, MAX_DEPTH, SocketIOJson, loads_untrusted, read_json_file
 
 DEEP = "[" * 100_000 + "]" * 100_000
 

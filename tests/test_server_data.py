@@ -1,7 +1,7 @@
 """The server's data: a node answering the statistics request with garbage is ignored, not fatal."""
 
-from common.datasets import load_builtin
-from common.tabular import local_statistics
+from common.data.datasets import load_builtin
+from common.data.tabular import local_statistics
 from fl_server.data import resolve_server_data
 
 

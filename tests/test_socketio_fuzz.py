@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from common import PROTOCOL_VERSION
-from common.integrity import CONNECT_SKEW_S, ConnectVerifier, KeyRegistry, connect_proof
-from common.protocol import Hello, NodeRefusal, UpdateAck, check_node_id
+from common.wire.integrity import CONNECT_SKEW_S, ConnectVerifier, KeyRegistry, connect_proof
+from common.wire.protocol import Hello, NodeRefusal, UpdateAck, check_node_id
 from fl_server.app import SocketIOFrontend, serve_socketio
 from fl_server.coordinator import Coordinator
 from fl_server.registry import NodeInfo, NodeRegistry

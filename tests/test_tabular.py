@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from common.disclosure import DisclosurePolicy
-from common.tabular import (
+from common.data.disclosure import DisclosurePolicy
+from common.data.tabular import (
     CATEGORICAL,
     NUMERIC,
     Schema,

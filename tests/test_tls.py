@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from common.tls import (
+from common.transport.tls import (
     CertificateProblem,
     add_tls_client_options,
     add_tls_server_options,
@@ -167,7 +167,7 @@ async def test_plain_http_to_the_tls_port_fails(tls_port):
 
 
 async def test_insecure_client_connects_without_verification_and_warns(tls_port, caplog):
-    with caplog.at_level(logging.WARNING, logger="common.tls"):
+    with caplog.at_level(logging.WARNING, logger="common.transport.tls"):
         context = client_ssl_context(None, insecure=True)
     assert "verification is OFF" in caplog.text
     assert await connect_and_echo(f"https://127.0.0.1:{tls_port}", context) == {"echo": {"round": 1}}

@@ -6,8 +6,8 @@ two fresh compiles give. And the traced train function must survive from round t
 import numpy as np
 import pytest
 
-from common.models import compile_model, model_from_architecture
-from common.protocol import TrainConfig
+from common.ml.models import compile_model, model_from_architecture
+from common.wire.protocol import TrainConfig
 from fl_node.trainer import LocalTrainer
 
 

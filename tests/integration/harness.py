@@ -21,10 +21,10 @@ import numpy as np
 import socketio
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from common.assembly import WeightAssembler
-from common.integrity import KeyRegistry, check_headers_match, connect_proof, signed_headers
-from common.kafka_io import fetch_weights, make_consumer
-from common.protocol import (
+from common.transport.kafka_io import fetch_weights, make_consumer
+from common.wire.assembly import WeightAssembler
+from common.wire.integrity import KeyRegistry, check_headers_match, connect_proof, signed_headers
+from common.wire.protocol import (
     KIND_UPDATE,
     Hello,
     ProtocolError,

@@ -17,9 +17,9 @@ import pytest
 import socketio
 from kafka import KafkaAdminClient, KafkaProducer
 
-from common.codec import weights_digest
-from common.integrity import signed_headers
-from common.protocol import KIND_MODEL, KIND_UPDATE, Hello, RawRecord, encode_chunk, split_weights
+from common.wire.codec import weights_digest
+from common.wire.integrity import signed_headers
+from common.wire.protocol import KIND_MODEL, KIND_UPDATE, Hello, RawRecord, encode_chunk, split_weights
 from fl_server.strategies import weighted_average
 from tests.integration.harness import (
     Federation,
@@ -148,7 +148,7 @@ def hostile_batch(mallory: Mallory, start, model: list[np.ndarray], federation: 
 
     def signed_as_n9(value: bytes) -> RawRecord:
         good = n9()
-        from common.integrity import MAC_HEADER, record_mac
+        from common.wire.integrity import MAC_HEADER, record_mac
 
         mac = record_mac(federation.keys.key_of("n9"), kind="update", session_id=start.session_id,
                          server_round=start.server_round, node_id="n9", record_key=b"n9", value=value)

@@ -8,7 +8,7 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
-from common.kafka_security import KafkaSecurity
+from common.transport.kafka_security import KafkaSecurity
 from tests.integration.harness import LocalBroker
 
 USER, PASSWORD = "fl-node", "fl-node-secret"

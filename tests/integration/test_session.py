@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.protocol import KIND_MODEL, KIND_UPDATE
+from common.wire.protocol import KIND_MODEL, KIND_UPDATE
 from fl_server.strategies import weighted_average
 from tests.integration.harness import Federation, read_weights
 from tests.integration.history_tools import check_history_tools

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.codec import ArraySpec, CodecError, array_from_bytes
-from common.protocol import ProtocolError, WeightChunk
+from common.wire.codec import ArraySpec, CodecError, array_from_bytes
+from common.wire.protocol import ProtocolError, WeightChunk
 
 
 class WeightAssembler:

@@ -25,7 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from common.errors import ProtocolError
+from common.wire.errors import ProtocolError
 
 MAX_INT_DIGITS = 64  # protocol integers are < 2**63 (19 digits); statistics counts are far smaller
 MAX_DEPTH = 32  # our deepest message (a statistics reply) nests 5 levels

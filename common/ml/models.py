@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from common.plugins import is_import_path, load_object
-from common.safe_json import MiB, loads_untrusted
+from common.wire.safe_json import MiB, loads_untrusted
 
 ALLOWED_OPTIMIZERS = ("adam", "sgd")
 ALLOWED_LOSSES = ("sparse_categorical_crossentropy",)

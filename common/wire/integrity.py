@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from common.protocol import ProtocolError, WeightChunk, check_node_id
-from common.safe_json import MiB, read_json_file
+from common.wire.protocol import ProtocolError, WeightChunk, check_node_id
+from common.wire.safe_json import MiB, read_json_file
 
 KEY_BYTES = 32
 KEYS_FORMAT = "fl-keys/1"

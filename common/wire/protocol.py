@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from common import PROTOCOL_VERSION
-from common.codec import ArraySpec, CodecError, array_to_bytes, b64decode, b64encode, validate_spec
-from common.errors import ProtocolError
-from common.safe_json import loads_untrusted
+from common.wire.codec import ArraySpec, CodecError, array_to_bytes, b64decode, b64encode, validate_spec
+from common.wire.errors import ProtocolError
+from common.wire.safe_json import loads_untrusted
 
 KIND_UPDATE = "update"
 KIND_MODEL = "model"
@@ -335,7 +335,7 @@ def _is_sha256_hex(value: object) -> bool:
 @dataclass(frozen=True)
 class ModelMessage:
     """The global model as the server announces it: architecture, compile settings, weights reference,
-    and the data spec (``common.dataspec``: tabular schema or image shape) every node encodes its data with."""
+    and the data spec (``common.data.dataspec``: tabular schema or image shape) every node encodes its data with."""
 
     architecture: str
     compile: dict[str, Any]

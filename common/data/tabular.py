@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.disclosure import (
+from common.data.disclosure import (
     DEFAULT_MAX_CATEGORIES,
     DisclosurePolicy,
     k_anonymous,
@@ -213,7 +213,7 @@ def encode_frame(frame: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.nd
 def local_statistics(frame: pd.DataFrame, target: str, categorical: Iterable[str] = (),
                      policy: DisclosurePolicy | None = None) -> dict[str, Any]:
     """What a node shares to build the schema: counts, sums, sums of squares, and the value counts that
-    ``policy`` lets out (``common.disclosure``). No rows, no identifiers, no value held by fewer than k rows.
+    ``policy`` lets out (``common.data.disclosure``). No rows, no identifiers, no value held by fewer than k rows.
 
     ``withheld`` names the columns left out and why (column names are the schema's business; their
     values are not), so the server can say why a column is not in the schema."""

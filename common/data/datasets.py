@@ -1,7 +1,7 @@
 """Built-in datasets and local data loading.
 
 Tabular datasets are pandas frames with a target column; they go through the federation's schema
-(``common.tabular``) like any user's CSV. Image datasets are arrays with a fixed scale. Every
+(``common.data.tabular``) like any user's CSV. Image datasets are arrays with a fixed scale. Every
 built-in has a deterministic stratified holdout split that only the server evaluates on; nodes share
 out the remaining training rows.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.partition import holdout_split, partition
+from common.data.partition import holdout_split, partition
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from common.assembly import WeightAssembler
-from common.codec import weights_digest
-from common.model_budget import check_parameter_budget
-from common.protocol import ModelRef, ProtocolError, RawRecord, WeightChunk, decode_chunk, encode_chunk
+from common.ml.model_budget import check_parameter_budget
 from common.ratelog import RateLimitedLog
+from common.wire.assembly import WeightAssembler
+from common.wire.codec import weights_digest
+from common.wire.protocol import ModelRef, ProtocolError, RawRecord, WeightChunk, decode_chunk, encode_chunk
 
 logger = logging.getLogger(__name__)
 foreign_records_log = RateLimitedLog(logger)  # anyone who can write the models topic can repeat these
@@ -29,7 +29,7 @@ foreign_records_log = RateLimitedLog(logger)  # anyone who can write the models 
 SEND_TIMEOUT_S = 60.0
 
 
-ClientConfig = dict[str, Any]  # extra kafka-python settings (SSL/SASL: see common.kafka_security)
+ClientConfig = dict[str, Any]  # extra kafka-python settings (SSL/SASL: see common.transport.kafka_security)
 Signer = Callable[[WeightChunk, bytes], list[tuple[str, bytes]]]
 
 
@@ -113,7 +113,7 @@ def publish_chunks(producer: KafkaProducer, topic: str, chunks: Iterable[WeightC
                    digests: list[str] | None = None) -> list[tuple[int, int]]:
     """Send chunks keyed by sender (one partition, in order); return (partition, offset) of each once acked.
 
-    ``sign(chunk, value)`` returns the record's headers (``common.integrity.signed_headers``); ``digests``, if
+    ``sign(chunk, value)`` returns the record's headers (``common.wire.integrity.signed_headers``); ``digests``, if
     given, receives the SHA-256 (hex) of each value sent, in order."""
     futures = []
     for chunk in chunks:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common.tabular import Schema, SchemaError
+from common.data.tabular import Schema, SchemaError
 
 TABULAR = "tabular"
 IMAGE = "image"

@@ -1,0 +1,1 @@
+"""Keras models: builders, compile settings, TensorFlow set-up, the model size budget."""
