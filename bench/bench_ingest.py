@@ -38,13 +38,13 @@ from common.transport import kafka_io
 from common.wire.codec import b64decode
 from common.wire.integrity import KeyRegistry, signed_headers
 from common.wire.protocol import KIND_UPDATE, ModelRef, StartRound, TrainConfig, UpdateAck, encode_chunk, split_weights
-from fl_server.app import Endpoints, KafkaPlane
 from fl_server.collector import inspect_record
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
 from fl_server.history import SessionHistory
 from fl_server.inbox import Inbox
 from fl_server.registry import NodeInfo, NodeRegistry
 from fl_server.strategies import FedAvg
+from fl_server.transport.kafka import Endpoints, KafkaPlane
 
 MB = 1024 * 1024
 SESSION = "bench"
@@ -96,7 +96,7 @@ async def server_ingest(kafka: str, topic: str, keys: dict[str, bytes], model_mb
     coordinator = Coordinator(settings=settings, registry=registry, strategy=FedAvg(),
                               model=GlobalModel("{}", {}, template, {}), evaluate=lambda r, w: {},
                               publish_model=publish_model, emit=emit,
-                              history=SessionHistory(Path("/tmp"), f"bench-{uuid.uuid4().hex[:6]}", {}),
+                              history=SessionHistory.create(Path("/tmp"), f"bench-{uuid.uuid4().hex[:6]}", {}),
                               keys=registry_keys, inbox=inbox)
     await plane.start(inbox, lambda record: inspect_record(record, keys=registry_keys, max_record_bytes=2 * MB))
     started = time.perf_counter()  # the consumer is positioned: from here on it reads

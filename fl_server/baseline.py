@@ -12,9 +12,13 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from common.config import add_logging_options, add_option, add_training_options, positive_int, setup_logging
-from fl_server.history import SessionHistory, config_from_args, utc_now
+from common.cli import UsageError, command_main
+from common.config import add_logging_options, add_option, add_training_options, positive_int
+from fl_server.config import DEFAULTS, json_ready
+from fl_server.history import SessionHistory, utc_now
+from fl_server.records import RoundRecord, RoundTimings
 
 logger = logging.getLogger("fl_baseline")
 
@@ -25,20 +29,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the federated model centrally on the pooled training data with the same epoch "
         "budget, and write its curve as a history file.",
     )
-    add_option(parser, "--dataset", default="digits", help="built-in dataset (ignored with --data)")
+    add_option(parser, "--dataset", default=DEFAULTS.dataset, help="built-in dataset (ignored with --data)")
     parser.add_argument("--data", type=Path, nargs="+", default=None,
                         help="the nodes' CSV partitions to pool (e.g. from fl-data partition); needs --holdout")
     add_option(parser, "--holdout", type=Path, default=None, help="holdout CSV (with --data)")
     add_option(parser, "--target", default=None, help="class column of --data and --holdout")
     add_option(parser, "--categorical", default=None, help="comma-separated columns to treat as categorical")
-    add_option(parser, "--model", default="mlp", help="model name, as for fl-server")
-    add_option(parser, "--rounds", type=positive_int, default=5, help="rounds of the federated run to match")
+    add_option(parser, "--model", default=DEFAULTS.model, help="model name, as for fl-server")
+    add_option(parser, "--rounds", type=positive_int, default=DEFAULTS.rounds,
+               help="rounds of the federated run to match")
     add_training_options(parser)
-    add_option(parser, "--seed", type=int, default=42, help="seed of the holdout split and initial weights")
-    add_option(parser, "--history-dir", type=Path, default=Path("history"), help="where the history JSON goes")
+    add_option(parser, "--seed", type=int, default=DEFAULTS.seed,
+               help="seed of the holdout split and initial weights")
+    add_option(parser, "--history-dir", type=Path, default=DEFAULTS.history_dir, help="where the history JSON goes")
     add_option(parser, "--session-id", default=None, help="history file name (default: baseline-<time>)")
     add_logging_options(parser)
     return parser
+
+
+# What the history's config records (everything: fl-baseline has no secrets, but the list is explicit).
+BASELINE_SETTINGS = ("dataset", "data", "holdout", "target", "categorical", "model", "rounds", "epochs", "batch_size",
+                     "learning_rate", "optimizer", "seed", "history_dir", "session_id", "log_level", "quiet")
+
+
+def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    if args.data and not (args.holdout and args.target):
+        raise UsageError("--data needs --holdout and --target")
+    return args
 
 
 def run_baseline(args: argparse.Namespace) -> Path:
@@ -51,8 +68,6 @@ def run_baseline(args: argparse.Namespace) -> Path:
     configure_tensorflow()
     categorical = [c for c in (args.categorical or "").split(",") if c]
     if args.data:
-        if not (args.holdout and args.target):
-            raise ValueError("--data needs --holdout and --target")
         import pandas as pd
 
         train, holdout, target = pd.concat([read_csv(p) for p in args.data]), read_csv(args.holdout), args.target
@@ -74,47 +89,45 @@ def run_baseline(args: argparse.Namespace) -> Path:
     model = build_model(args.model, spec.input_shape, spec.num_classes, seed=args.seed)
     compile_model(model, compile_spec(args.optimizer, args.learning_rate))
     session_id = args.session_id or "baseline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    config = config_from_args(args)
-    config.update(kind="central_baseline", num_holdout=len(y_holdout),
-                  num_parameters=int(model.count_params()))
-    history = SessionHistory(args.history_dir, session_id, config)
-    num_samples = len(y_train)
+    config = {name: json_ready(getattr(args, name)) for name in BASELINE_SETTINGS}
+    config.update(kind="central_baseline", num_holdout=len(y_holdout), num_parameters=int(model.count_params()))
+    history = SessionHistory.create(args.history_dir, session_id, config)
     for server_round in range(1, args.rounds + 1):
-        started_at, t0 = utc_now(), time.perf_counter()
-        fit = model.fit(x_train, y_train, epochs=args.epochs, batch_size=args.batch_size,
-                        shuffle=True, verbose=0)
-        train_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        scores = model.evaluate(x_holdout, y_holdout, verbose=0, return_dict=True)
-        evaluate_s = time.perf_counter() - t1
-        holdout_metrics = {k: float(v) for k, v in scores.items()}
-        history.add_round({
-            "round": server_round, "status": "completed", "started_at": started_at, "ended_at": utc_now(),
-            "participants": ["central"], "accepted": ["central"], "num_samples": {"central": num_samples},
-            "timed_out": False,
-            "train": {"loss": float(fit.history["loss"][-1]),
-                      "per_node": {"central": {k: float(v[-1]) for k, v in fit.history.items()}}},
-            "holdout": holdout_metrics,
-            "timings_s": {"train": round(train_s, 4), "transport": 0.0, "aggregate": 0.0,
-                          "evaluate": round(evaluate_s, 4), "total": round(time.perf_counter() - t0, 4)},
-            "rejected_updates": 0, "rejected_updates_by_reason": {}, "duplicates": 0,
-        })
+        history.add_round(train_round(model, server_round, args, (x_train, y_train), (x_holdout, y_holdout)))
+        history.save()
+        holdout_metrics = history.rounds[-1]["holdout"]
         logger.info("baseline round %d: holdout %s", server_round,
                     " ".join(f"{k}={v:.4f}" for k, v in holdout_metrics.items()))
     history.finish("completed")
     return history.path
 
 
+def train_round(model: Any, server_round: int, args: argparse.Namespace, train: tuple[Any, Any],
+                holdout: tuple[Any, Any]) -> RoundRecord:
+    """One "round" of central training: ``--epochs`` over the pooled data, then the holdout evaluation."""
+    started_at, t0 = utc_now(), time.perf_counter()
+    fit = model.fit(*train, epochs=args.epochs, batch_size=args.batch_size, shuffle=True, verbose=0)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    scores = model.evaluate(*holdout, verbose=0, return_dict=True)
+    evaluate_s = time.perf_counter() - t1
+    num_samples = len(train[1])
+    return RoundRecord(
+        server_round=server_round, status="completed", started_at=started_at, ended_at=utc_now(),
+        participants=["central"], accepted=["central"], num_samples={"central": num_samples},
+        train_loss=float(fit.history["loss"][-1]),
+        train_per_node={"central": {k: float(v[-1]) for k, v in fit.history.items()}},
+        holdout={k: float(v) for k, v in scores.items()},
+        timings=RoundTimings(train=train_s, evaluate=evaluate_s, total=time.perf_counter() - t0),
+        connected=1, required_updates=1,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.quiet)
-    try:
-        path = run_baseline(args)
-    except (ValueError, OSError) as exc:
-        logger.error("%s", exc)
-        return 1
-    sys.stdout.write(f"{path}\n")
-    return 0
+    def run(args: argparse.Namespace) -> None:
+        sys.stdout.write(f"{run_baseline(args)}\n")
+
+    return command_main(build_parser(), argv, prepare=check_arguments, run=run)
 
 
 if __name__ == "__main__":

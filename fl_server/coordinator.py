@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,7 +25,6 @@ import numpy as np
 from common.wire.codec import ArraySpec, weights_digest
 from common.wire.integrity import KeyRegistry
 from common.wire.protocol import (
-    MAX_RECORD_BYTES,
     EndSession,
     ModelMessage,
     ModelRef,
@@ -45,8 +43,10 @@ from fl_server.collector import (
     assemble_update,
     inspect_record,
 )
+from fl_server.config import DEFAULTS, ServerConfig
 from fl_server.history import SessionHistory, utc_now
 from fl_server.inbox import Inbox
+from fl_server.records import RoundRecord, RoundTimings
 from fl_server.registry import NodeRegistry
 from fl_server.sampling import required_updates, sample_participants
 from fl_server.strategies import AggregationError, Strategy
@@ -68,15 +68,23 @@ class SessionSettings:
     min_nodes: int
     round_timeout_s: float
     train: TrainConfig
-    end_grace_s: float = 30.0
-    fraction_fit: float = 1.0
-    min_fit: int = 1
-    min_fit_fraction: float = 0.0
-    seed: int = 0
-    max_update_norm: float | None = None
-    max_record_bytes: int = MAX_RECORD_BYTES
-    min_round_nodes: int = 1  # connected nodes each round needs to start (the CLI defaults it to --min-nodes)
-    max_node_weight: float | None = None  # cap on a node's samples, as a share of the round's declared samples
+    end_grace_s: float = DEFAULTS.end_grace
+    fraction_fit: float = DEFAULTS.fraction_fit
+    min_fit: int = DEFAULTS.min_fit
+    min_fit_fraction: float = DEFAULTS.min_fit_fraction
+    seed: int = DEFAULTS.seed
+    max_update_norm: float | None = DEFAULTS.max_update_norm
+    max_record_bytes: int = DEFAULTS.max_record_bytes
+    min_round_nodes: int = 1  # connected nodes each round needs to start (ServerConfig: --min-nodes when unset)
+    max_node_weight: float | None = DEFAULTS.max_node_weight  # cap on a node's samples, as a share of the round's
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, session_id: str) -> SessionSettings:
+        return cls(session_id=session_id, rounds=config.rounds, min_nodes=config.min_nodes,
+                   round_timeout_s=config.round_timeout, train=config.train, end_grace_s=config.end_grace,
+                   fraction_fit=config.fraction_fit, min_fit=config.min_fit, min_fit_fraction=config.min_fit_fraction,
+                   seed=config.seed, max_update_norm=config.max_update_norm, max_record_bytes=config.max_record_bytes,
+                   min_round_nodes=config.effective_min_round_nodes, max_node_weight=config.max_node_weight)
 
 
 @dataclass
@@ -162,7 +170,6 @@ class Coordinator:
         self._emit = emit
         self.history = history
         self.inbox = inbox or Inbox()
-        self.rejected_total: Counter[str] = Counter()
         self._current: tuple[StartRound, RoundCollector] | None = None
 
     # ------------------------------------------------------------ inputs (event-loop thread)
@@ -199,19 +206,19 @@ class Coordinator:
         self._digest = await loop.run_in_executor(None, weights_digest, self.weights)
         if self.first_round == 1:
             initial = await loop.run_in_executor(None, self._evaluate, 0, self.weights)
-            self.history.document["initial_holdout"] = initial
+            self.history.set_initial_holdout(initial)
             logger.info("session %s: initial holdout %s", settings.session_id, _fmt(initial))
         else:
             logger.info("session %s: resuming at round %d of %d from model %s", settings.session_id,
                         self.first_round, settings.rounds, self._digest[:16])
-        await self.registry.wait_for_logged(settings.min_nodes)
         # The round boundary is pipelined: once round r's aggregate exists, round r+1 starts while round r's
         # evaluation, history record and checkpoint are finished by a task of their own. Records stay in
         # order: a round's close waits for the previous one.
         closing: asyncio.Task[None] | None = None
         try:
             for server_round in range(self.first_round, settings.rounds + 1):
-                needed = max(settings.min_round_nodes, settings.min_fit, 1)
+                gate = settings.min_nodes if server_round == self.first_round else settings.min_round_nodes
+                needed = max(gate, settings.min_fit, 1)
                 if len(self.registry) < needed:
                     logger.warning("round %d waits: %d of %d node(s) connected", server_round, len(self.registry),
                                    needed)
@@ -363,13 +370,12 @@ class Coordinator:
         evaluate_s = time.perf_counter() - t_eval
         if previous is not None:
             await previous  # the history stays in round order
-        record = self._round_record(state, holdout, evaluate_s)
-        self.rejected_total.update(state.collector.rejected)
-        self.history.rounds.append(record)
+        record = round_record(state, holdout, evaluate_s)
+        self.history.add_round(record)
         await loop.run_in_executor(None, self._persist, state)
         if self._commit is not None:
             self._commit(state.offsets)
-        logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", state.server_round, record["status"],
+        logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", state.server_round, record.status,
                     len(state.collector.completed), len(state.participants), _fmt(holdout), state.total_s)
 
     def _assemble_and_fold(self, state: RoundState, pending: PendingUpdate) -> AssembledUpdate:
@@ -406,52 +412,6 @@ class Coordinator:
             ))
         self.history.save()
 
-    @staticmethod
-    def _round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float) -> dict[str, Any]:
-        collector = state.collector
-        accepted = collector.completed
-        per_node = {node_id: dict(collector.acks[node_id].metrics) for node_id in accepted if node_id in collector.acks}
-        weighted = [(loss, accepted[n].num_samples) for n, m in per_node.items() if (loss := m.get("loss")) is not None]
-        train_loss = sum(loss * n for loss, n in weighted) / sum(n for _, n in weighted) if weighted else None
-        train_s = max((collector.acks[n].timings_s.get("train") or 0.0 for n in accepted if n in collector.acks),
-                      default=0.0)
-        return {
-            "round": state.server_round,
-            "status": "failed" if state.failure is not None else "completed",
-            "started_at": state.started_at,
-            "ended_at": utc_now(),
-            "participants": state.participants,
-            "accepted": sorted(accepted),
-            "num_samples": {n: accepted[n].num_samples for n in sorted(accepted)},
-            "timed_out": state.timed_out,
-            "missing_acks": state.missing_acks,
-            "incomplete_updates": state.incomplete,
-            "train": {"loss": train_loss, "per_node": per_node},
-            "holdout": holdout,
-            "timings_s": {
-                "train": round(train_s, 4),
-                # moving bytes (and the fastest nodes' idle time) until the last delivery; after it, the round
-                # only waited for nodes that never delivered (a timeout) or for missing acknowledgements
-                "transport": round(max(state.last_delivery_s - train_s, 0.0), 4),
-                "waiting": round(max(state.collect_s - state.last_delivery_s, 0.0), 4),
-                "aggregate": round(state.aggregate_s, 4),
-                "evaluate": round(evaluate_s, 4),  # concurrent with the next round: not part of "total"
-                "total": round(state.total_s, 4),
-            },
-            "rejected_updates": sum(collector.rejected.values()),
-            "rejected_updates_by_reason": dict(sorted(collector.rejected.items())),
-            "duplicates": collector.duplicates,
-            "refused_nodes": dict(collector.refused),
-            "failure_reason": state.failure,
-            "aggregation": state.aggregation if state.failure is None else {},
-            "connected": state.connected,
-            "required_updates": state.required,
-            "start_model_sha256": state.start_digest,
-            "model_sha256": state.model_digest,
-            "ignored_records": collector.ignored,
-            "capped_weights": {n: {"claimed": c, "used": state.sample_cap} for n, c in sorted(state.capped.items())},
-        }
-
     def _message(self, ref: ModelRef) -> ModelMessage:
         return ModelMessage(self.model.architecture, self.model.compile, ref, self.model.data)
 
@@ -475,6 +435,52 @@ class Coordinator:
                 return False
             await self.registry.wait_changed(remaining)
         return True
+
+
+def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float) -> RoundRecord:
+    """The history's record of a closed round."""
+    collector = state.collector
+    accepted = collector.completed
+    acks = {node_id: collector.acks[node_id] for node_id in accepted if node_id in collector.acks}
+    per_node = {node_id: dict(ack.metrics) for node_id, ack in acks.items()}
+    weighted = [(loss, accepted[n].num_samples) for n, m in per_node.items() if (loss := m.get("loss")) is not None]
+    train_loss = sum(loss * n for loss, n in weighted) / sum(n for _, n in weighted) if weighted else None
+    train_s = max((ack.timings_s.get("train") or 0.0 for ack in acks.values()), default=0.0)
+    failed = state.failure is not None
+    return RoundRecord(
+        server_round=state.server_round,
+        status="failed" if failed else "completed",
+        started_at=state.started_at,
+        ended_at=utc_now(),
+        participants=state.participants,
+        accepted=sorted(accepted),
+        num_samples={n: accepted[n].num_samples for n in sorted(accepted)},
+        train_loss=train_loss,
+        train_per_node=per_node,
+        holdout=holdout,
+        timings=RoundTimings(
+            train=train_s,
+            transport=max(state.last_delivery_s - train_s, 0.0),
+            waiting=max(state.collect_s - state.last_delivery_s, 0.0),
+            aggregate=state.aggregate_s,
+            evaluate=evaluate_s,
+            total=state.total_s,
+        ),
+        timed_out=state.timed_out,
+        missing_acks=state.missing_acks,
+        incomplete_updates=state.incomplete,
+        rejected_by_reason=dict(collector.rejected),
+        duplicates=collector.duplicates,
+        refused_nodes=dict(collector.refused),
+        failure_reason=state.failure,
+        aggregation={} if failed else state.aggregation,
+        connected=state.connected,
+        required_updates=state.required,
+        start_model_sha256=state.start_digest,
+        model_sha256=state.model_digest,
+        ignored_records=collector.ignored,
+        capped_weights={n: {"claimed": c, "used": state.sample_cap} for n, c in sorted(state.capped.items())},
+    )
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -1,4 +1,10 @@
-"""Round history: one JSON document per session, rewritten atomically after every round."""
+"""The session history document (``history/<session>.json``, format ``fl-history/1``) and its one writer.
+
+``SessionHistory`` owns the document: it is created with the session's settings, takes typed records
+(``fl_server.records``) for rounds, resumes and the closing totals, and rewrites the file atomically
+after every change that matters. ``load_history`` reads one back for ``fl-history`` (and anything else
+that reads them), checking the structure first so that a damaged or hostile file is one clear error.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +15,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.config_file import SECRET_SETTINGS
-from common.wire.safe_json import finite_or_null
+from common.wire.errors import ProtocolError
+from common.wire.safe_json import finite_or_null, read_json_file
+from fl_server.records import ResumeMark, RoundRecord, SessionSummary
 
 HISTORY_FORMAT = "fl-history/1"
 MAX_HISTORY_BYTES = 512 * 1024 * 1024
 
 
+class HistoryFileError(ValueError):
+    """A history file that cannot be used; the message names the file and the problem."""
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-
-
-def config_from_args(args: Any) -> dict[str, Any]:
-    """The command-line settings of a run, JSON-ready, for the history's ``config`` (secrets left out)."""
-    return {k: json_ready(v) for k, v in vars(args).items() if k not in SECRET_SETTINGS and k != "print_config"}
-
-
-def json_ready(value: Any) -> Any:
-    """Paths as text, tuples and sets as lists, at any depth (``fl-baseline --data a.csv b.csv`` is a list)."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [json_ready(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): json_ready(v) for k, v in value.items()}
-    return value
 
 
 def write_json_atomic(path: Path, document: Any) -> None:
@@ -61,11 +54,16 @@ def write_json_atomic(path: Path, document: Any) -> None:
 
 
 class SessionHistory:
-    """The history document of one session and where it lives."""
+    """The history document of one session and where it lives; the only code that changes the document."""
 
-    def __init__(self, directory: Path, session_id: str, config: dict[str, Any]) -> None:
-        self.path = Path(directory) / f"{session_id}.json"
-        self.document: dict[str, Any] = {
+    def __init__(self, path: Path, document: dict[str, Any]) -> None:
+        self.path = Path(path)
+        self.document = document
+
+    @classmethod
+    def create(cls, directory: Path, session_id: str, config: dict[str, Any]) -> SessionHistory:
+        """A new session's history (not written until ``save``)."""
+        return cls(Path(directory) / f"{session_id}.json", {
             "format": HISTORY_FORMAT,
             "session_id": session_id,
             "config": config,
@@ -73,30 +71,111 @@ class SessionHistory:
             "finished_at": None,
             "status": "running",
             "rounds": [],
-        }
+        })
 
     @classmethod
-    def restore(cls, path: Path, document: dict[str, Any]) -> SessionHistory:
-        """The history of a session being resumed (the document comes from its checkpoint)."""
-        history = cls.__new__(cls)
-        history.path = Path(path)
-        history.document = document
+    def resumed(cls, path: Path, document: dict[str, Any], mark: ResumeMark) -> SessionHistory:
+        """The history of a session picked up again (``document`` comes from its checkpoint)."""
+        history = cls(path, document)
+        document.setdefault("resumes", []).append(mark.to_wire())
+        document.update(status="running", finished_at=None)
         return history
 
     @property
+    def session_id(self) -> str:
+        return str(self.document["session_id"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        config: dict[str, Any] = self.document["config"]
+        return config
+
+    @property
     def rounds(self) -> list[dict[str, Any]]:
+        """The rounds as written (read-only use; add rounds with ``add_round``)."""
         rounds: list[dict[str, Any]] = self.document["rounds"]
         return rounds
 
-    def add_round(self, record: dict[str, Any]) -> None:
-        self.rounds.append(record)
-        self.save()
+    def round_records(self) -> list[RoundRecord]:
+        return [RoundRecord.from_wire(r) for r in self.rounds]
 
-    def finish(self, status: str = "completed", **extra: Any) -> None:
+    def describe(self, **facts: Any) -> None:
+        """Facts about the session learned after it started (data, model size), kept with its settings."""
+        self.config.update(facts)
+
+    def set_initial_holdout(self, metrics: dict[str, float]) -> None:
+        self.document["initial_holdout"] = metrics
+
+    def add_round(self, record: RoundRecord) -> None:
+        """Append a round (in memory: the caller saves, after its checkpoint)."""
+        self.rounds.append(record.to_wire())
+
+    def set_final_model(self, path: Path) -> None:
+        self.document["final_model"] = str(path)
+
+    def finish(self, status: str, summary: SessionSummary | None = None) -> None:
+        """Close the session (``completed``, ``interrupted``, ``failed``) with its totals, and save."""
         self.document["finished_at"] = utc_now()
         self.document["status"] = status
-        self.document.update(extra)
+        if summary is not None:
+            self.document.update(summary.to_wire())
         self.save()
 
     def save(self) -> None:
         write_json_atomic(self.path, self.document)
+
+
+def load_history(path: Path) -> dict[str, Any]:
+    """Load and sanity-check a history file; raises ``HistoryFileError`` with a clear message."""
+    try:
+        document = read_json_file(path, max_bytes=MAX_HISTORY_BYTES)
+    except FileNotFoundError:
+        raise HistoryFileError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise HistoryFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except ProtocolError as exc:
+        raise HistoryFileError(f"{path}: not a history file (invalid or truncated JSON: {exc})") from None
+    if not isinstance(document, dict) or document.get("format") != HISTORY_FORMAT:
+        raise HistoryFileError(f"{path}: not a history file (no \"format\": \"{HISTORY_FORMAT}\")")
+    if not isinstance(document.get("rounds"), list):
+        raise HistoryFileError(f"{path}: history file has no rounds list")
+    problem = history_problem(document)
+    if problem is not None:
+        raise HistoryFileError(f"{path}: not a usable history file ({problem})")
+    return document
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def history_problem(document: dict[str, Any]) -> str | None:
+    """The first field whose type the readers cannot use, or None: a hostile or damaged file is one line, never
+    a traceback. Numbers may be null (not finite when measured)."""
+    if not isinstance(document.get("config", {}), dict):
+        return "config must be an object"
+    for index, record in enumerate(document["rounds"]):
+        problem = round_problem(record)
+        if problem is not None:
+            return f"rounds[{index}]{problem}"
+    return None
+
+
+def round_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return " must be an object"
+    if not isinstance(record.get("round"), int) or isinstance(record.get("round"), bool):
+        return ".round must be an integer"
+    for name in ("accepted", "participants"):
+        if not isinstance(record.get(name, []), list):
+            return f".{name} must be a list"
+    if not isinstance(record.get("rejected_updates", 0), int):
+        return ".rejected_updates must be an integer"
+    for name in ("train", "holdout", "timings_s"):
+        section = record.get(name, {})
+        if not isinstance(section, dict):
+            return f".{name} must be an object"
+        for key, value in section.items():
+            if key != "per_node" and value is not None and not is_number(value):
+                return f".{name}.{key} must be a number or null"
+    return None

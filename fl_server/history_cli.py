@@ -7,68 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.config import add_logging_options, setup_logging
-from common.wire.errors import ProtocolError
-from common.wire.safe_json import read_json_file
-from fl_server.history import HISTORY_FORMAT, MAX_HISTORY_BYTES
+from common.cli import command_main
+from common.config import add_logging_options
+from fl_server.history import HistoryFileError, is_number, load_history
 
-
-class HistoryFileError(ValueError):
-    pass
-
-
-def load_history(path: Path) -> dict[str, Any]:
-    """Load and sanity-check a history file; raises ``HistoryFileError`` with a clear message."""
-    try:
-        document = read_json_file(path, max_bytes=MAX_HISTORY_BYTES)
-    except FileNotFoundError:
-        raise HistoryFileError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise HistoryFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except ProtocolError as exc:
-        raise HistoryFileError(f"{path}: not a history file (invalid or truncated JSON: {exc})") from None
-    if not isinstance(document, dict) or document.get("format") != HISTORY_FORMAT:
-        raise HistoryFileError(f"{path}: not a history file (no \"format\": \"{HISTORY_FORMAT}\")")
-    if not isinstance(document.get("rounds"), list):
-        raise HistoryFileError(f"{path}: history file has no rounds list")
-    problem = history_problem(document)
-    if problem is not None:
-        raise HistoryFileError(f"{path}: not a usable history file ({problem})")
-    return document
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def history_problem(document: dict[str, Any]) -> str | None:
-    """The first field whose type the commands cannot use, or None: a hostile or damaged file is one line, never
-    a traceback. Numbers may be null (not finite when measured)."""
-    if not isinstance(document.get("config", {}), dict):
-        return "config must be an object"
-    for index, record in enumerate(document["rounds"]):
-        where = f"rounds[{index}]"
-        if not isinstance(record, dict):
-            return f"{where} must be an object"
-        if not isinstance(record.get("round"), int) or isinstance(record.get("round"), bool):
-            return f"{where}.round must be an integer"
-        for name in ("accepted", "participants"):
-            if not isinstance(record.get(name, []), list):
-                return f"{where}.{name} must be a list"
-        if not isinstance(record.get("rejected_updates", 0), int):
-            return f"{where}.rejected_updates must be an integer"
-        for name in ("train", "holdout", "timings_s"):
-            section = record.get(name, {})
-            if not isinstance(section, dict):
-                return f"{where}.{name} must be an object"
-            for key, value in section.items():
-                if key != "per_node" and value is not None and not _is_number(value):
-                    return f"{where}.{name}.{key} must be a number or null"
-    return None
+__all__ = ["HistoryFileError", "load_history", "main", "summarize"]
 
 
 def _num(value: Any, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if _is_number(value) else "-"
+    return f"{value:.{digits}f}" if is_number(value) else "-"
 
 
 def format_table(document: dict[str, Any]) -> str:
@@ -202,26 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.quiet)
+def run_command(args: argparse.Namespace) -> None:
     out = sys.stdout
-    try:
-        if args.command == "show":
-            out.write(format_table(load_history(args.file)) + "\n")
-        elif args.command == "plot":
-            plot_runs([load_history(f) for f in args.files], args.out)
-            out.write(f"{args.out}\n")
-        elif args.command == "compare":
-            summaries = [summarize(load_history(f), args.target) for f in args.files]
-            out.write(format_compare(summaries, args.target) + "\n")
-        elif args.command == "export":
-            count = export_csv(load_history(args.file), args.csv)
-            out.write(f"{count} rounds written to {args.csv}\n")
-    except HistoryFileError as exc:
-        sys.stderr.write(f"fl-history: {exc}\n")
-        return 2
-    return 0
+    if args.command == "show":
+        out.write(format_table(load_history(args.file)) + "\n")
+    elif args.command == "plot":
+        plot_runs([load_history(f) for f in args.files], args.out)
+        out.write(f"{args.out}\n")
+    elif args.command == "compare":
+        summaries = [summarize(load_history(f), args.target) for f in args.files]
+        out.write(format_compare(summaries, args.target) + "\n")
+    elif args.command == "export":
+        count = export_csv(load_history(args.file), args.csv)
+        out.write(f"{count} rounds written to {args.csv}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main(build_parser(), argv, prepare=lambda args: args, run=run_command,
+                        usage_errors=(HistoryFileError,))
 
 
 if __name__ == "__main__":

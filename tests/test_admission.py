@@ -10,8 +10,8 @@ import socketio
 from common.wire.integrity import ConnectVerifier, KeyRegistry, connect_proof
 from common.wire.protocol import Hello
 from fl_server.admission import Admission
-from fl_server.app import SocketIOFrontend, serve_socketio
 from fl_server.registry import NodeRegistry
+from fl_server.transport.socketio import SocketIOFrontend, serve_socketio
 from tests.waiting import wait_until
 
 KEY = b"a" * 32

@@ -29,7 +29,7 @@ def test_csv_partitions_baseline_pools_them(tmp_path):
 
 
 def test_csv_without_holdout_is_a_one_line_error(tmp_path, capsys):
-    assert fl_baseline(["--data", str(tmp_path / "a.csv"), "--history-dir", str(tmp_path)]) == 1
+    assert fl_baseline(["--data", str(tmp_path / "a.csv"), "--history-dir", str(tmp_path)]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 1 and errors[0].endswith("--data needs --holdout and --target")
 

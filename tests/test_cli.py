@@ -43,19 +43,15 @@ def test_history_cli_has_show():
 def test_resume_takes_every_session_setting_from_the_checkpoint():
     """The README's `fl-server --node-keys ... --resume history/<session>.json` leaves out --min-nodes and the
     rest: they must come from the checkpoint, or a resumed round starts with the first two nodes to reconnect."""
-    from types import SimpleNamespace
-
-    from fl_server.cli import SESSION_SETTINGS, apply_checkpoint_settings
+    from fl_server.config import SESSION_SETTINGS, ServerConfig, resume_config
 
     dests = {action.dest for action in server_parser()._actions}
     assert set(SESSION_SETTINGS) <= dests  # no misspelled setting silently skipped
-    first = server_parser().parse_args(["--min-nodes", "3", "--rounds", "9", "--exclude-columns", "ssn,mrn",
-                                        "--min-category-count", "8", "--strategy", "fedavgm"])
-    from fl_server.history import config_from_args
-
-    checkpoint = SimpleNamespace(history={"config": config_from_args(first)})
-    resumed = server_parser().parse_args(["--round-timeout", "30"])
-    apply_checkpoint_settings(resumed, checkpoint)
+    first = ServerConfig.from_args(server_parser().parse_args([
+        "--min-nodes", "3", "--rounds", "9", "--exclude-columns", "ssn,mrn", "--min-category-count", "8",
+        "--strategy", "fedavgm"]))
+    command_line = ServerConfig.from_args(server_parser().parse_args(["--round-timeout", "30"]))
+    resumed, _ = resume_config(command_line, first.history_settings())
     assert all(getattr(resumed, name) == getattr(first, name) for name in SESSION_SETTINGS), [
         name for name in SESSION_SETTINGS if getattr(resumed, name) != getattr(first, name)]
     assert resumed.min_nodes == 3 and resumed.exclude_columns == ("ssn", "mrn")

@@ -83,7 +83,7 @@ async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1
         settings=settings, registry=registry, strategy=strategy or FedAvg(), model=GlobalModel("{}", {}, INITIAL, {}),
         evaluate=evaluate or (lambda r, w: {"loss": float(np.sum(w[0]))}), publish_model=fake.publish_model,
         emit=fake.emit,
-        history=history or SessionHistory(tmp_path, "s", {}), **wiring,
+        history=history or SessionHistory.create(tmp_path, "s", {}), **wiring,
     )
     fake.coordinator = coordinator
     weights = await asyncio.wait_for(coordinator.run(), 10)
@@ -160,7 +160,7 @@ async def test_resume_from_the_round_2_checkpoint_reproduces_the_uninterrupted_s
     straight, straight_history, _ = await run_session(tmp_path / "a", behaviour, rounds=4, strategy=FedAvgM())
 
     ckpt = tmp_path / "b" / "checkpoints" / "s.json"
-    history = SessionHistory(tmp_path / "b", "s", {})
+    history = SessionHistory.create(tmp_path / "b", "s", {})
     saved: dict[int, dict[Path, bytes]] = {}
     commits: list[dict[int, int]] = []
 
@@ -180,7 +180,7 @@ async def test_resume_from_the_round_2_checkpoint_reproduces_the_uninterrupted_s
     history.save()
     checkpoint, _ = load_checkpoint_for(history.path)
     assert checkpoint.completed_round == 2
-    resumed_history = SessionHistory.restore(history.path, checkpoint.history)
+    resumed_history = SessionHistory(history.path, checkpoint.history)
     resumed, document, fake = await run_session(tmp_path / "b", behaviour, rounds=4, strategy=FedAvgM(),
                                                 resume=checkpoint, history=resumed_history, checkpoint_file=ckpt)
     assert sorted({r for _, r in fake.starts}) == [3, 4]  # rounds 1 and 2 were not run again
@@ -274,7 +274,7 @@ async def test_a_reconnecting_participant_whose_update_is_in_is_asked_only_to_re
     coordinator = Coordinator(
         settings=SessionSettings("s", 1, 1, 1.0, TrainConfig(1, 8, 0.1)), registry=NodeRegistry(), strategy=FedAvg(),
         model=GlobalModel("{}", {}, INITIAL, {}), evaluate=lambda r, w: {}, publish_model=None, emit=None,
-        history=SessionHistory(tmp_path, "s", {}))
+        history=SessionHistory.create(tmp_path, "s", {}))
     collector = RoundCollector(session_id="s", server_round=1, participants=["n1"],
                                expected_specs=coordinator._specs)
     start = object()

@@ -193,11 +193,11 @@ def test_secret_masks_but_reveals_on_request():
 
 def test_the_sasl_password_never_reaches_the_session_history(monkeypatch):
     from fl_server.cli import build_parser
-    from fl_server.history import config_from_args
+    from fl_server.config import ServerConfig
 
     monkeypatch.setenv(PASSWORD_ENV, "hunter2-secret")
     args = build_parser().parse_args(["--kafka-security-protocol", "SASL_PLAINTEXT", "--kafka-sasl-mechanism", "PLAIN",
                                       "--kafka-sasl-username", "fl"])
-    text = json.dumps(config_from_args(args))
+    text = json.dumps(ServerConfig.from_args(args).history_settings())
     assert "hunter2" not in text and "kafka_sasl_username" in text
     assert KafkaSecurity.from_args(args).to_client_config()["sasl_plain_password"] == "hunter2-secret"

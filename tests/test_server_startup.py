@@ -28,7 +28,7 @@ def fl_server(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def error_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in result.stderr.splitlines() if " ERROR " in line]
+    return [line for line in result.stderr.splitlines() if line.startswith("fl-server: error: ")]
 
 
 def test_a_port_in_use_is_one_line_before_tensorflow_loads(tmp_path):

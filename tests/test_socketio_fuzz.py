@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from common import PROTOCOL_VERSION
 from common.wire.integrity import CONNECT_SKEW_S, ConnectVerifier, KeyRegistry, connect_proof
 from common.wire.protocol import Hello, NodeRefusal, UpdateAck, check_node_id
-from fl_server.app import SocketIOFrontend, serve_socketio
 from fl_server.coordinator import Coordinator
 from fl_server.registry import NodeInfo, NodeRegistry
+from fl_server.transport.socketio import SocketIOFrontend, serve_socketio
 from tests.waiting import wait_until
 
 KEYS = {"alice": b"a" * 32, "bob": b"b" * 32}

@@ -51,7 +51,7 @@ def test_min_nodes_the_strategy_cannot_aggregate_is_refused(argv, message):
 
 
 def test_server_refuses_to_start_with_a_clear_error(tmp_path, capsys):
-    assert main(["--strategy", "krum", "--min-nodes", "4", "--history-dir", str(tmp_path / "h"), "--port", "0"]) == 1
+    assert main(["--strategy", "krum", "--min-nodes", "4", "--history-dir", str(tmp_path / "h"), "--port", "0"]) == 2
     assert "needs more than 2f + 2 = 4 updates, got 4; use --min-nodes 5" in capsys.readouterr().err
     assert not (tmp_path / "h").exists()  # nothing started, nothing written
 

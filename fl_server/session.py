@@ -1,0 +1,375 @@
+"""``ServerSession``: the composition root of ``fl-server``.
+
+It wires the Socket.IO frontend, the Kafka plane, the holdout data, the model and the coordinator, in
+the order that finds a mistake soonest: ``plan_session`` checks the settings (well under a second), then
+``start`` binds the port and asks the broker, and only then loads TensorFlow. ``stop`` writes the
+session's totals and releases everything; it is idempotent, and ``async with`` calls it however the
+session ends. The heavy parts (broker, TensorFlow, data, Keras) come from a ``SessionRuntime``, so the
+wiring is unit-tested with fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import numpy as np
+
+from common.cli import UsageError
+from common.transport import kafka_io
+from common.transport.kafka_security import KafkaSecurity
+from common.transport.tls import server_ssl_context
+from common.wire.integrity import ConnectVerifier, KeyRegistry
+from common.wire.protocol import SESSION_ID_PATTERN, ModelRef, RawRecord
+from fl_server.checkpoint import Checkpoint, CheckpointError, checkpoint_path, load_checkpoint_for
+from fl_server.collector import InspectedRecord, inspect_record
+from fl_server.config import ServerConfig, resume_config
+from fl_server.coordinator import Coordinator, EvaluateFn, GlobalModel, SessionSettings
+from fl_server.data import ServerData
+from fl_server.history import SessionHistory, utc_now
+from fl_server.inbox import Inbox
+from fl_server.records import ResumeMark, SessionSummary
+from fl_server.registry import NodeRegistry
+from fl_server.strategies import Strategy
+from fl_server.strategy_options import strategy_from_args
+from fl_server.transport.kafka import Endpoints
+from fl_server.transport.socketio import SocketIOFrontend, serve_socketio
+
+logger = logging.getLogger("fl_server")
+
+Weights = list[np.ndarray]
+
+
+# ---------------------------------------------------------------- the plan: settings checked before anything starts
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """A session's settings, checked, with what they name loaded: nothing is running yet."""
+
+    config: ServerConfig  # with --resume applied
+    session_id: str
+    checkpoint: Checkpoint | None
+    strategy: Strategy
+    keys: KeyRegistry | None
+    tls: ssl.SSLContext | None
+    kafka_client_config: dict[str, Any]
+
+
+def new_session_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def plan_session(config: ServerConfig) -> SessionPlan:
+    """Everything that can be wrong with the settings, found in well under a second (``UsageError`` says what)."""
+    checkpoint = None
+    if config.resume is not None:
+        resume = config.resume
+        try:
+            checkpoint, _ = load_checkpoint_for(resume)
+        except CheckpointError as exc:
+            raise UsageError(f"cannot resume: {exc}") from None
+        config, differed = resume_config(config, checkpoint.history.get("config", {}))
+        for name, (value, current) in differed.items():
+            logger.info("--resume: %s is %r in this session (the command line's %r is not used)", name, value,
+                        current)
+        config = replace(config, session_id=checkpoint.session_id, history_dir=Path(resume).parent)
+    check_combinations(config)
+    session_id = config.session_id or new_session_id()
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
+        raise UsageError(f"session id {session_id!r} must match {SESSION_ID_PATTERN.pattern}")
+    return SessionPlan(
+        config=config,
+        session_id=session_id,
+        checkpoint=checkpoint,
+        strategy=strategy_from_args(config),  # type: ignore[arg-type]  # a strategy that cannot run refuses here
+        keys=node_keys(config),
+        tls=server_tls(config),
+        kafka_client_config=KafkaSecurity.from_args(config).to_client_config(),  # type: ignore[arg-type]
+    )
+
+
+def check_combinations(config: ServerConfig) -> None:
+    """Settings that cannot work together."""
+    if config.holdout is not None and not config.target:
+        raise UsageError("--holdout needs --target (the class column of the holdout and of the nodes' CSV files)")
+    if config.holdout is not None and not config.holdout.is_file():
+        raise UsageError(f"--holdout {config.holdout}: no such file")
+    if config.schema is not None and not config.schema.is_file():
+        raise UsageError(f"--schema {config.schema}: no such file")
+    if config.min_round_nodes is not None and config.min_round_nodes > config.min_nodes:
+        logger.warning("--min-round-nodes %d is more than --min-nodes %d: round 2 may wait for nodes round 1 did "
+                       "not need", config.min_round_nodes, config.min_nodes)
+
+
+def node_keys(config: ServerConfig) -> KeyRegistry | None:
+    """The key registry, or None when the operator chose --allow-unauthenticated (loudly)."""
+    if config.node_keys is not None:
+        keys = KeyRegistry.load(config.node_keys)
+        logger.info("node authentication on: %d node(s) in %s", len(keys), config.node_keys)
+        return keys
+    if not config.allow_unauthenticated:
+        raise UsageError("no --node-keys given: create keys with `fl-keys create NODE...` and pass "
+                         "--node-keys keys/registry.json (or --allow-unauthenticated for a demo)")
+    logger.warning("*** --allow-unauthenticated: ANY client that reaches this server can join, and ANY writer "
+                   "to the updates topic can submit updates in a node's name. Use --node-keys outside demos. ***")
+    return None
+
+
+def server_tls(config: ServerConfig) -> ssl.SSLContext | None:
+    """The TLS context of --tls-cert/--tls-key, or None (plain HTTP) when neither is given."""
+    if config.tls_cert is None and config.tls_key is None:
+        return None
+    if config.tls_cert is None or config.tls_key is None:
+        raise UsageError("--tls-cert and --tls-key go together: give both or neither")
+    return server_ssl_context(config.tls_cert, config.tls_key)
+
+
+# ---------------------------------------------------------------- the heavy parts, behind one interface
+
+
+class KafkaTransport(Protocol):
+    async def start(self, inbox: Inbox, inspect: Callable[[RawRecord], InspectedRecord]) -> dict[int, int]: ...
+
+    def commit(self, offsets: dict[int, int]) -> None: ...
+
+    async def publish_model(self, server_round: int, weights: Sequence[np.ndarray],
+                            model_sha256: str) -> ModelRef: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SessionModel:
+    """The global model as the coordinator needs it, its holdout evaluation, and how to save it at the end."""
+
+    model: GlobalModel
+    evaluate: EvaluateFn
+    save: Callable[[Sequence[np.ndarray], Path], None]
+    num_parameters: int
+
+
+class SessionRuntime(Protocol):
+    """What a session needs from the outside world beyond the Socket.IO frontend."""
+
+    def check_broker(self, bootstrap: str) -> None: ...
+
+    def load_tensorflow(self, threads: int | None) -> None: ...
+
+    def kafka(self, endpoints: Endpoints, session_id: str, client_config: dict[str, Any],
+              start_offsets: dict[int, int] | None) -> KafkaTransport: ...
+
+    def server_data(self, config: ServerConfig, checkpoint: Checkpoint | None,
+                    gather: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> Awaitable[ServerData]: ...
+
+    def build_model(self, config: ServerConfig, data: ServerData, checkpoint: Checkpoint | None) -> SessionModel: ...
+
+
+class LiveRuntime:
+    """The real parts: a Kafka broker, TensorFlow, Keras (imported only once the cheap checks passed)."""
+
+    def check_broker(self, bootstrap: str) -> None:
+        kafka_io.log_crc32c_implementation()
+        kafka_io.check_broker(bootstrap)
+
+    def load_tensorflow(self, threads: int | None) -> None:
+        from common.ml.tf_setup import configure_tensorflow
+
+        configure_tensorflow(threads)
+
+    def kafka(self, endpoints: Endpoints, session_id: str, client_config: dict[str, Any],
+              start_offsets: dict[int, int] | None) -> KafkaTransport:
+        from fl_server.transport.kafka import KafkaPlane
+
+        return KafkaPlane(endpoints, session_id, config=client_config, start_offsets=start_offsets)
+
+    async def server_data(self, config: ServerConfig, checkpoint: Checkpoint | None,
+                          gather: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> ServerData:
+        from common.data.dataspec import DataSpec
+        from fl_server.data import resolve_server_data
+
+        return await resolve_server_data(
+            dataset=config.dataset, holdout_csv=config.holdout, target=config.target, schema_file=config.schema,
+            categorical=config.categorical_columns(), seed=config.seed, exclude=list(config.exclude_columns),
+            min_category_count=config.min_category_count, gather_statistics=gather,
+            declared=DataSpec.from_wire(checkpoint.model["data"]) if checkpoint else None,
+        )
+
+    def build_model(self, config: ServerConfig, data: ServerData, checkpoint: Checkpoint | None) -> SessionModel:
+        from common.ml.models import build_model, compile_model, compile_spec, model_from_architecture
+        from fl_server.evaluation import KerasHoldout
+
+        if checkpoint is not None:
+            model = model_from_architecture(checkpoint.model["architecture"])
+            spec = checkpoint.model["compile"]
+        else:
+            model = build_model(config.model, data.spec.input_shape, data.spec.num_classes, seed=config.seed)
+            spec = compile_spec(config.optimizer, config.learning_rate)
+        compile_model(model, spec)
+        holdout = KerasHoldout(model, data.x_holdout, data.y_holdout)
+        return SessionModel(GlobalModel(model.to_json(), spec, model.get_weights(), data.spec.to_wire()),
+                            holdout, holdout.save, int(model.count_params()))
+
+
+def final_model_path(history_path: Path) -> Path:
+    return history_path.with_suffix(".keras")
+
+
+# ---------------------------------------------------------------- the session
+
+
+class ServerSession:
+    """One session (or the rest of one, with --resume): ``async with ServerSession(plan) as s: await s.run()``."""
+
+    def __init__(self, plan: SessionPlan, runtime: SessionRuntime | None = None,
+                 frontend: SocketIOFrontend | None = None) -> None:
+        self.plan = plan
+        self.config = plan.config
+        self.runtime: SessionRuntime = runtime or LiveRuntime()
+        self.registry = frontend.registry if frontend is not None else NodeRegistry()
+        self.frontend = frontend or SocketIOFrontend(
+            self.registry, ConnectVerifier(plan.keys) if plan.keys is not None else None)
+        # Records that arrive before round 1 wait here (bounded; past the bound they wait in Kafka).
+        self.inbox = Inbox(max_kafka_bytes=self.config.inbox_bytes)
+        self.history: SessionHistory | None = None
+        self.status = "failed"
+        self._runner: Any = None  # the aiohttp runner serving Socket.IO
+        self._kafka: KafkaTransport | None = None
+        self._start_offsets: dict[int, int] = {}
+        self._stopped = False
+
+    async def __aenter__(self) -> ServerSession:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            self.status = "interrupted"
+            logger.warning("session %s interrupted", self.plan.session_id)
+        await self.stop()
+
+    async def start(self) -> None:
+        """Bind the port and reach the broker (the cheap checks), then load TensorFlow and start Kafka."""
+        config, loop = self.config, asyncio.get_running_loop()
+        self._runner = await serve_socketio(self.frontend, config.host, config.port, self.plan.tls)
+        try:
+            await loop.run_in_executor(None, self.runtime.check_broker, config.kafka)
+            logger.info("start-up: loading TensorFlow")
+            await loop.run_in_executor(None, self.runtime.load_tensorflow, config.tf_threads or None)
+        except BaseException:
+            await self.stop()
+            raise
+        endpoints = Endpoints(config.host, config.port, config.kafka, config.updates_topic, config.models_topic,
+                              chunk_bytes=config.chunk_bytes)
+        checkpoint = self.plan.checkpoint
+        self._kafka = self.runtime.kafka(endpoints, self.plan.session_id, self.plan.kafka_client_config,
+                                         checkpoint.offsets if checkpoint else None)
+        self.history = self._open_history()
+        logger.info("start-up: creating topics and positioning the consumer on %s", config.updates_topic)
+        inspect = partial(inspect_record, keys=self.plan.keys, max_record_bytes=config.max_record_bytes)
+        self._start_offsets = await self._kafka.start(self.inbox, inspect)
+        self.history.save()
+
+    def _open_history(self) -> SessionHistory:
+        """A new session's history, or a resumed one's (from its checkpoint, with the resume recorded)."""
+        settings = self.config.history_settings()
+        checkpoint = self.plan.checkpoint
+        if checkpoint is not None:
+            # What is in force from here on: the session's settings (from the checkpoint, so unchanged) and this
+            # process's operational ones (ports, timeouts, Kafka), which may differ from the first run's.
+            mark = ResumeMark(utc_now(), checkpoint.completed_round, checkpoint.weights_sha256, settings)
+            assert self.config.resume is not None
+            return SessionHistory.resumed(Path(self.config.resume), checkpoint.history, mark)
+        settings.update(session_id=self.plan.session_id, strategy_params=self.plan.strategy.params(),
+                        authenticated=self.plan.keys is not None)
+        return SessionHistory.create(self.config.history_dir, self.plan.session_id, settings)
+
+    async def run(self) -> Path:
+        """Wait for the nodes, prepare data and model, run the rounds, save the final model; the history's path."""
+        assert self.history is not None and self._kafka is not None, "start() first"
+        config, history, loop = self.config, self.history, asyncio.get_running_loop()
+        await self.registry.wait_for_logged(config.min_nodes)
+        logger.info("start-up: preparing the holdout data and the schema")
+        data = await self.runtime.server_data(
+            config, self.plan.checkpoint,
+            lambda request: self.frontend.gather_statistics(request, timeout_s=config.round_timeout))
+        logger.info("start-up: building the model")
+        model = await loop.run_in_executor(None, self.runtime.build_model, config, data, self.plan.checkpoint)
+        history.describe(num_holdout=len(data.y_holdout), num_parameters=model.num_parameters,
+                         data=data.spec.to_wire(), data_source=data.source)
+        coordinator = self._coordinator(model)
+        self.frontend.coordinator = coordinator
+        logger.info("session %s: %s on %s, rounds %d..%d, %d parameters; history at %s", self.plan.session_id,
+                    config.model, data.source, coordinator.first_round, config.rounds, model.num_parameters,
+                    history.path)
+        weights = await coordinator.run()
+        model_path = final_model_path(history.path)
+        await loop.run_in_executor(None, model.save, weights, model_path)
+        history.set_final_model(model_path)
+        self.status = "completed"
+        logger.info("session %s completed; final model at %s", self.plan.session_id, model_path)
+        return history.path
+
+    def _coordinator(self, model: SessionModel) -> Coordinator:
+        assert self.history is not None and self._kafka is not None
+        plan = self.plan
+        return Coordinator(
+            settings=SessionSettings.from_config(self.config, plan.session_id),
+            registry=self.registry,
+            strategy=plan.strategy,
+            model=model.model,
+            evaluate=model.evaluate,
+            publish_model=self._kafka.publish_model,
+            emit=self.frontend.emit,
+            history=self.history,
+            keys=plan.keys,
+            checkpoint_file=checkpoint_path(self.config.history_dir, plan.session_id),
+            commit=self._kafka.commit,
+            resume=plan.checkpoint,
+            offsets=self._start_offsets,
+            inbox=self.inbox,
+        )
+
+    async def stop(self) -> None:
+        """Write the session's totals and status, close Socket.IO and Kafka (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            if self.history is not None:
+                self.history.finish(self.status, self.summary())
+        finally:
+            if self._runner is not None:
+                await self._runner.cleanup()
+            if self._kafka is not None:
+                await self._kafka.stop()
+
+    def summary(self) -> SessionSummary:
+        assert self.history is not None
+        totals: Counter[str] = Counter()
+        for record in self.history.rounds:
+            totals.update(record.get("rejected_updates_by_reason", {}))
+        return SessionSummary(
+            rejected_updates_total=dict(totals),
+            refused_connections_by_reason=dict(self.frontend.refused_by_reason),
+            node_refusals=dict(self.frontend.refusals),
+            malformed_packets_by_reason=dict(self.frontend.malformed_by_reason),
+            inbox=asdict(self.inbox.stats()),
+        )
+
+
+async def run_session(plan: SessionPlan, runtime: SessionRuntime | None = None) -> Path:
+    """Run one session end to end; returns the history file's path."""
+    async with ServerSession(plan, runtime) as session:
+        return await session.run()

@@ -1,0 +1,118 @@
+"""The server's Kafka data plane: a producer for global models, a consumer of node updates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from common.ratelog import RateLimitedLog
+from common.transport import kafka_io
+from common.wire.protocol import DEFAULT_CHUNK_BYTES, KIND_MODEL, SERVER_SENDER_ID, ModelRef, RawRecord, split_weights
+from fl_server.collector import InspectedRecord
+from fl_server.inbox import Inbox
+
+logger = logging.getLogger(__name__)
+inspect_log = RateLimitedLog(logger)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    host: str
+    port: int
+    kafka: str
+    updates_topic: str
+    models_topic: str
+    update_partitions: int = 3
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    publish_timeout_s: float = 300.0
+
+
+class KafkaPlane:
+    """The server's Kafka clients: a producer for global models and a consumer of node updates.
+
+    The consumer commits under group ``fl-server.<session>``, and only the offsets the coordinator
+    hands to ``commit`` after persisting a round."""
+
+    def __init__(self, endpoints: Endpoints, session_id: str, *, config: kafka_io.ClientConfig | None = None,
+                 start_offsets: dict[int, int] | None = None) -> None:
+        self.endpoints = endpoints
+        self.session_id = session_id
+        self.config = config or {}
+        self.group_id = f"fl-server.{session_id}"
+        self._start_offsets = start_offsets
+        self._producer: Any = None
+        self._consumer: kafka_io.UpdateConsumer | None = None
+        self._stopping = threading.Event()
+
+    async def start(self, inbox: Inbox, inspect: Callable[[RawRecord], InspectedRecord]) -> dict[int, int]:
+        """Create topics, open the producer, position the consumer; returns where it starts reading.
+
+        Every record is inspected (``fl_server.collector.inspect_record``: size, signature, JSON, fields) on
+        the consumer's thread and handed to ``inbox``, which blocks that thread, never the event loop, while
+        the round loop is behind: records then wait in Kafka, not in the server's memory."""
+        loop = asyncio.get_running_loop()
+        e = self.endpoints
+        await loop.run_in_executor(
+            None, kafka_io.ensure_topics, e.kafka, {e.updates_topic: e.update_partitions, e.models_topic: 1},
+            self.config,
+        )
+        self._producer = await loop.run_in_executor(None, kafka_io.make_producer, e.kafka, "fl-server", self.config)
+
+        inbox.bind(loop)
+
+        def deliver(record: RawRecord) -> None:
+            try:
+                item = inspect(record)
+            except Exception as exc:  # noqa: BLE001 - a record must never stop the consumer (it would re-read it)
+                inspect_log.log(logging.ERROR, "unreadable", "could not inspect the record at %s/%d: %r",
+                                record.partition, record.offset, exc)
+                item = InspectedRecord(record.partition, record.offset, rejection=("unreadable", repr(exc)[:200]))
+            inbox.put_from_thread(item, item.size_bytes, self._stopping)
+
+        self._consumer = kafka_io.UpdateConsumer(e.kafka, e.updates_topic, deliver, group_id=self.group_id,
+                                                 start_offsets=self._start_offsets, config=self.config)
+        positions = await loop.run_in_executor(None, self._consumer.start)
+        logger.info("Kafka at %s: reading %s from offsets %s (group %s), publishing models to %s", e.kafka,
+                    e.updates_topic, positions, self.group_id, e.models_topic)
+        return positions
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        if self._consumer is not None:
+            self._consumer.request_commit(offsets)
+
+    async def publish_model(self, server_round: int, weights: Sequence[np.ndarray], model_sha256: str) -> ModelRef:
+        """Publish the global model; ``model_sha256`` is its ``weights_digest``, which the coordinator keeps."""
+        topic = self.endpoints.models_topic
+        deadline = time.monotonic() + self.endpoints.publish_timeout_s
+
+        digests: list[str] = []
+
+        def publish() -> list[tuple[int, int]]:  # a worker thread: slicing, encoding, hashing are O(model)
+            chunks = split_weights(weights, kind=KIND_MODEL, session_id=self.session_id, server_round=server_round,
+                                   node_id=SERVER_SENDER_ID, num_samples=0, chunk_bytes=self.endpoints.chunk_bytes)
+            digests.clear()  # a retry publishes (and lists) the records again
+            return kafka_io.publish_chunks(self._producer, topic, chunks, digests=digests)
+
+        loop = asyncio.get_running_loop()
+        positions = await loop.run_in_executor(
+            None, kafka_io.publish_until, deadline, publish, f"publishing the round {server_round} model"
+        )
+        return kafka_io.model_ref(topic, positions, digests, model_sha256)
+
+    async def stop(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stopping.set()  # releases a consumer thread waiting for room in the inbox
+        if self._consumer is not None:
+            await loop.run_in_executor(None, self._consumer.stop)
+            self._consumer = None
+        if self._producer is not None:
+            await loop.run_in_executor(None, partial(self._producer.close, timeout=10))
+            self._producer = None
