@@ -40,6 +40,19 @@ def build_parser() -> argparse.ArgumentParser:
                help="nodes that must be connected to start each later round; below it the server waits, logging "
                "how long it has waited (default: --min-nodes)")
     add_option(parser, "--rounds", type=positive_int, default=D.rounds, help="number of rounds")
+    add_data_options(parser)
+    add_strategy_options(parser)
+    add_training_options(parser)
+    add_round_options(parser)
+    add_session_options(parser)
+    add_common_options(parser)
+    add_tls_server_options(parser)
+    add_kafka_security_options(parser)
+    return parser
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """The holdout data, the schema, what statistics may disclose, the model."""
     add_option(parser, "--dataset", default=D.dataset,
                help="built-in dataset whose holdout split the server keeps: digits, breast_cancer, wine, iris "
                "(bundled), mnist, fashion_mnist, cifar10 (keras.datasets, need internet)")
@@ -54,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--model", default=D.model,
                help="model: logreg, mlp, mlp:H1,H2,... (hidden sizes), cnn (images) or path/to/file.py:function "
                "(your Keras builder taking input_shape and num_classes)")
-    add_strategy_options(parser)
-    add_training_options(parser)
+
+
+def add_round_options(parser: argparse.ArgumentParser) -> None:
+    """How a round samples, waits, and judges updates."""
     add_option(parser, "--round-timeout", type=positive_float, default=D.round_timeout,
                help="seconds a round waits for updates before closing with what it has")
     add_option(parser, "--fraction-fit", type=positive_fraction, default=D.fraction_fit,
@@ -74,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--inbox-bytes", type=positive_int, default=D.inbox_bytes,
                help="most bytes of update records waiting for the round loop; past it the server stops reading "
                "Kafka until the loop catches up (records wait in the broker, none is dropped)")
+
+
+def add_session_options(parser: argparse.ArgumentParser) -> None:
+    """Who may join, where the history goes, resuming."""
     add_option(parser, "--node-keys", type=Path, default=None,
                help="registry of node keys (JSON made by fl-keys): nodes must prove their key to connect, "
                "and every update record must carry its HMAC")
@@ -89,10 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
                help="largest raw weight slice per Kafka record")
     add_option(parser, "--end-grace", type=positive_float, default=D.end_grace,
                help="seconds to wait for nodes to leave after end_session")
-    add_common_options(parser)
-    add_tls_server_options(parser)
-    add_kafka_security_options(parser)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -245,38 +245,49 @@ class RoundCollector:
         if chunk.kind != KIND_UPDATE or chunk.session_id != self.session_id:
             self.ignored += 1  # another session's or the model topic's traffic: not ours to judge
             return None
+        if not self._fits_round(chunk, item):
+            return None
+        return self._add_chunk(chunk, item)
+
+    def _fits_round(self, chunk: WeightChunk, item: InspectedRecord) -> bool:
+        """The fixed-order checks of a chunk against this round; False (counted, logged) if it does not fit."""
         node_id, signer = chunk.node_id, item.signer
         update_key = (node_id, chunk.server_round)
         # Timing-independent checks first, so a record is judged the same whenever it arrives.
         if chunk.server_round < self.server_round:
             reason = "replayed" if item.digest in self.seen else "late_update"
             self.reject(reason, f"node {node_id} sent round {chunk.server_round}", update_key=update_key)
-            return None
+            return False
         if chunk.server_round > self.server_round:
             self._reject_signed("wrong_round", f"node {node_id} sent round {chunk.server_round}", signer,
                                 update_key=update_key)
-            return None
+            return False
         expected = self._expected[chunk.layer_index] if chunk.layer_index < len(self._expected) else None
         if chunk.num_layers != len(self._expected) or chunk.spec != expected:
             wrong = "dtype" if expected is not None and chunk.spec.shape == expected.shape else "shape"
             shown = f"{chunk.spec.dtype}{list(chunk.spec.shape)} of {chunk.num_layers} layers"
             self._reject_signed(f"{wrong}_mismatch", f"node {node_id} layer {chunk.layer_index}: {shown} does not fit",
                                 signer, update_key=update_key)
-            return None
+            return False
         if node_id not in self.participants:
             self.reject("not_participant", f"{node_id!r} is not a participant of round {self.server_round}",
                         update_key=update_key)
-            return None
+            return False
         declared = self.declared_samples.get(node_id)
         if declared is not None and chunk.num_samples > declared:
             # A node may train on fewer rows than it has (rows with unknown classes), never on more: a claim over
             # what it declared at connect would buy it a larger share of the average.
             self._reject_signed("samples_exceed_declared", f"node {node_id} claims {chunk.num_samples} samples, "
                                 f"declared {declared} at connect", signer, update_key=update_key)
-            return None
+            return False
         if node_id in self.completed or node_id in self.failed or node_id in self._assembling:
             self.duplicates += 1
-            return None
+            return False
+        return True
+
+    def _add_chunk(self, chunk: WeightChunk, item: InspectedRecord) -> PendingUpdate | None:
+        """Add a fitting chunk to its node's update; the update once all its chunks are in."""
+        node_id = chunk.node_id
         assembler = self._assemblers.setdefault(node_id, WeightAssembler(self._expected))
         try:
             if not assembler.add(chunk):
@@ -287,7 +298,7 @@ class RoundCollector:
             # updates, so the node's update for this round is void.
             self.failed[node_id] = exc.reason
             self._assemblers.pop(node_id, None)
-            self.reject(exc.reason, f"node {node_id}: {exc}", update_key=update_key)
+            self.reject(exc.reason, f"node {node_id}: {exc}", update_key=(node_id, chunk.server_round))
             return None
         self.seen[item.digest] = self.server_round
         if not assembler.complete:

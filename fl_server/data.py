@@ -86,24 +86,8 @@ async def resolve_server_data(
         logger.info("schema from %s: %d feature columns, %d classes", schema_file, len(schema.features),
                     schema.num_classes)
     else:
-        request: dict[str, Any] = {"target": target, "categorical": categorical, "exclude": list(exclude or [])}
-        if min_category_count is not None:
-            request["min_category_count"] = min_category_count
-        stats = await gather_statistics(request)
-        usable = []
-        for node_id, node_stats in stats.items():
-            try:
-                parse_statistics(node_stats, target)
-                usable.append(without_columns(node_stats, set(exclude or [])))
-                log_withheld(node_id, node_stats)
-            except SchemaError as exc:  # one node's bad answer must not sink the federation
-                logger.warning("statistics of node %s ignored: %s", node_id, exc)
-        try:
-            schema = merge_statistics(usable, target, categorical)
-        except SchemaError as exc:
-            raise ValueError(f"cannot build a schema from the nodes' statistics: {exc}") from exc
-        logger.info("schema merged from %d node(s)' statistics: %d feature columns (%d encoded), %d classes",
-                    len(stats), len(schema.features), schema.num_features, schema.num_classes)
+        schema = await schema_from_statistics(gather_statistics, target=target, categorical=categorical,
+                                              exclude=list(exclude or []), min_category_count=min_category_count)
     try:
         x, y, dropped = encode_frame(holdout, schema)
     except SchemaError as exc:
@@ -111,3 +95,27 @@ async def resolve_server_data(
     if dropped:
         logger.warning("holdout: %d row(s) with a class the schema does not know were left out", dropped)
     return ServerData(DataSpec.tabular(schema), x, y, source)
+
+
+async def schema_from_statistics(gather_statistics: GatherFn, *, target: str, categorical: list[str],
+                                 exclude: list[str], min_category_count: int | None) -> Schema:
+    """The schema merged from the connected nodes' column statistics (a node's unusable answer is skipped)."""
+    request: dict[str, Any] = {"target": target, "categorical": categorical, "exclude": exclude}
+    if min_category_count is not None:
+        request["min_category_count"] = min_category_count
+    stats = await gather_statistics(request)
+    usable = []
+    for node_id, node_stats in stats.items():
+        try:
+            parse_statistics(node_stats, target)
+            usable.append(without_columns(node_stats, set(exclude)))
+            log_withheld(node_id, node_stats)
+        except SchemaError as exc:  # one node's bad answer must not sink the federation
+            logger.warning("statistics of node %s ignored: %s", node_id, exc)
+    try:
+        schema = merge_statistics(usable, target, categorical)
+    except SchemaError as exc:
+        raise ValueError(f"cannot build a schema from the nodes' statistics: {exc}") from exc
+    logger.info("schema merged from %d node(s)' statistics: %d feature columns (%d encoded), %d classes",
+                len(stats), len(schema.features), schema.num_features, schema.num_classes)
+    return schema
