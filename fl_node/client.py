@@ -129,7 +129,6 @@ class FederatedNode:
         self.connect_error: str | None = None
         self.connect_error_reason: str | None = None
         self.final_model_path: Path | None = None
-        self.rounds_done: set[tuple[str, int]] = set()
         self._in_progress: set[tuple[str, int]] = set()
         self._acks: dict[tuple[str, int], UpdateAck] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-worker")
@@ -371,7 +370,6 @@ class FederatedNode:
         finally:
             self._in_progress.discard((start.session_id, start.server_round))
         self._acks[(start.session_id, start.server_round)] = ack
-        self.rounds_done.add((start.session_id, start.server_round))
         await self._send_ack(ack)
 
     async def _send_ack(self, ack: UpdateAck) -> None:
