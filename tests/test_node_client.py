@@ -12,6 +12,7 @@ from common.data.dataspec import DataSpec
 from common.wire.protocol import ModelMessage, ModelRef, StartRound, TrainConfig
 from fl_node.client import FederatedNode, NodeSettings
 from fl_node.data import LocalData
+from fl_node.kafka import NodeKafka
 from fl_node.trainer import TrainResult
 
 IMAGES = np.zeros((6, 4), np.float32), np.array([0, 1, 0, 1, 0, 1])
@@ -21,6 +22,7 @@ class FakeTrainer:
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
         self.num_samples = 6
+        self.max_model_params = 1000
         self.threads: list[str] = []
 
     def set_data(self, x, y):
@@ -40,10 +42,12 @@ def start_round(input_shape=(4,)) -> StartRound:
 def make_node(tmp_path: Path, trainer: FakeTrainer) -> FederatedNode:
     settings = NodeSettings(node_id="n1", server_url="http://127.0.0.1:1", kafka="127.0.0.1:1", updates_topic="u",
                             out_dir=tmp_path, chunk_bytes=1024)
-    node = FederatedNode(settings, LocalData(x=IMAGES[0], y=IMAGES[1]), trainer)  # type: ignore[arg-type]
+    kafka = AsyncMock(spec=NodeKafka)
+    kafka.fetch_model.return_value = [np.zeros(3, np.float32)]
+    kafka.publish_update.return_value = [(0, 7)]
+    node = FederatedNode(settings, LocalData(x=IMAGES[0], y=IMAGES[1]), trainer, kafka)  # type: ignore[arg-type]
     node.sio = AsyncMock()
     node.sio.call.return_value = {"received": True}
-    node._fetch = lambda *args: [np.zeros(3, np.float32)]  # type: ignore[method-assign]
     return node
 
 
@@ -74,13 +78,8 @@ async def test_data_that_does_not_fit_the_schema_is_refused_and_the_node_leaves(
 async def test_every_local_stage_failure_names_its_stage(tmp_path, stage, reason):
     node = make_node(tmp_path, FakeTrainer())
 
-    def broken(*args):
-        raise OSError(f"{stage} broke")
-
-    if stage == "fetch":
-        node._fetch = broken  # type: ignore[method-assign]
-    else:
-        node._publish = broken  # type: ignore[method-assign]
+    failing = node.kafka.fetch_model if stage == "fetch" else node.kafka.publish_update
+    failing.side_effect = OSError(f"{stage} broke")
     await asyncio.wait_for(node._run_round(start_round()), 10)
     assert [r["reason"] for r in refusals(node)] == [reason]
     await node.close()
