@@ -423,7 +423,7 @@ class FederatedNode:
     async def _publish(self, start: StartRound, weights: list[Any], result: TrainResult, fetch_s: float) -> UpdateAck:
         t1 = time.perf_counter()
         chunks = await self._in_worker(partial(self._update_chunks, start, weights, result))
-        await self.kafka.publish_update(chunks, start.server_round)
+        await self.kafka.publish_update(chunks, server_round=start.server_round)
         publish_s = time.perf_counter() - t1
         logger.info("node %s round %d: trained in %.2fs, published %d records in %.2fs (%s)", self.settings.node_id,
                     start.server_round, result.train_s, len(chunks), publish_s,
