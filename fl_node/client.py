@@ -1,5 +1,6 @@
-"""The node process: a Socket.IO client for control, ``fl_node.kafka.NodeKafka`` for weights, a worker thread for
-pandas and TensorFlow."""
+"""The node process: ``FederatedNode`` answers the server's Socket.IO events (rounds, statistics, the end of the
+session). ``fl_node.connection`` gets it in, ``fl_node.kafka.NodeKafka`` moves the weights, and a worker thread
+runs pandas and TensorFlow."""
 
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import socketio
 
 from common.data.dataspec import DataSpec
@@ -37,8 +37,14 @@ from common.wire.protocol import (
     WeightChunk,
     split_weights,
 )
-from common.wire.safe_json import SocketIOJson, loads_untrusted
 from fl_node.attacks import apply_attack
+from fl_node.connection import (
+    NON_HEALING_REFUSALS,
+    ServerRefused,
+    describe_refusal,
+    fetch_challenge,
+    new_client,
+)
 from fl_node.data import LocalData
 from fl_node.kafka import NodeKafka
 from fl_node.trainer import LocalTrainer, TrainResult
@@ -66,36 +72,7 @@ class NodeSettings:
     max_idle_s: float = 1800.0  # exit after this long without session traffic
 
 
-# Refusals that retrying cannot heal: the node stops with the reason instead of reconnecting forever.
-NON_HEALING_REFUSALS = frozenset({"unknown_node", "bad_signature", "unauthenticated", "bad_hello", "bad_version",
-                                  "bad_node_id", "bad_schema", "bad_proof", "stale_proof"})
 EXIT_IDLE = 3
-
-
-async def fetch_challenge(server_url: str, context: ssl.SSLContext | None,
-                          timeout_s: float = 10.0) -> dict[str, str] | None:
-    """``GET <server>/fl/challenge`` (the reply is untrusted: checked before use); None if it cannot be had."""
-    url = server_url.rstrip("/") + "/fl/challenge"
-    connector = aiohttp.TCPConnector(ssl=context) if context is not None else None
-    try:
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
-            async with http.get(url) as response:
-                body = await response.content.read(4096)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        logger.debug("no challenge from %s: %r", url, exc)
-        return None
-    try:
-        reply = loads_untrusted(body, max_bytes=4096, what="challenge")
-    except ProtocolError:
-        return None
-    if not (isinstance(reply, dict) and isinstance(reply.get("challenge"), str) and len(reply["challenge"]) <= 64
-            and isinstance(reply.get("server_id"), str) and len(reply["server_id"]) <= 64):
-        return None
-    return {"challenge": reply["challenge"], "server_id": reply["server_id"]}
-
-
-class ServerRefused(RuntimeError):
-    """The server refused this node's connection (unknown node, bad key, bad hello)."""
 
 
 class LocalFailure(RuntimeError):
@@ -160,10 +137,8 @@ class FederatedNode:
         self.sio = self._new_client()
 
     def _new_client(self, **options: Any) -> socketio.AsyncClient:
-        """Reconnects forever with jittered exponential backoff (0.5 s doubling to 5 s)."""
-        sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
-                                   reconnection_delay_max=5, randomization_factor=0.5, handle_sigint=False,
-                                   json=SocketIOJson, **options)
+        """A Socket.IO client with this node's handlers."""
+        sio = new_client(**options)
         sio.on("connect", self._on_connect)
         sio.on("connect_error", self._on_connect_error)
         sio.on("disconnect", self._on_disconnect)
@@ -268,23 +243,17 @@ class FederatedNode:
         logger.info("node %s connected to %s", self.settings.node_id, self.settings.server_url)
 
     async def _on_connect_error(self, data: Any = None) -> None:
-        if isinstance(data, dict) and "message" in data:  # the server answered and refused us
-            reason = str(data["message"])[:64]
-            self.connect_error_reason = reason
-            raw = data.get("data")
-            details: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            self.connect_error = reason + (f" ({str(details['detail'])[:200]})" if "detail" in details else "")
-            server_time = details.get("server_time")
-            if reason == "stale_proof" and isinstance(server_time, (int, float)) and not isinstance(server_time, bool):
-                self.connect_error += f"; this node's clock is {time.time() - server_time:+.0f} s off the server's"
-            logger.error("node %s: the server refused the connection: %s", self.settings.node_id, self.connect_error)
-            if reason in NON_HEALING_REFUSALS and self.sio.connected is False and self._ever_connected:
-                # Retrying cannot help (the Socket.IO client would retry forever): stop with the reason.
-                self.refused = f"the server refuses this node: {self.connect_error}"
-                self._finished.set()
-        else:  # the server is not there (yet): the connect loop or the client's reconnection retries
+        refusal = describe_refusal(data, now=time.time())
+        if refusal is None:  # the server is not there (yet): the connect loop or the client's reconnection retries
             logger.debug("node %s: connection to %s failed (%s)", self.settings.node_id, self.settings.server_url,
                          data)
+            return
+        self.connect_error_reason, self.connect_error = refusal
+        logger.error("node %s: the server refused the connection: %s", self.settings.node_id, self.connect_error)
+        if self.connect_error_reason in NON_HEALING_REFUSALS and self.sio.connected is False and self._ever_connected:
+            # Retrying cannot help (the Socket.IO client would retry forever): stop with the reason.
+            self.refused = f"the server refuses this node: {self.connect_error}"
+            self._finished.set()
 
     async def _on_ping(self, data: Any = None) -> dict[str, Any]:
         """The server asks whether this connection is alive (another connection claims this node's id)."""

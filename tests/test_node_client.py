@@ -11,6 +11,7 @@ import pytest
 from common.data.dataspec import DataSpec
 from common.wire.protocol import ModelMessage, ModelRef, StartRound, TrainConfig
 from fl_node.client import FederatedNode, NodeSettings
+from fl_node.connection import describe_refusal
 from fl_node.data import LocalData
 from fl_node.kafka import NodeKafka
 from fl_node.trainer import TrainResult
@@ -118,3 +119,15 @@ async def test_a_server_that_is_not_there_yet_is_not_a_refusal(tmp_path):
     node._ever_connected, node.sio.connected = True, False
     await node._on_connect_error("Connection refused by the OS")
     assert not node._finished.is_set() and node.refused is None
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ("Connection refused by the OS", None),
+    ({"message": "unknown_challenge"}, ("unknown_challenge", "unknown_challenge")),
+    ({"message": "bad_proof", "data": {"detail": "x" * 300}}, ("bad_proof", f"bad_proof ({'x' * 200})")),
+    ({"message": "stale_proof", "data": {"server_time": 1_000.0}},
+     ("stale_proof", "stale_proof; this node's clock is -400 s off the server's")),
+    ({"message": "stale_proof", "data": {"server_time": True}}, ("stale_proof", "stale_proof")),
+])
+def test_a_connect_error_is_a_refusal_only_when_the_server_answered(data, expected):
+    assert describe_refusal(data, now=600.0) == expected
