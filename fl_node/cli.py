@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import secrets
-import signal
+import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from common.config import (
-    add_common_options,
-    add_disclosure_options,
-    add_option,
-    positive_float,
-    positive_int,
-    setup_logging,
-)
-from common.config_file import config_template, log_settings, parse_with_config
+from common.cli import EXIT_OK, EXIT_RUNTIME, UsageError, command_main, run_until_signal
+from common.config import add_common_options, add_disclosure_options, add_option, positive_float, positive_int
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS
 from common.transport import kafka_io
 from common.transport.kafka_security import KafkaSecurity, add_kafka_security_options
 from common.transport.tls import add_tls_client_options, tls_client_context_from_args
 from common.wire.integrity import read_key_file
-from common.wire.protocol import DEFAULT_CHUNK_BYTES, ProtocolError, check_node_id
+from common.wire.protocol import DEFAULT_CHUNK_BYTES, check_node_id
 from fl_node.attacks import ATTACKS
+
+if TYPE_CHECKING:
+    from fl_node.client import FederatedNode
 
 logger = logging.getLogger("fl_node")
 
@@ -101,70 +97,78 @@ def load_local_data(args: argparse.Namespace) -> Any:
     return LocalData(frame=dataset.train.iloc[rows].reset_index(drop=True), target=dataset.target, policy=policy)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, sources = parse_with_config(parser, argv, section="node")
-    if args.print_config:
-        sys.stdout.write(config_template(parser, "node"))
-        return 0
-    setup_logging(args.log_level, args.quiet)
-    log_settings(args, sources)
+@dataclass(frozen=True)
+class NodeSetup:
+    """What ``prepare`` read and checked: everything the node needs before it joins."""
+
+    args: argparse.Namespace
+    node_id: str
+    key: bytes | None
+    ssl_context: ssl.SSLContext | None
+    kafka_config: dict[str, Any]
+    data: Any  # fl_node.data.LocalData (imported with pandas only once the flags are good)
+
+
+def prepare(args: argparse.Namespace) -> NodeSetup:
+    """Check the node id, read the key, TLS and Kafka settings and the local data: a problem is the user's (exit 2)."""
     node_id = args.node_id or f"node-{secrets.token_hex(3)}"
-    try:
-        check_node_id(node_id)
-        key = read_key_file(args.key_file) if args.key_file is not None else None
-        ssl_context = tls_client_context_from_args(args)
-        kafka_config = KafkaSecurity.from_args(args).to_client_config()
-        data = load_local_data(args)
-    except (ValueError, ProtocolError, OSError) as exc:
-        logger.error("%s", exc)
-        return 2
+    check_node_id(node_id)
+    return NodeSetup(
+        args=args,
+        node_id=node_id,
+        key=read_key_file(args.key_file) if args.key_file is not None else None,
+        ssl_context=tls_client_context_from_args(args),
+        kafka_config=KafkaSecurity.from_args(args).to_client_config(),
+        data=load_local_data(args),
+    )
 
-    from socketio.exceptions import ConnectionError as SocketIOConnectionError
 
+def build_node(setup: NodeSetup) -> FederatedNode:
     from common.ml.tf_setup import configure_tensorflow
-    from fl_node.client import EXIT_IDLE, FederatedNode, NodeSettings, ServerRefused
+    from fl_node.client import FederatedNode, NodeSettings
     from fl_node.trainer import LocalTrainer
 
+    args, node_id = setup.args, setup.node_id
     configure_tensorflow(args.tf_threads or None)
     settings = NodeSettings(node_id=node_id, server_url=args.server, kafka=args.kafka,
                             updates_topic=args.updates_topic, out_dir=args.out_dir, chunk_bytes=args.chunk_bytes,
                             fetch_timeout_s=args.fetch_timeout, publish_timeout_s=args.publish_timeout,
-                            attack=args.attack, attack_scale=args.attack_scale, key=key, kafka_config=kafka_config,
-                            ssl_context=ssl_context, max_idle_s=args.max_idle)
-    logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, data.num_rows, args.server, args.kafka)
+                            attack=args.attack, attack_scale=args.attack_scale, key=setup.key,
+                            kafka_config=setup.kafka_config, ssl_context=setup.ssl_context, max_idle_s=args.max_idle)
+    logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)
     kafka_io.log_crc32c_implementation()
     trainer = LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id, max_model_params=args.max_model_params)
-    node = FederatedNode(settings, data, trainer)
+    return FederatedNode(settings, setup.data, trainer)
 
-    async def runner() -> Path | None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        return await node.run()
 
+def run(setup: NodeSetup) -> int:
+    """Join the session and serve rounds until it ends; prints the final model's path on success.
+
+    A server that refuses this node, or a node that could not take part, is exit 2 (its configuration or data
+    must change); a server that cannot be reached is exit 1; ``--max-idle`` without a session is exit 3."""
+    from socketio.exceptions import ConnectionError as SocketIOConnectionError
+
+    from fl_node.client import EXIT_IDLE, ServerRefused
+
+    node = build_node(setup)
     try:
-        path = asyncio.run(runner())
-    except asyncio.CancelledError:
-        logger.warning("node %s stopped by signal", node_id)
-        return 130
+        path = run_until_signal(node.run)
     except ServerRefused as exc:
-        logger.error("%s", exc)
-        return 2
+        raise UsageError(str(exc)) from exc
     except SocketIOConnectionError as exc:
-        logger.error("node %s could not connect to %s: %s", node_id, args.server, exc)
-        return 1
+        raise ConnectionError(f"node {setup.node_id} could not connect to {setup.args.server}: {exc}") from exc
     if node.refused is not None:
-        logger.error("node %s could not take part: %s", node_id, node.refused)
-        return 2
+        raise UsageError(f"node {setup.node_id} could not take part: {node.refused}")
     if node.idle_timed_out:
         return EXIT_IDLE
     if path is None:
-        return 1
+        return EXIT_RUNTIME
     sys.stdout.write(f"{path}\n")
-    return 0
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command_main(build_parser(), argv, prepare=prepare, run=run, config_section="node")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The node process: Socket.IO client for control, Kafka for weights, a worker thread for TensorFlow."""
+"""The node process: ``FederatedNode`` answers the server's Socket.IO events (rounds, statistics, the end of the
+session). ``fl_node.connection`` gets it in, ``fl_node.kafka.NodeKafka`` moves the weights, and a worker thread
+runs pandas and TensorFlow."""
 
 from __future__ import annotations
 
@@ -8,24 +10,21 @@ import random
 import secrets
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiohttp
 import socketio
-from kafka import KafkaConsumer
 
 from common.data.dataspec import DataSpec
 from common.data.tabular import SchemaError
 from common.ml.model_budget import ModelTooLarge
-from common.transport import kafka_io
 from common.transport.tls import CertificateProblem, async_client_options, check_server_certificate
-from common.wire.integrity import connect_proof, signed_headers
+from common.wire.integrity import connect_proof
 from common.wire.protocol import (
     KIND_UPDATE,
     EndSession,
@@ -35,14 +34,23 @@ from common.wire.protocol import (
     ProtocolError,
     StartRound,
     UpdateAck,
+    WeightChunk,
     split_weights,
 )
-from common.wire.safe_json import SocketIOJson, loads_untrusted
 from fl_node.attacks import apply_attack
+from fl_node.connection import (
+    NON_HEALING_REFUSALS,
+    ServerRefused,
+    describe_refusal,
+    fetch_challenge,
+    new_client,
+)
 from fl_node.data import LocalData
+from fl_node.kafka import NodeKafka
 from fl_node.trainer import LocalTrainer, TrainResult
 
 logger = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -64,36 +72,7 @@ class NodeSettings:
     max_idle_s: float = 1800.0  # exit after this long without session traffic
 
 
-# Refusals that retrying cannot heal: the node stops with the reason instead of reconnecting forever.
-NON_HEALING_REFUSALS = frozenset({"unknown_node", "bad_signature", "unauthenticated", "bad_hello", "bad_version",
-                                  "bad_node_id", "bad_schema", "bad_proof", "stale_proof"})
 EXIT_IDLE = 3
-
-
-async def fetch_challenge(server_url: str, context: ssl.SSLContext | None,
-                          timeout_s: float = 10.0) -> dict[str, str] | None:
-    """``GET <server>/fl/challenge`` (the reply is untrusted: checked before use); None if it cannot be had."""
-    url = server_url.rstrip("/") + "/fl/challenge"
-    connector = aiohttp.TCPConnector(ssl=context) if context is not None else None
-    try:
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
-            async with http.get(url) as response:
-                body = await response.content.read(4096)
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-        logger.debug("no challenge from %s: %r", url, exc)
-        return None
-    try:
-        reply = loads_untrusted(body, max_bytes=4096, what="challenge")
-    except ProtocolError:
-        return None
-    if not (isinstance(reply, dict) and isinstance(reply.get("challenge"), str) and len(reply["challenge"]) <= 64
-            and isinstance(reply.get("server_id"), str) and len(reply["server_id"]) <= 64):
-        return None
-    return {"challenge": reply["challenge"], "server_id": reply["server_id"]}
-
-
-class ServerRefused(RuntimeError):
-    """The server refused this node's connection (unknown node, bad key, bad hello)."""
 
 
 class LocalFailure(RuntimeError):
@@ -118,26 +97,39 @@ class LocalFailure(RuntimeError):
             raise LocalFailure(reason, f"{type(exc).__name__}: {exc}"[:500]) from exc
 
 
+def settle(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` if it still runs; if it failed, take its exception (it was not wanted: no warning)."""
+    if not task.done():
+        task.cancel()
+    elif not task.cancelled():
+        task.exception()
+
+
+def node_kafka(settings: NodeSettings) -> NodeKafka:
+    """The node's Kafka clients as its settings describe them."""
+    return NodeKafka(settings.kafka, node_id=settings.node_id, updates_topic=settings.updates_topic,
+                     fetch_timeout_s=settings.fetch_timeout_s, publish_timeout_s=settings.publish_timeout_s,
+                     key=settings.key, config=settings.kafka_config)
+
+
 class FederatedNode:
     """Connects, trains when told, publishes updates, saves the final model on ``end_session``."""
 
-    def __init__(self, settings: NodeSettings, data: LocalData, trainer: LocalTrainer) -> None:
+    def __init__(self, settings: NodeSettings, data: LocalData, trainer: LocalTrainer,
+                 kafka: NodeKafka | None = None) -> None:
         self.settings = settings
         self.data = data
         self.trainer = trainer
+        self.kafka = kafka if kafka is not None else node_kafka(settings)
         self.refused: str | None = None
         self.connect_error: str | None = None
         self.connect_error_reason: str | None = None
         self.final_model_path: Path | None = None
-        self.rounds_done: set[tuple[str, int]] = set()
         self._in_progress: set[tuple[str, int]] = set()
         self._acks: dict[tuple[str, int], UpdateAck] = {}
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-worker")
-        self._fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-fetch")  # owns the consumer
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finished = asyncio.Event()
-        self._producer: Any = None
-        self._consumer: KafkaConsumer | None = None
         self._last_activity = time.monotonic()  # of session traffic: start_round, fl_stats, end_session
         self.instance = secrets.token_hex(8)  # tells the server a reconnect of this process from a second node
         self._ever_connected = False
@@ -145,10 +137,8 @@ class FederatedNode:
         self.sio = self._new_client()
 
     def _new_client(self, **options: Any) -> socketio.AsyncClient:
-        """Reconnects forever with jittered exponential backoff (0.5 s doubling to 5 s)."""
-        sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
-                                   reconnection_delay_max=5, randomization_factor=0.5, handle_sigint=False,
-                                   json=SocketIOJson, **options)
+        """A Socket.IO client with this node's handlers."""
+        sio = new_client(**options)
         sio.on("connect", self._on_connect)
         sio.on("connect_error", self._on_connect_error)
         sio.on("disconnect", self._on_disconnect)
@@ -181,6 +171,7 @@ class FederatedNode:
             if options:  # TLS: the client's HTTP session must be made inside the event loop
                 self.sio = self._new_client(**options)
             try:
+                await self.kafka.start()
                 await self._connect()
                 self._spawn(self._watch_idle())
                 await self._finished.wait()
@@ -238,11 +229,8 @@ class FederatedNode:
         http = getattr(self.sio.eio, "http", None)
         if http is not None and not getattr(self.sio.eio, "external_http", False) and not http.closed:
             await http.close()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._worker, self._close_producer)
-        await loop.run_in_executor(self._fetcher, self._close_consumer)
+        await self.kafka.stop()
         self._worker.shutdown(wait=False, cancel_futures=True)
-        self._fetcher.shutdown(wait=False, cancel_futures=True)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -255,23 +243,17 @@ class FederatedNode:
         logger.info("node %s connected to %s", self.settings.node_id, self.settings.server_url)
 
     async def _on_connect_error(self, data: Any = None) -> None:
-        if isinstance(data, dict) and "message" in data:  # the server answered and refused us
-            reason = str(data["message"])[:64]
-            self.connect_error_reason = reason
-            raw = data.get("data")
-            details: dict[str, Any] = raw if isinstance(raw, dict) else {}
-            self.connect_error = reason + (f" ({str(details['detail'])[:200]})" if "detail" in details else "")
-            server_time = details.get("server_time")
-            if reason == "stale_proof" and isinstance(server_time, (int, float)) and not isinstance(server_time, bool):
-                self.connect_error += f"; this node's clock is {time.time() - server_time:+.0f} s off the server's"
-            logger.error("node %s: the server refused the connection: %s", self.settings.node_id, self.connect_error)
-            if reason in NON_HEALING_REFUSALS and self.sio.connected is False and self._ever_connected:
-                # Retrying cannot help (the Socket.IO client would retry forever): stop with the reason.
-                self.refused = f"the server refuses this node: {self.connect_error}"
-                self._finished.set()
-        else:  # the server is not there (yet): the connect loop or the client's reconnection retries
+        refusal = describe_refusal(data, now=time.time())
+        if refusal is None:  # the server is not there (yet): the connect loop or the client's reconnection retries
             logger.debug("node %s: connection to %s failed (%s)", self.settings.node_id, self.settings.server_url,
                          data)
+            return
+        self.connect_error_reason, self.connect_error = refusal
+        logger.error("node %s: the server refused the connection: %s", self.settings.node_id, self.connect_error)
+        if self.connect_error_reason in NON_HEALING_REFUSALS and self.sio.connected is False and self._ever_connected:
+            # Retrying cannot help (the Socket.IO client would retry forever): stop with the reason.
+            self.refused = f"the server refuses this node: {self.connect_error}"
+            self._finished.set()
 
     async def _on_ping(self, data: Any = None) -> dict[str, Any]:
         """The server asks whether this connection is alive (another connection claims this node's id)."""
@@ -337,8 +319,7 @@ class FederatedNode:
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1_000_000):
             return {"error": "min_category_count must be an integer from 1 to 1,000,000"}
         try:
-            loop = asyncio.get_running_loop()  # O(rows) pandas work: in the worker, not on the event loop
-            stats = await loop.run_in_executor(self._worker, partial(
+            stats = await self._in_worker(partial(  # O(rows) pandas work: in the worker, not on the event loop
                 self.data.statistics, data["target"], categorical, min_category_count=k, exclude=exclude))
         except SchemaError as exc:
             logger.error("node %s cannot share statistics: %s", self.settings.node_id, exc)
@@ -358,9 +339,8 @@ class FederatedNode:
     # ------------------------------------------------------------ work
 
     async def _run_round(self, start: StartRound) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            ack = await loop.run_in_executor(self._worker, self._train_and_publish, start)
+            ack = await self._train_and_publish(start)
         except SchemaError as exc:
             await self._refuse(start, "schema_mismatch", str(exc), leave=True)
             return
@@ -371,7 +351,6 @@ class FederatedNode:
         finally:
             self._in_progress.discard((start.session_id, start.server_round))
         self._acks[(start.session_id, start.server_round)] = ack
-        self.rounds_done.add((start.session_id, start.server_round))
         await self._send_ack(ack)
 
     async def _send_ack(self, ack: UpdateAck) -> None:
@@ -385,43 +364,35 @@ class FederatedNode:
             logger.warning("node %s: server refused acknowledgement of round %d: %s", self.settings.node_id,
                            ack.server_round, reply)
 
-    def _train_and_publish(self, start: StartRound) -> UpdateAck:
-        """Worker thread: prepare the data, fetch the global model, train, publish the update; returns the
-        acknowledgement. Raises ``SchemaError`` if our data does not fit, ``LocalFailure`` for any other failure."""
+    async def _train_and_publish(self, start: StartRound) -> UpdateAck:
+        """Prepare the data, fetch the global model, train, publish the update; returns the acknowledgement.
+        Raises ``SchemaError`` if our data does not fit, ``LocalFailure`` for any other failure."""
         t0 = time.perf_counter()
-        # The global model comes from Kafka on the fetcher thread while this thread prepares the data.
-        fetching = self._fetcher.submit(self._fetch, start.model, start.session_id, start.server_round)
-        x, y = self.data.prepare(DataSpec.from_wire(start.model.data))  # O(rows): not on the event loop
-        self.trainer.set_data(x, y)
-        with LocalFailure.stage("fetch_failed"):
-            weights = fetching.result()
+        # The global model comes from Kafka on the fetch thread while the worker thread prepares the data.
+        fetching = asyncio.ensure_future(self._fetch_model(start.model, start.session_id, start.server_round))
+        try:
+            await self._in_worker(partial(self._prepare_data, start.model))
+            with LocalFailure.stage("fetch_failed"):
+                weights = await fetching
+        finally:
+            settle(fetching)  # when preparing failed: the model is not wanted any more
         fetch_s = time.perf_counter() - t0
         with LocalFailure.stage("train_failed"):
-            result = self.trainer.train(start.model.architecture, start.model.compile, weights, start.config,
-                                        server_round=start.server_round)
+            result = await self._in_worker(partial(
+                self.trainer.train, start.model.architecture, start.model.compile, weights, start.config,
+                server_round=start.server_round))
         with LocalFailure.stage("publish_failed"):
-            return self._publish(start, weights, result, fetch_s)
+            return await self._publish(start, weights, result, fetch_s)
 
-    def _publish(self, start: StartRound, weights: list[Any], result: TrainResult, fetch_s: float) -> UpdateAck:
+    def _prepare_data(self, model: ModelMessage) -> None:
+        """Worker thread: encode the local data under the federation's data spec (O(rows))."""
+        x, y = self.data.prepare(DataSpec.from_wire(model.data))
+        self.trainer.set_data(x, y)
+
+    async def _publish(self, start: StartRound, weights: list[Any], result: TrainResult, fetch_s: float) -> UpdateAck:
         t1 = time.perf_counter()
-        published = apply_attack(self.settings.attack, weights, result.weights, scale=self.settings.attack_scale)
-        if self.settings.attack != "none":
-            logger.warning("node %s round %d: ATTACK %s x%g applied to the published update (robustness experiment)",
-                           self.settings.node_id, start.server_round, self.settings.attack, self.settings.attack_scale)
-        chunks = list(split_weights(published, kind=KIND_UPDATE, session_id=start.session_id,
-                                    server_round=start.server_round, node_id=self.settings.node_id,
-                                    num_samples=self.trainer.num_samples, chunk_bytes=self.settings.chunk_bytes))
-        sign = partial(signed_headers, self.settings.key) if self.settings.key is not None else None
-
-        def publish() -> list[tuple[int, int]]:
-            if self._producer is None:
-                self._producer = kafka_io.make_producer(self.settings.kafka, f"fl-node-{self.settings.node_id}",
-                                                        self.settings.kafka_config)
-            return kafka_io.publish_chunks(self._producer, self.settings.updates_topic, chunks, sign=sign)
-
-        kafka_io.publish_until(time.monotonic() + self.settings.publish_timeout_s, publish,
-                               f"node {self.settings.node_id}: publishing round {start.server_round}",
-                               on_retry=self._drop_producer)
+        chunks = await self._in_worker(partial(self._update_chunks, start, weights, result))
+        await self.kafka.publish_update(chunks, server_round=start.server_round)
         publish_s = time.perf_counter() - t1
         logger.info("node %s round %d: trained in %.2fs, published %d records in %.2fs (%s)", self.settings.node_id,
                     start.server_round, result.train_s, len(chunks), publish_s,
@@ -437,24 +408,29 @@ class FederatedNode:
                        "publish": round(publish_s, 4)},
         )
 
-    def _fetch(self, model: ModelMessage, session_id: str, server_round: int) -> list[Any]:
-        if self._consumer is None:
-            self._consumer = kafka_io.make_consumer(self.settings.kafka, f"fl-node-{self.settings.node_id}",
-                                                    self.settings.kafka_config)
-        return kafka_io.fetch_weights(self._consumer, model.weights, session_id=session_id,
-                                      server_round=server_round, timeout_s=self.settings.fetch_timeout_s,
-                                      max_elements=self.trainer.max_model_params)
+    def _update_chunks(self, start: StartRound, weights: list[Any], result: TrainResult) -> list[WeightChunk]:
+        """Worker thread: the trained weights (poisoned in robustness experiments) cut into Kafka records."""
+        published = apply_attack(self.settings.attack, weights, result.weights, scale=self.settings.attack_scale)
+        if self.settings.attack != "none":
+            logger.warning("node %s round %d: ATTACK %s x%g applied to the published update (robustness experiment)",
+                           self.settings.node_id, start.server_round, self.settings.attack, self.settings.attack_scale)
+        return list(split_weights(published, kind=KIND_UPDATE, session_id=start.session_id,
+                                  server_round=start.server_round, node_id=self.settings.node_id,
+                                  num_samples=self.trainer.num_samples, chunk_bytes=self.settings.chunk_bytes))
+
+    async def _fetch_model(self, model: ModelMessage, session_id: str, server_round: int) -> list[Any]:
+        return await self.kafka.fetch_model(model.weights, session_id=session_id, server_round=server_round,
+                                            max_elements=self.trainer.max_model_params)
+
+    async def _in_worker(self, call: Callable[[], Result]) -> Result:
+        """Run blocking work (pandas, TensorFlow) on the worker thread, never on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, call)
 
     async def _finish(self, end: EndSession) -> None:
-        loop = asyncio.get_running_loop()
         path = self.settings.out_dir / f"{end.session_id}-{self.settings.node_id}.keras"
-
-        def fetch_and_save() -> None:
-            weights = self._fetcher.submit(self._fetch, end.model, end.session_id, end.rounds_completed + 1).result()
-            self.trainer.save(end.model.architecture, weights, path)
-
         try:
-            await loop.run_in_executor(self._worker, fetch_and_save)
+            weights = await self._fetch_model(end.model, end.session_id, end.rounds_completed + 1)
+            await self._in_worker(partial(self.trainer.save, end.model.architecture, weights, path))
             self.final_model_path = path
             logger.info("node %s: session %s ended after %d rounds; final model saved to %s", self.settings.node_id,
                         end.session_id, end.rounds_completed, path)
@@ -462,22 +438,3 @@ class FederatedNode:
             logger.exception("node %s: could not save the final model", self.settings.node_id)
         finally:
             self._finished.set()
-
-    def _drop_producer(self) -> None:
-        """After a failed publish: start the next attempt with a fresh producer."""
-        if self._producer is not None:
-            try:
-                self._producer.close(timeout=5)
-            except Exception:  # noqa: BLE001 - it failed already; a new one replaces it
-                pass
-            self._producer = None
-
-    def _close_producer(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=10)
-            self._producer = None
-
-    def _close_consumer(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None

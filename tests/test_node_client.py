@@ -11,7 +11,9 @@ import pytest
 from common.data.dataspec import DataSpec
 from common.wire.protocol import ModelMessage, ModelRef, StartRound, TrainConfig
 from fl_node.client import FederatedNode, NodeSettings
+from fl_node.connection import describe_refusal
 from fl_node.data import LocalData
+from fl_node.kafka import NodeKafka
 from fl_node.trainer import TrainResult
 
 IMAGES = np.zeros((6, 4), np.float32), np.array([0, 1, 0, 1, 0, 1])
@@ -21,6 +23,7 @@ class FakeTrainer:
     def __init__(self, error: Exception | None = None) -> None:
         self.error = error
         self.num_samples = 6
+        self.max_model_params = 1000
         self.threads: list[str] = []
 
     def set_data(self, x, y):
@@ -40,10 +43,12 @@ def start_round(input_shape=(4,)) -> StartRound:
 def make_node(tmp_path: Path, trainer: FakeTrainer) -> FederatedNode:
     settings = NodeSettings(node_id="n1", server_url="http://127.0.0.1:1", kafka="127.0.0.1:1", updates_topic="u",
                             out_dir=tmp_path, chunk_bytes=1024)
-    node = FederatedNode(settings, LocalData(x=IMAGES[0], y=IMAGES[1]), trainer)  # type: ignore[arg-type]
+    kafka = AsyncMock(spec=NodeKafka)
+    kafka.fetch_model.return_value = [np.zeros(3, np.float32)]
+    kafka.publish_update.return_value = [(0, 7)]
+    node = FederatedNode(settings, LocalData(x=IMAGES[0], y=IMAGES[1]), trainer, kafka)  # type: ignore[arg-type]
     node.sio = AsyncMock()
     node.sio.call.return_value = {"received": True}
-    node._fetch = lambda *args: [np.zeros(3, np.float32)]  # type: ignore[method-assign]
     return node
 
 
@@ -74,13 +79,8 @@ async def test_data_that_does_not_fit_the_schema_is_refused_and_the_node_leaves(
 async def test_every_local_stage_failure_names_its_stage(tmp_path, stage, reason):
     node = make_node(tmp_path, FakeTrainer())
 
-    def broken(*args):
-        raise OSError(f"{stage} broke")
-
-    if stage == "fetch":
-        node._fetch = broken  # type: ignore[method-assign]
-    else:
-        node._publish = broken  # type: ignore[method-assign]
+    failing = node.kafka.fetch_model if stage == "fetch" else node.kafka.publish_update
+    failing.side_effect = OSError(f"{stage} broke")
     await asyncio.wait_for(node._run_round(start_round()), 10)
     assert [r["reason"] for r in refusals(node)] == [reason]
     await node.close()
@@ -119,3 +119,15 @@ async def test_a_server_that_is_not_there_yet_is_not_a_refusal(tmp_path):
     node._ever_connected, node.sio.connected = True, False
     await node._on_connect_error("Connection refused by the OS")
     assert not node._finished.is_set() and node.refused is None
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ("Connection refused by the OS", None),
+    ({"message": "unknown_challenge"}, ("unknown_challenge", "unknown_challenge")),
+    ({"message": "bad_proof", "data": {"detail": "x" * 300}}, ("bad_proof", f"bad_proof ({'x' * 200})")),
+    ({"message": "stale_proof", "data": {"server_time": 1_000.0}},
+     ("stale_proof", "stale_proof; this node's clock is -400 s off the server's")),
+    ({"message": "stale_proof", "data": {"server_time": True}}, ("stale_proof", "stale_proof")),
+])
+def test_a_connect_error_is_a_refusal_only_when_the_server_answered(data, expected):
+    assert describe_refusal(data, now=600.0) == expected

@@ -1,0 +1,69 @@
+"""How a node gets into a session over Socket.IO: the client's reconnection policy, the single-use challenge its
+connect proof is made over, and what a refusal from the server means (retry, or stop with the reason)."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import aiohttp
+import socketio
+
+from common.wire.errors import ProtocolError
+from common.wire.safe_json import SocketIOJson, loads_untrusted
+
+logger = logging.getLogger(__name__)
+
+# Refusals that retrying cannot heal: the node stops with the reason instead of reconnecting forever.
+NON_HEALING_REFUSALS = frozenset({"unknown_node", "bad_signature", "unauthenticated", "bad_hello", "bad_version",
+                                  "bad_node_id", "bad_schema", "bad_proof", "stale_proof"})
+
+
+class ServerRefused(RuntimeError):
+    """The server refused this node's connection (unknown node, bad key, bad hello)."""
+
+
+def new_client(**options: Any) -> socketio.AsyncClient:
+    """Reconnects forever with jittered exponential backoff (0.5 s doubling to 5 s)."""
+    return socketio.AsyncClient(reconnection=True, reconnection_attempts=0, reconnection_delay=0.5,
+                                reconnection_delay_max=5, randomization_factor=0.5, handle_sigint=False,
+                                json=SocketIOJson, **options)
+
+
+def describe_refusal(data: Any, *, now: float) -> tuple[str, str] | None:
+    """``(reason, description)`` of a ``connect_error`` in which the server answered and refused us; None when
+    the server did not answer (not there yet). ``now`` (epoch seconds) measures our clock against the server's
+    for a ``stale_proof``."""
+    if not (isinstance(data, dict) and "message" in data):
+        return None
+    reason = str(data["message"])[:64]
+    raw = data.get("data")
+    details: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    description = reason + (f" ({str(details['detail'])[:200]})" if "detail" in details else "")
+    server_time = details.get("server_time")
+    if reason == "stale_proof" and isinstance(server_time, (int, float)) and not isinstance(server_time, bool):
+        description += f"; this node's clock is {now - server_time:+.0f} s off the server's"
+    return reason, description
+
+
+async def fetch_challenge(server_url: str, context: ssl.SSLContext | None,
+                          timeout_s: float = 10.0) -> dict[str, str] | None:
+    """``GET <server>/fl/challenge`` (the reply is untrusted: checked before use); None if it cannot be had."""
+    url = server_url.rstrip("/") + "/fl/challenge"
+    connector = aiohttp.TCPConnector(ssl=context) if context is not None else None
+    try:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+            async with http.get(url) as response:
+                body = await response.content.read(4096)
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        logger.debug("no challenge from %s: %r", url, exc)
+        return None
+    try:
+        reply = loads_untrusted(body, max_bytes=4096, what="challenge")
+    except ProtocolError:
+        return None
+    if not (isinstance(reply, dict) and isinstance(reply.get("challenge"), str) and len(reply["challenge"]) <= 64
+            and isinstance(reply.get("server_id"), str) and len(reply["server_id"]) <= 64):
+        return None
+    return {"challenge": reply["challenge"], "server_id": reply["server_id"]}
