@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from common import PROTOCOL_VERSION
+from common.validation import require_non_negative_finite, require_positive_int
 from common.wire.codec import ArraySpec, CodecError, array_to_bytes, b64decode, b64encode, validate_spec
 from common.wire.errors import ProtocolError
 from common.wire.safe_json import loads_untrusted
@@ -199,8 +200,7 @@ def split_weights(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Iterator[WeightChunk]:
     """Cut a list of layer arrays into chunks of at most ``chunk_bytes`` raw bytes each."""
-    if chunk_bytes < 1:
-        raise ValueError("chunk_bytes must be positive")
+    require_positive_int("chunk_bytes", chunk_bytes)
     for layer_index, array in enumerate(weights):
         spec, raw = array_to_bytes(array)
         num_chunks = max(1, math.ceil(len(raw) / chunk_bytes))
@@ -375,8 +375,7 @@ class TrainConfig:
     proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
-            raise ValueError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu}")
+        require_non_negative_finite("proximal_mu", self.proximal_mu)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
