@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from common.atomic import atomic_binary_file
-from common.wire.codec import ALLOWED_DTYPES, CodecError, decode_array, encode_array, weights_digest
+from common.wire.codec import ALLOWED_DTYPES, decode_array, encode_array, weights_digest
 from common.wire.safe_json import MiB, read_json_file
 from fl_server.history import MAX_HISTORY_BYTES, utc_now, write_json_atomic
 
@@ -83,7 +83,7 @@ class Checkpoint:
                 strategy_state=state,
                 offsets=offsets,
             )
-        except (KeyError, TypeError, ValueError, AttributeError, CodecError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # ProtocolError is a ValueError
             raise CheckpointError(f"damaged checkpoint ({exc!r:.200})") from exc
         if checkpoint.weights_sha256 != doc.get("weights_sha256"):
             raise CheckpointError("weights do not match the recorded weights_sha256")

@@ -33,7 +33,7 @@ import numpy as np
 
 from common import PROTOCOL_VERSION
 from common.validation import require_non_negative_finite, require_positive_int
-from common.wire.codec import ArraySpec, CodecError, array_to_bytes, b64decode, b64encode, validate_spec
+from common.wire.codec import ArraySpec, array_to_bytes, b64decode, b64encode, validate_spec
 from common.wire.errors import ProtocolError
 from common.wire.safe_json import loads_untrusted
 
@@ -167,11 +167,8 @@ def decode_chunk(value: bytes | None, *, max_record_bytes: int = MAX_RECORD_BYTE
         raise ProtocolError("bad_schema", "model chunks must come from the server")
     num_layers = _int_in(obj, "num_layers", 1, MAX_LAYERS, where=where)
     num_chunks = _int_in(obj, "num_chunks", 1, MAX_CHUNKS, where=where)
-    try:
-        spec = validate_spec(obj.get("dtype"), obj.get("shape"))
-        data = b64decode(obj.get("data"))
-    except CodecError as exc:
-        raise ProtocolError(exc.reason, str(exc)) from exc
+    spec = validate_spec(obj.get("dtype"), obj.get("shape"))
+    data = b64decode(obj.get("data"))
     if len(data) > spec.num_bytes:
         raise ProtocolError("bad_length", f"chunk of {len(data)} bytes is larger than its layer ({spec.num_bytes})")
     return WeightChunk(
