@@ -111,11 +111,6 @@ class WeightChunk:
     num_chunks: int
     data: bytes = field(repr=False)
 
-    @property
-    def key(self) -> tuple[str, str, int, str, int, int]:
-        """Identity used for de-duplication of at-least-once deliveries."""
-        return (self.kind, self.session_id, self.server_round, self.node_id, self.layer_index, self.chunk_index)
-
     def headers(self) -> list[tuple[str, bytes]]:
         return [
             ("fl.kind", self.kind.encode()),

@@ -169,13 +169,6 @@ class Federation:
         for proc in self.procs:
             proc.stop()
 
-    def produce_raw(self, values: list[bytes], key: bytes = b"attacker") -> None:
-        producer = KafkaProducer(bootstrap_servers=self.kafka)
-        for value in values:
-            producer.send(self.updates_topic, key=key, value=value)
-        producer.flush(timeout=30)
-        producer.close()
-
 
 def read_records(kafka: str, topic: str) -> list[RawRecord]:
     """Every record of ``topic`` as ``RawRecord`` (key, headers, value), partition by partition."""
