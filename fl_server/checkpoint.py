@@ -134,7 +134,8 @@ def _read_arrays(document: dict[str, Any], folder: Path) -> dict[str, Any]:
     if Path(name).name != name:
         raise CheckpointError(f"arrays file {name!r} must sit next to the checkpoint")
     try:
-        with np.load(folder / name, allow_pickle=False) as arrays:
+        # The handle is ours, not numpy's: np.load leaves the file it opened unclosed when the zip is damaged.
+        with open(folder / name, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:
             def read(key: str) -> dict[str, Any]:
                 array = arrays[key]
                 if array.dtype.name not in ALLOWED_DTYPES:
