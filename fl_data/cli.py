@@ -6,12 +6,14 @@ import argparse
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common.config import add_logging_options, add_option, positive_float, positive_int, setup_logging
+from common.cli import command_main
+from common.config import add_logging_options, add_option, positive_float, positive_int
 from common.data.datasets import BUILTIN_DATASETS, TabularData, check_class_column, load_builtin, read_csv
 from common.data.partition import SCHEMES, dominant_class_share, holdout_split, partition
 from common.data.tabular import label_text
@@ -116,35 +118,46 @@ def prepare_output_folder(folder: Path, *, overwrite: bool) -> None:
             logger.info("removed %s (written by an earlier fl-data partition)", folder / name)
 
 
-def partition_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class PartitionPlan:
+    """What ``fl-data partition`` will write, decided (and every input checked) before any file is written."""
+
+    args: argparse.Namespace
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    labels: np.ndarray
+    parts: list[np.ndarray]
+
+
+def plan_partition(args: argparse.Namespace) -> PartitionPlan:
     train, holdout, target = load_source(args)
     labels = train[target].map(label_text).to_numpy()
     parts = partition(labels, args.nodes, scheme=args.scheme, seed=args.seed, alpha=args.alpha)
     prepare_output_folder(args.out, overwrite=args.overwrite)
+    return PartitionPlan(args, train, holdout, labels, parts)
+
+
+def write_partition(plan: PartitionPlan) -> None:
+    args, labels, parts = plan.args, plan.labels, plan.parts
     for node, rows in enumerate(parts):
-        train.iloc[rows].to_csv(args.out / f"node-{node}.csv", index=False)
-    holdout.to_csv(args.out / "holdout.csv", index=False)
+        plan.train.iloc[rows].to_csv(args.out / f"node-{node}.csv", index=False)
+    plan.holdout.to_csv(args.out / "holdout.csv", index=False)
     table = class_table(labels, parts)
     out = sys.stdout
     out.write(table.to_string() + "\n")
     out.write(f"scheme {args.scheme}" + (f" alpha {args.alpha}" if args.scheme in ("dirichlet", "quantity") else "")
               + f", seed {args.seed}: mean dominant-class share {dominant_class_share(labels, parts):.3f} "
-              f"(iid would be about {1 / len(table.columns[1:]):.3f}); holdout {len(holdout)} rows\n")
+              f"(iid would be about {1 / len(table.columns[1:]):.3f}); holdout {len(plan.holdout)} rows\n")
     out.write(f"wrote {args.nodes} node files and holdout.csv to {args.out}\n")
     if args.plot:
         plot_class_mix(table, args.out / "class-mix.png")
         out.write(f"plot: {args.out / 'class-mix.png'}\n")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.quiet)
-    try:
-        return partition_command(args)
-    except (ValueError, OSError) as exc:
-        sys.stderr.write(f"fl-data: {exc}\n")
-        return 2
+    # Every fl-data failure is about the files the user named, read or written: exit 2 (usage) throughout.
+    return command_main(build_parser(), argv, prepare=plan_partition, run=write_partition,
+                        usage_errors=(ValueError, OSError))
 
 
 if __name__ == "__main__":
