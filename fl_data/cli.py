@@ -14,7 +14,15 @@ import pandas as pd
 
 from common.cli import command_main
 from common.config import add_logging_options, add_option, positive_float, positive_int
-from common.data.datasets import BUILTIN_DATASETS, TabularData, check_class_column, load_builtin, read_csv
+from common.data.datasets import (
+    BUILTIN_DATASETS,
+    DEFAULT_HOLDOUT_FRACTION,
+    DEFAULT_SEED,
+    TabularData,
+    check_class_column,
+    load_builtin,
+    read_csv,
+)
 from common.data.partition import SCHEMES, dominant_class_share, holdout_split, partition
 from common.data.tabular import label_text
 
@@ -38,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(part, "--nodes", type=positive_int, default=3, help="number of nodes")
     add_option(part, "--scheme", default="iid", choices=list(SCHEMES), help="how rows are shared out")
     add_option(part, "--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (dirichlet, quantity)")
-    add_option(part, "--seed", type=int, default=42, help="seed of the holdout split and the partition")
-    add_option(part, "--holdout-fraction", type=positive_float, default=0.2,
+    add_option(part, "--seed", type=int, default=DEFAULT_SEED, help="seed of the holdout split and the partition")
+    add_option(part, "--holdout-fraction", type=positive_float, default=DEFAULT_HOLDOUT_FRACTION,
                help="share of --data kept as holdout.csv (built-in datasets use their fixed holdout split)")
     part.add_argument("--out", type=Path, required=True, help="output folder")
     part.add_argument("--plot", action="store_true", help="also write class-mix.png (class mix per node)")
