@@ -103,6 +103,14 @@ class Proc:
         self._log.close()
 
 
+def expect_clean_exit(server: Proc, nodes: list[Proc], *, server_timeout_s: float,
+                      node_timeout_s: float = 60) -> None:
+    """The server, then every node, exits 0 within its timeout; a failure shows the tail of that process's log."""
+    assert server.wait(server_timeout_s) == 0, server.log()[-3000:]
+    for node in nodes:
+        assert node.wait(node_timeout_s) == 0, node.log()[-3000:]
+
+
 # Node ids that get keys in every test federation (the server loads its registry once, at start).
 KEYED_NODES = [*(f"n{i}" for i in range(10)), "site0", "site1", "site2", "misfit", "mallory"]
 
@@ -151,6 +159,10 @@ class Federation:
         return self._start(name or node_id, "fl_node", ["--server", f"{scheme}://127.0.0.1:{self.port}", "--node-id",
                                                         node_id, "--out-dir", str(self.tmp_path / "models"),
                                                         *key_args, *args])
+
+    def start_nodes(self, count: int, *args: str) -> list[Proc]:
+        """Nodes n0..n<count-1>, node i training on partition i/count of the built-in data."""
+        return [self.start_node(f"n{i}", "--partition", f"{i}/{count}", *args) for i in range(count)]
 
     def history(self) -> dict[str, Any] | None:
         files = sorted(self.history_dir.glob("*.json")) if self.history_dir.exists() else []
