@@ -16,6 +16,7 @@ from common.cli import command_main
 from common.config import add_logging_options, add_option, positive_float, positive_int
 from common.data.datasets import (
     BUILTIN_DATASETS,
+    DEFAULT_DATASET,
     DEFAULT_HOLDOUT_FRACTION,
     DEFAULT_SEED,
     TabularData,
@@ -40,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = part.add_mutually_exclusive_group()
     source.add_argument("--dataset", default=None,
-                        help=f"built-in tabular dataset ({', '.join(sorted(BUILTIN_DATASETS))}; default digits)")
+                        help=f"built-in tabular dataset ({', '.join(sorted(BUILTIN_DATASETS))}; "
+                        f"default {DEFAULT_DATASET})")
     source.add_argument("--data", type=Path, default=None, help="a CSV file to split")
     part.add_argument("--target", default=None, help="class column of --data")
     add_option(part, "--nodes", type=positive_int, default=3, help="number of nodes")
@@ -70,7 +72,7 @@ def load_source(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, s
         labels = frame[args.target].map(label_text).to_numpy()
         train_rows, holdout_rows = holdout_split(labels, holdout_fraction=args.holdout_fraction, seed=args.seed)
         return frame.iloc[train_rows], frame.iloc[holdout_rows], args.target
-    dataset = load_builtin(args.dataset or "digits", seed=args.seed)
+    dataset = load_builtin(args.dataset or DEFAULT_DATASET, seed=args.seed)
     if not isinstance(dataset, TabularData):
         raise ValueError(f"{dataset.name} is an image dataset; fl-data partitions tabular data")
     return dataset.train, dataset.holdout, dataset.target
