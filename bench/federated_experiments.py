@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.metrics_format import format_number
 from fl_server.history_cli import load_history, summarize
 from tests.integration.harness import Federation
 
@@ -84,7 +85,8 @@ def main() -> int:
     print(f"{'run':<24}{'final_acc':>10}{'best_acc':>10}{'wall_s':>9}  history")
     for label, path, wall_s in files:
         summary = summarize(load_history(path), None)
-        print(f"{label:<24}{summary['final_accuracy']:>10.4f}{summary['best_accuracy']:>10.4f}{wall_s:>9.1f}  {path}")
+        print(f"{label:<24}{format_number(summary['final_accuracy']):>10}{format_number(summary['best_accuracy']):>10}"
+              f"{wall_s:>9.1f}  {path}")
     return 0
 
 

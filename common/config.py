@@ -11,6 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from common.data.disclosure import DEFAULT_MIN_CATEGORY_COUNT
+from common.validation import (
+    require_fraction,
+    require_non_negative_finite,
+    require_non_negative_int,
+    require_positive,
+    require_positive_fraction,
+    require_positive_int,
+)
 
 DEFAULT_KAFKA = "127.0.0.1:9092"
 DEFAULT_UPDATES_TOPIC = "fl.updates"
@@ -101,46 +109,29 @@ def column_list(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
+# argparse types: argparse names them in its errors ("invalid positive_int value"), so the names stay.
 def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be a positive integer")
-    return value
+    return require_positive_int("", int(text))
 
 
 def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
+    return require_non_negative_int("", int(text))
 
 
 def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise ValueError("must be a finite number >= 0")
-    return value
+    return require_non_negative_finite("", float(text))
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be positive")
-    return value
+    return require_positive("", float(text))
 
 
 def fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise ValueError("must be between 0 and 1")
-    return value
+    return require_fraction("", float(text))
 
 
 def positive_fraction(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 1:
-        raise ValueError("must be > 0 and <= 1")
-    return value
+    return require_positive_fraction("", float(text))
 
 
 def setup_logging(level: str, quiet: bool = False) -> None:

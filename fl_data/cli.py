@@ -6,13 +6,24 @@ import argparse
 import logging
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common.config import add_logging_options, add_option, positive_float, positive_int, setup_logging
-from common.data.datasets import BUILTIN_DATASETS, TabularData, check_class_column, load_builtin, read_csv
+from common.cli import command_main
+from common.config import add_logging_options, add_option, positive_float, positive_int
+from common.data.datasets import (
+    BUILTIN_DATASETS,
+    DEFAULT_DATASET,
+    DEFAULT_HOLDOUT_FRACTION,
+    DEFAULT_SEED,
+    TabularData,
+    check_class_column,
+    load_builtin,
+    read_csv,
+)
 from common.data.partition import SCHEMES, dominant_class_share, holdout_split, partition
 from common.data.tabular import label_text
 
@@ -30,14 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = part.add_mutually_exclusive_group()
     source.add_argument("--dataset", default=None,
-                        help=f"built-in tabular dataset ({', '.join(sorted(BUILTIN_DATASETS))}; default digits)")
+                        help=f"built-in tabular dataset ({', '.join(sorted(BUILTIN_DATASETS))}; "
+                        f"default {DEFAULT_DATASET})")
     source.add_argument("--data", type=Path, default=None, help="a CSV file to split")
     part.add_argument("--target", default=None, help="class column of --data")
     add_option(part, "--nodes", type=positive_int, default=3, help="number of nodes")
     add_option(part, "--scheme", default="iid", choices=list(SCHEMES), help="how rows are shared out")
     add_option(part, "--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (dirichlet, quantity)")
-    add_option(part, "--seed", type=int, default=42, help="seed of the holdout split and the partition")
-    add_option(part, "--holdout-fraction", type=positive_float, default=0.2,
+    add_option(part, "--seed", type=int, default=DEFAULT_SEED, help="seed of the holdout split and the partition")
+    add_option(part, "--holdout-fraction", type=positive_float, default=DEFAULT_HOLDOUT_FRACTION,
                help="share of --data kept as holdout.csv (built-in datasets use their fixed holdout split)")
     part.add_argument("--out", type=Path, required=True, help="output folder")
     part.add_argument("--plot", action="store_true", help="also write class-mix.png (class mix per node)")
@@ -60,7 +72,7 @@ def load_source(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, s
         labels = frame[args.target].map(label_text).to_numpy()
         train_rows, holdout_rows = holdout_split(labels, holdout_fraction=args.holdout_fraction, seed=args.seed)
         return frame.iloc[train_rows], frame.iloc[holdout_rows], args.target
-    dataset = load_builtin(args.dataset or "digits", seed=args.seed)
+    dataset = load_builtin(args.dataset or DEFAULT_DATASET, seed=args.seed)
     if not isinstance(dataset, TabularData):
         raise ValueError(f"{dataset.name} is an image dataset; fl-data partitions tabular data")
     return dataset.train, dataset.holdout, dataset.target
@@ -116,35 +128,46 @@ def prepare_output_folder(folder: Path, *, overwrite: bool) -> None:
             logger.info("removed %s (written by an earlier fl-data partition)", folder / name)
 
 
-def partition_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class PartitionPlan:
+    """What ``fl-data partition`` will write, decided (and every input checked) before any file is written."""
+
+    args: argparse.Namespace
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    labels: np.ndarray
+    parts: list[np.ndarray]
+
+
+def plan_partition(args: argparse.Namespace) -> PartitionPlan:
     train, holdout, target = load_source(args)
     labels = train[target].map(label_text).to_numpy()
     parts = partition(labels, args.nodes, scheme=args.scheme, seed=args.seed, alpha=args.alpha)
     prepare_output_folder(args.out, overwrite=args.overwrite)
+    return PartitionPlan(args, train, holdout, labels, parts)
+
+
+def write_partition(plan: PartitionPlan) -> None:
+    args, labels, parts = plan.args, plan.labels, plan.parts
     for node, rows in enumerate(parts):
-        train.iloc[rows].to_csv(args.out / f"node-{node}.csv", index=False)
-    holdout.to_csv(args.out / "holdout.csv", index=False)
+        plan.train.iloc[rows].to_csv(args.out / f"node-{node}.csv", index=False)
+    plan.holdout.to_csv(args.out / "holdout.csv", index=False)
     table = class_table(labels, parts)
     out = sys.stdout
     out.write(table.to_string() + "\n")
     out.write(f"scheme {args.scheme}" + (f" alpha {args.alpha}" if args.scheme in ("dirichlet", "quantity") else "")
               + f", seed {args.seed}: mean dominant-class share {dominant_class_share(labels, parts):.3f} "
-              f"(iid would be about {1 / len(table.columns[1:]):.3f}); holdout {len(holdout)} rows\n")
+              f"(iid would be about {1 / len(table.columns[1:]):.3f}); holdout {len(plan.holdout)} rows\n")
     out.write(f"wrote {args.nodes} node files and holdout.csv to {args.out}\n")
     if args.plot:
         plot_class_mix(table, args.out / "class-mix.png")
         out.write(f"plot: {args.out / 'class-mix.png'}\n")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.quiet)
-    try:
-        return partition_command(args)
-    except (ValueError, OSError) as exc:
-        sys.stderr.write(f"fl-data: {exc}\n")
-        return 2
+    # Every fl-data failure is about the files the user named, read or written: exit 2 (usage) throughout.
+    return command_main(build_parser(), argv, prepare=plan_partition, run=write_partition,
+                        usage_errors=(ValueError, OSError))
 
 
 if __name__ == "__main__":

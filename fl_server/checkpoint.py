@@ -15,7 +15,6 @@ written (and fsynced) before the JSON that names it, and older arrays files are 
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from common.wire.codec import ALLOWED_DTYPES, CodecError, decode_array, encode_array, weights_digest
+from common.atomic import atomic_binary_file
+from common.wire.codec import ALLOWED_DTYPES, decode_array, encode_array, weights_digest
 from common.wire.safe_json import MiB, read_json_file
 from fl_server.history import MAX_HISTORY_BYTES, utc_now, write_json_atomic
 
@@ -83,7 +83,7 @@ class Checkpoint:
                 strategy_state=state,
                 offsets=offsets,
             )
-        except (KeyError, TypeError, ValueError, AttributeError, CodecError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # ProtocolError is a ValueError
             raise CheckpointError(f"damaged checkpoint ({exc!r:.200})") from exc
         if checkpoint.weights_sha256 != doc.get("weights_sha256"):
             raise CheckpointError("weights do not match the recorded weights_sha256")
@@ -107,7 +107,8 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         state_keys[name] = [f"s{index}_{j}" for j in range(len(values))]
         arrays.update({key: _little_endian(v) for key, v in zip(state_keys[name], values, strict=True)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_npz_atomic(path.parent / arrays_name, arrays)
+    with atomic_binary_file(path.parent / arrays_name) as handle:
+        np.savez(handle, allow_pickle=False, **arrays)
     document = checkpoint.to_wire(with_arrays=False)
     document.update(format=CHECKPOINT_FORMAT_ARRAYS, weights={"file": arrays_name, "count": len(checkpoint.weights)},
                     strategy_state=state_keys)
@@ -122,19 +123,6 @@ def _little_endian(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
 
 
-def _write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, allow_pickle=False, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _read_arrays(document: dict[str, Any], folder: Path) -> dict[str, Any]:
     """A ``fl-checkpoint/2`` document with its arrays read back in, in the ``fl-checkpoint/1`` shape."""
     try:
@@ -146,7 +134,8 @@ def _read_arrays(document: dict[str, Any], folder: Path) -> dict[str, Any]:
     if Path(name).name != name:
         raise CheckpointError(f"arrays file {name!r} must sit next to the checkpoint")
     try:
-        with np.load(folder / name, allow_pickle=False) as arrays:
+        # The handle is ours, not numpy's: np.load leaves the file it opened unclosed when the zip is damaged.
+        with open(folder / name, "rb") as handle, np.load(handle, allow_pickle=False) as arrays:
             def read(key: str) -> dict[str, Any]:
                 array = arrays[key]
                 if array.dtype.name not in ALLOWED_DTYPES:

@@ -6,11 +6,13 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from common.config import add_flag, add_logging_options, setup_logging
+from common.cli import command_main
+from common.config import add_flag, add_logging_options
 from common.wire.integrity import KeyRegistry, new_key, write_secret
-from common.wire.protocol import ProtocolError, check_node_id
+from common.wire.protocol import check_node_id
 
 logger = logging.getLogger("fl_keys")
 
@@ -34,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def create_keys(registry_path: Path, out_dir: Path, node_ids: list[str], *, rotate: bool = False) -> list[Path]:
-    """Add ``node_ids`` to the registry and write their key files; returns the key file paths."""
+def planned_keys(registry_path: Path, node_ids: list[str], *, rotate: bool = False) -> dict[str, bytes]:
+    """The registry's current keys, once ``node_ids`` are known to be valid and new (or ``rotate``)."""
     for node_id in node_ids:
         check_node_id(node_id)
     keys: dict[str, bytes] = {}
@@ -45,6 +47,12 @@ def create_keys(registry_path: Path, out_dir: Path, node_ids: list[str], *, rota
     clash = sorted(set(node_ids) & set(keys))
     if clash and not rotate:
         raise ValueError(f"node(s) {', '.join(clash)} already have keys in {registry_path} (use --rotate)")
+    return keys
+
+
+def write_keys(registry_path: Path, out_dir: Path, node_ids: list[str], keys: dict[str, bytes]) -> list[Path]:
+    """Issue a new key for each of ``node_ids``, write its key file, then the registry with ``keys`` and them."""
+    keys = dict(keys)
     written = []
     for node_id in node_ids:
         keys[node_id] = new_key()
@@ -55,20 +63,34 @@ def create_keys(registry_path: Path, out_dir: Path, node_ids: list[str], *, rota
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, args.quiet)
-    try:
-        if args.command == "list":
-            sys.stdout.write("\n".join(KeyRegistry.load(args.registry).node_ids()) + "\n")
-            return 0
-        for path in create_keys(args.registry, args.out_dir, args.node_ids, rotate=args.rotate):
+def create_keys(registry_path: Path, out_dir: Path, node_ids: list[str], *, rotate: bool = False) -> list[Path]:
+    """Add ``node_ids`` to the registry and write their key files; returns the key file paths."""
+    return write_keys(registry_path, out_dir, node_ids, planned_keys(registry_path, node_ids, rotate=rotate))
+
+
+def prepare(args: argparse.Namespace) -> Callable[[], None]:
+    """Read and check everything the command needs; the returned step does the writing."""
+    if args.command == "list":
+        node_ids = KeyRegistry.load(args.registry).node_ids()
+
+        def show() -> None:
+            sys.stdout.write("\n".join(node_ids) + "\n")
+
+        return show
+    keys = planned_keys(args.registry, args.node_ids, rotate=args.rotate)
+
+    def create() -> None:
+        for path in write_keys(args.registry, args.out_dir, args.node_ids, keys):
             logger.info("wrote %s", path)
         logger.info("registry %s now lists: %s", args.registry, ", ".join(KeyRegistry.load(args.registry).node_ids()))
-    except (ValueError, ProtocolError, OSError) as exc:
-        logger.error("%s", exc)
-        return 2
-    return 0
+
+    return create
+
+
+def main(argv: list[str] | None = None) -> int:
+    # fl-keys has always answered 2 for every failure (a registry or key folder it cannot read or write included).
+    return command_main(build_parser(), argv, prepare=prepare, run=lambda step: step(),
+                        usage_errors=(ValueError, OSError))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
 
@@ -15,7 +14,6 @@ class NodeInfo:
     node_id: str
     sid: str
     num_samples: int
-    connected_at: float = field(default_factory=time.time)
     instance: str = ""
 
 
@@ -29,9 +27,6 @@ class NodeRegistry:
 
     def __len__(self) -> int:
         return len(self._by_node)
-
-    def is_connected(self, node_id: str) -> bool:
-        return node_id in self._by_node
 
     async def add(self, info: NodeInfo) -> NodeInfo | None:
         """Register a node; returns the previous connection of the same node id, if any (it is replaced)."""

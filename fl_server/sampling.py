@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from common.validation import require_positive_fraction
+
 
 def sample_participants(node_ids: Iterable[str], *, fraction: float, min_count: int, seed: int,
                         server_round: int) -> list[str]:
@@ -14,8 +16,7 @@ def sample_participants(node_ids: Iterable[str], *, fraction: float, min_count: 
 
     The draw depends only on ``(seed, server_round)`` and the sorted ids, so a resumed session
     or a rerun with the same seed samples the same nodes."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    require_positive_fraction("fraction", fraction)
     ids = sorted(set(node_ids))
     count = min(len(ids), max(min_count, math.ceil(fraction * len(ids))))
     if count >= len(ids):

@@ -14,6 +14,7 @@ from typing import Any
 
 from common.config import add_option, env_name, non_negative_float, non_negative_int, positive_float, positive_int
 from common.plugins import entry_point_names, is_import_path
+from common.validation import require_decay_rate
 from fl_server.strategies import (
     ENTRY_POINT_GROUP,
     STRATEGIES,
@@ -23,22 +24,17 @@ from fl_server.strategies import (
     strategy_defaults,
     strategy_parameters,
 )
+from fl_server.strategies.robust import require_trim_fraction
 
 MAX_SUGGESTED_NODES = 10_000
 
 
 def decay_rate(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise ValueError("must be in [0, 1)")
-    return value
+    return require_decay_rate("", float(text))
 
 
 def trim_fraction(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 0.5:
-        raise ValueError("must be in [0, 0.5)")
-    return value
+    return require_trim_fraction("", float(text))
 
 
 # flag -> (constructor keyword, argparse type, help)

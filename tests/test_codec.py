@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from common.wire.codec import ArraySpec, CodecError, array_from_bytes, array_to_bytes, decode_array, encode_array
+from common.wire.codec import ArraySpec, array_from_bytes, array_to_bytes, decode_array, encode_array
+from common.wire.errors import ProtocolError
 
 
 @pytest.mark.parametrize(
@@ -67,7 +68,7 @@ def test_wire_bytes_are_little_endian():
     ],
 )
 def test_malformed_input_is_rejected_with_a_reason(fields, reason):
-    with pytest.raises(CodecError) as info:
+    with pytest.raises(ProtocolError) as info:
         decode_array(fields)
     assert info.value.reason == reason
 

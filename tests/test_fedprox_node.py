@@ -5,19 +5,13 @@ import pytest
 
 from common.wire.protocol import TrainConfig
 from fl_node.trainer import LocalTrainer
+from tests.tiny_keras import digits_and_mlp
 
 
 @pytest.fixture(scope="module")
 def setup():
-    import keras
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    trainer = LocalTrainer((x[:300] / 16).astype(np.float32), y[:300], node_id="t")
-    return trainer, model.to_json(), model.get_weights()
+    x, y, architecture, weights = digits_and_mlp(rows=300, hidden=32)
+    return LocalTrainer(x, y, node_id="t"), architecture, weights
 
 
 def distance(a, b):

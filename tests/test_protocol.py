@@ -7,6 +7,7 @@ import pytest
 from common.wire.assembly import WeightAssembler
 from common.wire.codec import ArraySpec
 from common.wire.protocol import (
+    DEFAULT_CHUNK_BYTES,
     KIND_UPDATE,
     Hello,
     ProtocolError,
@@ -48,7 +49,7 @@ def test_split_encode_decode_assemble_round_trip_in_any_order_with_duplicates():
 
 def test_chunk_record_is_json_and_below_kafka_default_limit():
     big = [np.zeros((1024, 1024), dtype=np.float32)]  # 4 MiB layer
-    records = [encode_chunk(c) for c in chunks_of(big, chunk_bytes=512 * 1024)]
+    records = [encode_chunk(c) for c in chunks_of(big, chunk_bytes=DEFAULT_CHUNK_BYTES)]
     assert len(records) == 8
     assert max(len(r) for r in records) < 1_048_588
     assert json.loads(records[0])["num_chunks"] == 8

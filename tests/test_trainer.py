@@ -9,18 +9,12 @@ import pytest
 from common.ml.models import compile_model, model_from_architecture
 from common.wire.protocol import TrainConfig
 from fl_node.trainer import LocalTrainer
+from tests.tiny_keras import digits_and_mlp
 
 
 @pytest.fixture(scope="module")
 def digits():
-    import keras
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    return (x[:200] / 16).astype(np.float32), y[:200], model.to_json(), model.get_weights()
+    return digits_and_mlp(rows=200, hidden=16)
 
 
 def spec(optimizer):

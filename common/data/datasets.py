@@ -21,6 +21,7 @@ from common.data.partition import holdout_split, partition
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 42
+DEFAULT_DATASET = "digits"
 DEFAULT_HOLDOUT_FRACTION = 0.2
 TARGET = "target"
 

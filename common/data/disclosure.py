@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from common.validation import require_positive_fraction, require_positive_int
+
 DEFAULT_MIN_CATEGORY_COUNT = 5
 DEFAULT_MAX_DISTINCT_FRACTION = 0.5
 DEFAULT_MAX_CATEGORIES = 100
@@ -41,10 +43,8 @@ class DisclosurePolicy:
     exclude: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
-        if self.min_category_count < 1:
-            raise ValueError(f"min_category_count must be >= 1, got {self.min_category_count}")
-        if not 0 < self.max_distinct_fraction <= 1:
-            raise ValueError(f"max_distinct_fraction must be in (0, 1], got {self.max_distinct_fraction}")
+        require_positive_int("min_category_count", self.min_category_count)
+        require_positive_fraction("max_distinct_fraction", self.max_distinct_fraction)
 
     def stricter(self, *, min_category_count: int | None = None, exclude: Iterable[str] = ()) -> DisclosurePolicy:
         """This policy, tightened by a request: a larger k, more excluded columns. Never looser."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.validation import require_in_interval
+
 
 def parse_partition(text: str) -> tuple[int, int]:
     """Parse ``"i/n"`` (0-based node index i of n) into ``(i, n)``."""
@@ -27,8 +29,7 @@ def iid_partition(num_rows: int, num_partitions: int, *, seed: int) -> list[np.n
 
 def holdout_split(labels: np.ndarray, *, holdout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of row indices into (train, holdout); deterministic for a seed."""
-    if not 0.0 < holdout_fraction < 1.0:
-        raise ValueError("holdout_fraction must be in (0, 1)")
+    require_in_interval("holdout_fraction", holdout_fraction, 0, 1, low_open=True, high_open=True)
     rng = np.random.default_rng(seed)
     train: list[np.ndarray] = []
     holdout: list[np.ndarray] = []

@@ -248,8 +248,6 @@ class UpdateConsumer:
         self._error: BaseException | None = None
         self._commit_lock = threading.Lock()
         self._pending_commit: dict[int, int] | None = None
-        self.committed: dict[int, int] = {}
-        self.reconnects = 0
         self._thread = threading.Thread(target=self._run, name=f"consume-{topic}", daemon=True)
 
     def start(self, timeout_s: float = 60.0) -> dict[int, int]:
@@ -303,7 +301,6 @@ class UpdateConsumer:
             return
         try:
             consumer.commit({TopicPartition(self._topic, p): OffsetAndMetadata(o, "", -1) for p, o in offsets.items()})
-            self.committed = offsets
         except KafkaError:
             with self._commit_lock:  # keep it for the next try unless a newer one came in
                 self._pending_commit = self._pending_commit or offsets
@@ -342,7 +339,6 @@ class UpdateConsumer:
                     except Exception:  # noqa: BLE001
                         pass
                     consumer = None
-                self.reconnects += 1
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         if consumer is not None:

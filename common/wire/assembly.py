@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from common.wire.codec import ArraySpec, CodecError, array_from_bytes
+from common.wire.codec import ArraySpec, array_from_bytes
 from common.wire.protocol import ProtocolError, WeightChunk
 
 
@@ -85,6 +85,6 @@ class WeightAssembler:
             raw = b"".join(self._chunks[layer_index][i] for i in range(num_chunks))
             try:
                 arrays.append(array_from_bytes(raw, spec))
-            except CodecError as exc:
+            except ProtocolError as exc:
                 raise ProtocolError(exc.reason, f"layer {layer_index}: {exc}") from exc
         return arrays

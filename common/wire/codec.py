@@ -3,7 +3,7 @@
 An array travels as three fields: ``dtype`` (a name from ``ALLOWED_DTYPES``),
 ``shape`` (a list of non-negative ints) and its raw C-order little-endian bytes,
 base64-encoded when it sits in JSON. Decoding never executes anything it reads:
-no pickle, no object dtypes. Every failure raises ``CodecError`` with a reason.
+no pickle, no object dtypes. Every failure raises ``ProtocolError`` (``common.wire.errors``) with a reason.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.wire.errors import ProtocolError
+
 ALLOWED_DTYPES: frozenset[str] = frozenset(
     {
         "float16", "float32", "float64",
@@ -27,17 +29,6 @@ ALLOWED_DTYPES: frozenset[str] = frozenset(
 )
 MAX_NDIM = 8
 MAX_ARRAY_BYTES = 1 << 30
-
-
-class CodecError(ValueError):
-    """Raised when bytes or fields do not describe a valid array.
-
-    ``reason`` is a short machine-readable tag (used to count rejections).
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -59,18 +50,18 @@ class ArraySpec:
 def validate_spec(dtype: object, shape: object) -> ArraySpec:
     """Check untrusted dtype/shape fields and return them as an ``ArraySpec``."""
     if not isinstance(dtype, str) or dtype not in ALLOWED_DTYPES:
-        raise CodecError("bad_dtype", f"dtype {dtype!r} is not one of {sorted(ALLOWED_DTYPES)}")
+        raise ProtocolError("bad_dtype", f"dtype {dtype!r} is not one of {sorted(ALLOWED_DTYPES)}")
     if not isinstance(shape, (list, tuple)) or len(shape) > MAX_NDIM:
-        raise CodecError("bad_shape", f"shape must be a list of at most {MAX_NDIM} ints, got {shape!r}")
+        raise ProtocolError("bad_shape", f"shape must be a list of at most {MAX_NDIM} ints, got {shape!r}")
     dims: list[int] = []
     for dim in shape:
         # bool is an int subclass; a shape of [True] is not a shape.
         if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
-            raise CodecError("bad_shape", f"shape entries must be non-negative ints, got {shape!r}")
+            raise ProtocolError("bad_shape", f"shape entries must be non-negative ints, got {shape!r}")
         dims.append(dim)
     spec = ArraySpec(dtype=dtype, shape=tuple(dims))
     if spec.num_bytes > MAX_ARRAY_BYTES:
-        raise CodecError("oversize", f"array of {spec.num_bytes} bytes exceeds {MAX_ARRAY_BYTES}")
+        raise ProtocolError("oversize", f"array of {spec.num_bytes} bytes exceeds {MAX_ARRAY_BYTES}")
     return spec
 
 
@@ -86,7 +77,7 @@ def array_from_bytes(raw: bytes | bytearray | memoryview, spec: ArraySpec) -> np
     """Rebuild an array from raw little-endian bytes; the length must match the spec exactly."""
     spec = validate_spec(spec.dtype, list(spec.shape))
     if len(raw) != spec.num_bytes:
-        raise CodecError(
+        raise ProtocolError(
             "bad_length",
             f"{len(raw)} bytes do not fit dtype {spec.dtype} and shape {list(spec.shape)} "
             f"({spec.num_bytes} bytes expected)",
@@ -104,11 +95,11 @@ def b64encode(raw: bytes) -> str:
 def b64decode(text: object) -> bytes:
     """Strict base64 decoding of untrusted text (no ignored characters)."""
     if not isinstance(text, str):
-        raise CodecError("bad_base64", f"expected base64 text, got {type(text).__name__}")
+        raise ProtocolError("bad_base64", f"expected base64 text, got {type(text).__name__}")
     try:
         return base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
-        raise CodecError("bad_base64", f"invalid base64 ({exc})") from exc
+        raise ProtocolError("bad_base64", f"invalid base64 ({exc})") from exc
 
 
 def encode_array(array: np.ndarray) -> dict[str, object]:
@@ -120,7 +111,7 @@ def encode_array(array: np.ndarray) -> dict[str, object]:
 def decode_array(fields: object) -> np.ndarray:
     """Inverse of ``encode_array`` for untrusted input."""
     if not isinstance(fields, dict):
-        raise CodecError("bad_schema", "an encoded array must be an object")
+        raise ProtocolError("bad_schema", "an encoded array must be an object")
     spec = validate_spec(fields.get("dtype"), fields.get("shape"))
     return array_from_bytes(b64decode(fields.get("data")), spec)
 

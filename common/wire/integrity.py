@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from common.atomic import OWNER_ONLY, write_text_atomic
 from common.wire.protocol import ProtocolError, WeightChunk, check_node_id
 from common.wire.safe_json import MiB, read_json_file
 
@@ -263,9 +264,4 @@ def read_key_file(path: Path) -> bytes:
 
 def write_secret(path: Path, text: str) -> None:
     """Write a file only its owner can read (created 0600, replaced atomically)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text, encoding="ascii", permissions=OWNER_ONLY)

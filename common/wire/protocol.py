@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from common import PROTOCOL_VERSION
-from common.wire.codec import ArraySpec, CodecError, array_to_bytes, b64decode, b64encode, validate_spec
+from common.validation import require_non_negative_finite, require_positive_int
+from common.wire.codec import ArraySpec, array_to_bytes, b64decode, b64encode, validate_spec
 from common.wire.errors import ProtocolError
 from common.wire.safe_json import loads_untrusted
 
@@ -110,11 +111,6 @@ class WeightChunk:
     num_chunks: int
     data: bytes = field(repr=False)
 
-    @property
-    def key(self) -> tuple[str, str, int, str, int, int]:
-        """Identity used for de-duplication of at-least-once deliveries."""
-        return (self.kind, self.session_id, self.server_round, self.node_id, self.layer_index, self.chunk_index)
-
     def headers(self) -> list[tuple[str, bytes]]:
         return [
             ("fl.kind", self.kind.encode()),
@@ -166,11 +162,8 @@ def decode_chunk(value: bytes | None, *, max_record_bytes: int = MAX_RECORD_BYTE
         raise ProtocolError("bad_schema", "model chunks must come from the server")
     num_layers = _int_in(obj, "num_layers", 1, MAX_LAYERS, where=where)
     num_chunks = _int_in(obj, "num_chunks", 1, MAX_CHUNKS, where=where)
-    try:
-        spec = validate_spec(obj.get("dtype"), obj.get("shape"))
-        data = b64decode(obj.get("data"))
-    except CodecError as exc:
-        raise ProtocolError(exc.reason, str(exc)) from exc
+    spec = validate_spec(obj.get("dtype"), obj.get("shape"))
+    data = b64decode(obj.get("data"))
     if len(data) > spec.num_bytes:
         raise ProtocolError("bad_length", f"chunk of {len(data)} bytes is larger than its layer ({spec.num_bytes})")
     return WeightChunk(
@@ -199,8 +192,7 @@ def split_weights(
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> Iterator[WeightChunk]:
     """Cut a list of layer arrays into chunks of at most ``chunk_bytes`` raw bytes each."""
-    if chunk_bytes < 1:
-        raise ValueError("chunk_bytes must be positive")
+    require_positive_int("chunk_bytes", chunk_bytes)
     for layer_index, array in enumerate(weights):
         spec, raw = array_to_bytes(array)
         num_chunks = max(1, math.ceil(len(raw) / chunk_bytes))
@@ -375,8 +367,7 @@ class TrainConfig:
     proximal_mu: float = 0.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.proximal_mu) and self.proximal_mu >= 0):
-            raise ValueError(f"proximal_mu must be a finite number >= 0, got {self.proximal_mu}")
+        require_non_negative_finite("proximal_mu", self.proximal_mu)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,

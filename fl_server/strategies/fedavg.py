@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from common.validation import require_non_negative_finite
 from fl_server.strategies.base import Strategy, cast_to, check_num_samples
 
 # Layers are processed in blocks of this many elements, so float64 temporaries stay at 512 KiB
@@ -90,9 +90,7 @@ class FedProx(FedAvg):
 
     def __init__(self, *, proximal_mu: float = 0.01) -> None:
         super().__init__()
-        if not (math.isfinite(proximal_mu) and proximal_mu >= 0):
-            raise ValueError(f"proximal_mu must be a finite number >= 0, got {proximal_mu}")
-        self.proximal_mu = float(proximal_mu)
+        self.proximal_mu = require_non_negative_finite("proximal_mu", proximal_mu)
 
     def train_config(self, server_round: int) -> dict[str, Any]:
         return {"proximal_mu": self.proximal_mu}

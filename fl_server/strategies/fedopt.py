@@ -8,27 +8,15 @@ float64 array each and carries across rounds; a failed round leaves it untouched
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from common.validation import require_decay_rate, require_positive_finite
 from fl_server.strategies.base import Strategy, cast_to
 from fl_server.strategies.fedavg import FedAvg
-
-
-def _check_rate(name: str, value: float) -> float:
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
-
-
-def _check_decay(name: str, value: float) -> float:
-    if not (math.isfinite(value) and 0 <= value < 1):
-        raise ValueError(f"{name} must be in [0, 1), got {value}")
-    return float(value)
 
 
 def _restore(state: dict[str, list[np.ndarray]], name: str, strategy: str) -> list[np.ndarray] | None:
@@ -78,8 +66,8 @@ class FedAvgM(PseudoGradientStrategy):
 
     def __init__(self, *, server_lr: float = 1.0, server_momentum: float = 0.9) -> None:
         super().__init__()
-        self.server_lr = _check_rate("server_lr", server_lr)
-        self.server_momentum = _check_decay("server_momentum", server_momentum)
+        self.server_lr = require_positive_finite("server_lr", server_lr)
+        self.server_momentum = require_decay_rate("server_momentum", server_momentum)
         self._momentum: list[np.ndarray] | None = None
 
     def _step(self, deltas: list[np.ndarray]) -> list[np.ndarray]:
@@ -111,9 +99,9 @@ class AdaptiveServerOptimizer(PseudoGradientStrategy):
 
     def __init__(self, *, server_lr: float, beta1: float, tau: float) -> None:
         super().__init__()
-        self.server_lr = _check_rate("server_lr", server_lr)
-        self.beta1 = _check_decay("beta1", beta1)
-        self.tau = _check_rate("tau", tau)
+        self.server_lr = require_positive_finite("server_lr", server_lr)
+        self.beta1 = require_decay_rate("beta1", beta1)
+        self.tau = require_positive_finite("tau", tau)
         self._m: list[np.ndarray] | None = None
         self._v: list[np.ndarray] | None = None
 
@@ -163,7 +151,7 @@ class FedAdam(AdaptiveServerOptimizer):
     def __init__(self, *, server_lr: float = 0.03, beta1: float = 0.9, beta2: float = 0.99,
                  tau: float = 1e-3) -> None:
         super().__init__(server_lr=server_lr, beta1=beta1, tau=tau)
-        self.beta2 = _check_decay("beta2", beta2)
+        self.beta2 = require_decay_rate("beta2", beta2)
 
     def _second_moment(self, v: np.ndarray, delta_sq: np.ndarray) -> np.ndarray:
         return self.beta2 * v + (1.0 - self.beta2) * delta_sq

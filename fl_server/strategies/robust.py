@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from common.validation import require_in_interval, require_non_negative_int, require_positive_int
 from fl_server.strategies.base import AggregationError, Strategy, cast_to, check_num_samples
+
+
+def require_trim_fraction(name: str, value: float) -> float:
+    """A trimmed mean drops ``floor(fraction * n)`` values per side, so the fraction is in [0, 0.5)."""
+    return require_in_interval(name, value, 0, 0.5, high_open=True)
 
 
 class UpdateStack:
@@ -118,9 +124,7 @@ class TrimmedMean(RobustStrategy):
 
     def __init__(self, *, trim_fraction: float = 0.2) -> None:
         super().__init__()
-        if not (math.isfinite(trim_fraction) and 0 <= trim_fraction < 0.5):
-            raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction}")
-        self.trim_fraction = float(trim_fraction)
+        self.trim_fraction = require_trim_fraction("trim_fraction", trim_fraction)
 
     def _combine(self, stack: UpdateStack) -> np.ndarray:
         n = len(stack)
@@ -147,12 +151,8 @@ class MultiKrum(RobustStrategy):
 
     def __init__(self, *, num_byzantine: int = 1, num_selected: int | None = None) -> None:
         super().__init__()
-        if num_byzantine < 0:
-            raise ValueError(f"num_byzantine must be >= 0, got {num_byzantine}")
-        if num_selected is not None and num_selected < 1:
-            raise ValueError(f"num_selected must be >= 1, got {num_selected}")
-        self.num_byzantine = int(num_byzantine)
-        self.num_selected = num_selected
+        self.num_byzantine = int(require_non_negative_int("num_byzantine", num_byzantine))
+        self.num_selected = None if num_selected is None else require_positive_int("num_selected", num_selected)
 
     def check_num_updates(self, num_updates: int) -> None:
         super().check_num_updates(num_updates)

@@ -103,6 +103,14 @@ class Proc:
         self._log.close()
 
 
+def expect_clean_exit(server: Proc, nodes: list[Proc], *, server_timeout_s: float,
+                      node_timeout_s: float = 60) -> None:
+    """The server, then every node, exits 0 within its timeout; a failure shows the tail of that process's log."""
+    assert server.wait(server_timeout_s) == 0, server.log()[-3000:]
+    for node in nodes:
+        assert node.wait(node_timeout_s) == 0, node.log()[-3000:]
+
+
 # Node ids that get keys in every test federation (the server loads its registry once, at start).
 KEYED_NODES = [*(f"n{i}" for i in range(10)), "site0", "site1", "site2", "misfit", "mallory"]
 
@@ -152,6 +160,10 @@ class Federation:
                                                         node_id, "--out-dir", str(self.tmp_path / "models"),
                                                         *key_args, *args])
 
+    def start_nodes(self, count: int, *args: str) -> list[Proc]:
+        """Nodes n0..n<count-1>, node i training on partition i/count of the built-in data."""
+        return [self.start_node(f"n{i}", "--partition", f"{i}/{count}", *args) for i in range(count)]
+
     def history(self) -> dict[str, Any] | None:
         files = sorted(self.history_dir.glob("*.json")) if self.history_dir.exists() else []
         if not files:
@@ -168,13 +180,6 @@ class Federation:
     def close(self) -> None:
         for proc in self.procs:
             proc.stop()
-
-    def produce_raw(self, values: list[bytes], key: bytes = b"attacker") -> None:
-        producer = KafkaProducer(bootstrap_servers=self.kafka)
-        for value in values:
-            producer.send(self.updates_topic, key=key, value=value)
-        producer.flush(timeout=30)
-        producer.close()
 
 
 def read_records(kafka: str, topic: str) -> list[RawRecord]:

@@ -25,6 +25,7 @@ from tests.integration.harness import (
     Federation,
     LocalBroker,
     Mallory,
+    expect_clean_exit,
     fresh_proof,
     read_records,
     read_weights,
@@ -32,10 +33,6 @@ from tests.integration.harness import (
 )
 
 pytestmark = pytest.mark.timeout(900)
-
-
-def start_nodes(federation: Federation, count: int, *args: str) -> list:
-    return [federation.start_node(f"n{i}", "--partition", f"{i}/{count}", *args) for i in range(count)]
 
 
 def assert_every_round_is_fedavg_of_its_accepted_updates(federation: Federation) -> dict:
@@ -61,7 +58,7 @@ def assert_every_round_is_fedavg_of_its_accepted_updates(federation: Federation)
 def test_node_killed_mid_round_round_closes_with_the_rest_and_the_node_rejoins_later(federation: Federation) -> None:
     server = federation.start_server("--min-nodes", "4", "--rounds", "7", "--round-timeout", "20", "--epochs", "30",
                                      "--min-fit", "3")
-    nodes = start_nodes(federation, 4)
+    nodes = federation.start_nodes(4)
     nodes[3].wait_for_log(r"node n3 round 2: epoch 1/30", timeout_s=240)
     nodes[3].kill()
     federation.wait_for_rounds(2, timeout_s=120)
@@ -83,16 +80,14 @@ def test_node_killed_mid_round_round_closes_with_the_rest_and_the_node_rejoins_l
 
 def test_server_killed_after_round_2_resumes_from_its_checkpoint(federation: Federation) -> None:
     server = federation.start_server("--min-nodes", "3", "--rounds", "5", "--round-timeout", "60", "--epochs", "20")
-    nodes = start_nodes(federation, 3)
+    nodes = federation.start_nodes(3)
     federation.wait_for_rounds(2, timeout_s=240)
     server.kill()
     before = federation.history()
     history_file = federation.history_dir / f"{before['session_id']}.json"
     assert len(before["rounds"]) in (2, 3)  # SIGKILL may land after round 3 was written too
     resumed = federation.start_server("--min-nodes", "3", "--resume", str(history_file), name="server-resumed")
-    assert resumed.wait(400) == 0, resumed.log()[-3000:]
-    for node in nodes:
-        assert node.wait(60) == 0, node.log()[-3000:]
+    expect_clean_exit(resumed, nodes, server_timeout_s=400)
 
     history = assert_every_round_is_fedavg_of_its_accepted_updates(federation)
     rounds = history["rounds"]
@@ -112,16 +107,14 @@ def test_broker_stopped_and_restarted_mid_session(tmp_path: Path) -> None:
     try:
         server = federation.start_server("--min-nodes", "3", "--rounds", "5", "--round-timeout", "120",
                                          "--epochs", "20")
-        nodes = start_nodes(federation, 3)
+        nodes = federation.start_nodes(3)
         federation.wait_for_rounds(2, timeout_s=240)
         mark = len(server.log())
         broker.stop()
         outage = federation.history()
         server.wait_for_log(r"WARNING|ERROR", timeout_s=120, after=mark)  # the server's Kafka clients noticed
         broker.start()
-        assert server.wait(400) == 0, server.log()[-3000:]
-        for node in nodes:
-            assert node.wait(60) == 0, node.log()[-3000:]
+        expect_clean_exit(server, nodes, server_timeout_s=400)
         history = assert_every_round_is_fedavg_of_its_accepted_updates(federation)
         rounds = history["rounds"]
         assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5] and history["status"] == "completed"
@@ -206,7 +199,7 @@ def test_hostile_input_is_rejected_by_reason_and_changes_nothing(federation: Fed
                                      "--inbox-bytes", str(INBOX_BYTES))
     server.wait_for_log(r"Kafka at \S+: reading", timeout_s=120)  # the consumer is positioned: it will see the flood
     flood_before_round_1(federation)
-    nodes = start_nodes(federation, 2)
+    nodes = federation.start_nodes(2)
     refused = []
     no_proof = Hello("n0", 10)
     unknown = Hello("intruder", 10, proof=fresh_proof(federation.port, b"x" * 32, "intruder"))

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.harness import Federation
+from tests.integration.harness import Federation, expect_clean_exit
 
 pytestmark = pytest.mark.timeout(1500)  # five sessions; typically a few minutes in all
 
@@ -42,9 +42,7 @@ def run_session(tmp_path: Path, kafka: str, strategy_args: list[str], attacked: 
         nodes = [federation.start_node(f"n{i}", "--partition", f"{i}/{NODES}",
                                        *(ATTACK if attacked and f"n{i}" == ATTACKER else []))
                  for i in range(NODES)]
-        assert server.wait(480) == 0, server.log()[-3000:]
-        for node in nodes:
-            assert node.wait(90) == 0, node.log()[-3000:]
+        expect_clean_exit(server, nodes, server_timeout_s=480, node_timeout_s=90)
         history = federation.history()
         assert history is not None
         return history

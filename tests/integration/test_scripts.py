@@ -21,6 +21,7 @@ def test_a_port_held_by_something_else_gets_our_broker_on_a_free_port(tmp_path):
         result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=300)
     finally:
         server.shutdown()
+        server.server_close()  # shutdown() only stops serve_forever; the listening socket needs closing too
     assert result.returncode == 0, result.stderr[-2000:]
     bootstrap = next(line for line in result.stdout.splitlines() if line.startswith("BOOTSTRAP="))
     assert bootstrap != f"BOOTSTRAP=127.0.0.1:{busy}"  # not the HTTP server

@@ -6,16 +6,12 @@ import numpy as np
 
 from common.wire.protocol import KIND_MODEL, KIND_UPDATE
 from fl_server.strategies import weighted_average
-from tests.integration.harness import Federation, read_weights
+from tests.integration.harness import Federation, expect_clean_exit, read_weights
 from tests.integration.history_tools import check_history_tools
 
 ROUND_FIELDS = {"round", "started_at", "ended_at", "participants", "num_samples", "train", "holdout", "timings_s",
                 "rejected_updates"}
 TIMING_FIELDS = {"train", "transport", "waiting", "aggregate", "evaluate", "total"}
-
-
-def start_nodes(federation: Federation, count: int, *args: str) -> list:
-    return [federation.start_node(f"n{i}", "--partition", f"{i}/{count}", *args) for i in range(count)]
 
 
 def assert_round_is_fedavg_of_updates(federation: Federation, server_round: int) -> None:
@@ -38,10 +34,8 @@ def test_three_nodes_train_three_rounds(federation: Federation, capsys) -> None:
     server = federation.start_server("--min-nodes", "3", "--rounds", "3", "--round-timeout", "90", "--epochs", "2",
                                      "--strategy", "tests.plugins.clipped:ClippedFedAvg",
                                      "--strategy-param", "max_norm=1e6")
-    nodes = start_nodes(federation, 3)
-    assert server.wait(240) == 0, server.log()[-3000:]
-    for node in nodes:
-        assert node.wait(60) == 0, node.log()[-3000:]
+    nodes = federation.start_nodes(3)
+    expect_clean_exit(server, nodes, server_timeout_s=240)
 
     history = federation.history()
     assert history["status"] == "completed" and history["finished_at"] is not None
@@ -70,10 +64,8 @@ def test_three_nodes_train_three_rounds(federation: Federation, capsys) -> None:
 def test_model_over_5_mb_travels_both_ways_and_aggregates(federation: Federation) -> None:
     server = federation.start_server("--min-nodes", "2", "--rounds", "1", "--model", "mlp:1280,1024",
                                      "--round-timeout", "120")
-    nodes = start_nodes(federation, 2)
-    assert server.wait(240) == 0, server.log()[-3000:]
-    for node in nodes:
-        assert node.wait(60) == 0, node.log()[-3000:]
+    nodes = federation.start_nodes(2)
+    expect_clean_exit(server, nodes, server_timeout_s=240)
     history = federation.history()
     assert history["config"]["num_parameters"] * 4 > 5_000_000
     assert history["rounds"][0]["accepted"] == ["n0", "n1"]
@@ -89,9 +81,7 @@ def test_session_over_tls_with_a_private_ca(federation: Federation) -> None:
     nodes = [federation.start_node(f"n{i}", "--partition", f"{i}/2", "--tls-ca", str(pki.ca), scheme="https")
              for i in range(2)]
     untrusting = federation.start_node("n2", "--partition", "0/2", scheme="https")  # no --tls-ca
-    assert server.wait(240) == 0, server.log()[-3000:]
-    for node in nodes:
-        assert node.wait(60) == 0, node.log()[-3000:]
+    expect_clean_exit(server, nodes, server_timeout_s=240)
     assert "https://" in server.log()
     assert federation.history()["rounds"][0]["accepted"] == ["n0", "n1"]
     assert untrusting.wait(60) == 2  # a certificate it cannot verify is a configuration error: it says so and stops
