@@ -16,6 +16,7 @@ import numpy as np
 
 from common.cli import EXIT_OK, EXIT_RUNTIME, UsageError, command_main, run_until_signal
 from common.config import add_common_options, add_disclosure_options, add_option, positive_float, positive_int
+from common.data.datasets import DEFAULT_DATASET, DEFAULT_SEED
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS
 from common.transport import kafka_io
 from common.transport.kafka_security import KafkaSecurity, add_kafka_security_options
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     port = os.environ.get("FL_PORT", "").strip() or "5000"  # the server's port, when only that is configured
     add_option(parser, "--server", default=f"http://127.0.0.1:{port}", help="server URL (default: port from FL_PORT)")
     add_option(parser, "--node-id", default=None, help="node id (default: node-<random hex>)")
-    add_option(parser, "--dataset", default="digits", help="built-in dataset to take a share of")
+    add_option(parser, "--dataset", default=DEFAULT_DATASET, help="built-in dataset to take a share of")
     add_option(parser, "--partition", default="0/1", help="this node's share i/n of the dataset (0-based i)")
     add_option(parser, "--scheme", default="iid", choices=["iid", "dirichlet", "shards", "quantity"],
                help="how the built-in dataset is shared out among the n nodes (all nodes must agree)")
@@ -48,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                help="Dirichlet concentration for --scheme dirichlet/quantity (small: more skew)")
     add_option(parser, "--data", type=Path, default=None, help="local CSV file instead of a built-in dataset")
     add_option(parser, "--target", default=None, help="class column of --data (optional: the server names it)")
-    add_option(parser, "--seed", type=int, default=42, help="seed of the dataset split (must match the server)")
+    add_option(parser, "--seed", type=int, default=DEFAULT_SEED,
+               help="seed of the dataset split (must match the server)")
     add_option(parser, "--out-dir", type=Path, default=Path("models"), help="where the final model is saved")
     add_option(parser, "--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES,
                help="largest raw weight slice per Kafka record")

@@ -22,6 +22,7 @@ import socketio
 
 from common.data.dataspec import DataSpec
 from common.data.tabular import SchemaError
+from common.metrics_format import format_metrics
 from common.ml.model_budget import ModelTooLarge
 from common.transport.tls import CertificateProblem, async_client_options, check_server_certificate
 from common.wire.integrity import connect_proof
@@ -396,7 +397,7 @@ class FederatedNode:
         publish_s = time.perf_counter() - t1
         logger.info("node %s round %d: trained in %.2fs, published %d records in %.2fs (%s)", self.settings.node_id,
                     start.server_round, result.train_s, len(chunks), publish_s,
-                    " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+                    format_metrics(result.metrics))
         return UpdateAck(
             session_id=start.session_id,
             server_round=start.server_round,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from common.metrics_format import format_metrics
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS, check_parameter_budget, estimate_parameters
 from common.ml.models import MAX_ARCHITECTURE_BYTES, compile_model, model_from_architecture
 from common.wire.protocol import TrainConfig
@@ -104,7 +105,7 @@ class LocalTrainer:
         node_id = self.node_id
 
         def log_epoch(epoch: int, logs: dict[str, float] | None = None) -> None:
-            shown = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
+            shown = format_metrics(logs or {})
             logger.info("node %s round %d: epoch %d/%d %s", node_id, server_round, epoch + 1, config.epochs, shown)
 
         class EpochLog(keras.callbacks.Callback):

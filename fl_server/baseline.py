@@ -16,6 +16,7 @@ from typing import Any
 
 from common.cli import UsageError, command_main
 from common.config import add_logging_options, add_option, add_training_options, positive_int
+from common.metrics_format import format_metrics
 from fl_server.config import DEFAULTS, json_ready
 from fl_server.history import SessionHistory, utc_now
 from fl_server.records import RoundRecord, RoundTimings
@@ -97,7 +98,7 @@ def run_baseline(args: argparse.Namespace) -> Path:
         history.save()
         holdout_metrics = history.rounds[-1]["holdout"]
         logger.info("baseline round %d: holdout %s", server_round,
-                    " ".join(f"{k}={v:.4f}" for k, v in holdout_metrics.items()))
+                    format_metrics(holdout_metrics))
     history.finish("completed")
     return history.path
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import DEFAULT_KAFKA, DEFAULT_MODELS_TOPIC, DEFAULT_UPDATES_TOPIC
+from common.data.datasets import DEFAULT_DATASET, DEFAULT_SEED
 from common.data.disclosure import DEFAULT_MIN_CATEGORY_COUNT
 from common.transport.kafka_security import Secret
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, TrainConfig
@@ -33,7 +34,7 @@ class ServerConfig:
     rounds: int = 5
     min_nodes: int = 2
     min_round_nodes: int | None = None  # None: --min-nodes
-    dataset: str = "digits"
+    dataset: str = DEFAULT_DATASET
     holdout: Path | None = None
     target: str | None = None
     schema: Path | None = None
@@ -56,7 +57,7 @@ class ServerConfig:
     batch_size: int = 32
     learning_rate: float = 0.005
     optimizer: str = "adam"
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     fraction_fit: float = 1.0
     min_fit: int = 1
     min_fit_fraction: float = 0.0

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from common.metrics_format import format_metrics
 from common.wire.codec import ArraySpec, weights_digest
 from common.wire.integrity import KeyRegistry
 from common.wire.protocol import (
@@ -207,7 +208,7 @@ class Coordinator:
         if self.first_round == 1:
             initial = await loop.run_in_executor(None, self._evaluate, 0, self.weights)
             self.history.set_initial_holdout(initial)
-            logger.info("session %s: initial holdout %s", settings.session_id, _fmt(initial))
+            logger.info("session %s: initial holdout %s", settings.session_id, format_metrics(initial))
         else:
             logger.info("session %s: resuming at round %d of %d from model %s", settings.session_id,
                         self.first_round, settings.rounds, self._digest[:16])
@@ -376,7 +377,7 @@ class Coordinator:
         if self._commit is not None:
             self._commit(state.offsets)
         logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", state.server_round, record.status,
-                    len(state.collector.completed), len(state.participants), _fmt(holdout), state.total_s)
+                    len(state.collector.completed), len(state.participants), format_metrics(holdout), state.total_s)
 
     def _assemble_and_fold(self, state: RoundState, pending: PendingUpdate) -> AssembledUpdate:
         """Worker thread: rebuild and check a node's update, and fold it into the strategy if it passes."""
@@ -482,6 +483,3 @@ def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float
         capped_weights={n: {"claimed": c, "used": state.sample_cap} for n, c in sorted(state.capped.items())},
     )
 
-
-def _fmt(metrics: dict[str, float]) -> str:
-    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())

@@ -9,12 +9,11 @@ that reads them), checking the structure first so that a damaged or hostile file
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common.atomic import OWNER_ONLY, atomic_text_file
 from common.wire.errors import ProtocolError
 from common.wire.safe_json import finite_or_null, read_json_file
 from fl_server.records import ResumeMark, RoundRecord, SessionSummary
@@ -39,18 +38,9 @@ def write_json_atomic(path: Path, document: Any) -> None:
     document, replaced = finite_or_null(document)
     if replaced and isinstance(document, dict):
         document["non_finite_values"] = sorted(set(document.get("non_finite_values") or []) | set(replaced))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=False, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_text_file(path, permissions=OWNER_ONLY) as handle:
+        json.dump(document, handle, indent=2, sort_keys=False, allow_nan=False)
+        handle.write("\n")
 
 
 class SessionHistory:

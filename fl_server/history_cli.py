@@ -9,13 +9,10 @@ from typing import Any
 
 from common.cli import command_main
 from common.config import add_logging_options
-from fl_server.history import HistoryFileError, is_number, load_history
+from common.metrics_format import format_number as num
+from fl_server.history import HistoryFileError, load_history
 
 __all__ = ["HistoryFileError", "load_history", "main", "summarize"]
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    return f"{value:.{digits}f}" if is_number(value) else "-"
 
 
 def format_table(document: dict[str, Any]) -> str:
@@ -28,10 +25,10 @@ def format_table(document: dict[str, Any]) -> str:
         rows.append([
             str(r.get("round")), str(r.get("status", "")),
             f"{len(r.get('accepted', []))}/{len(r.get('participants', []))}",
-            _num(r.get("train", {}).get("loss")), _num(holdout.get("loss")), _num(holdout.get("accuracy")),
-            _num(t.get("train"), 2), _num(t.get("transport"), 2), _num(t.get("waiting"), 2),
-            _num(t.get("aggregate"), 3),
-            _num(t.get("evaluate"), 2), _num(t.get("total"), 2), str(r.get("rejected_updates", 0)),
+            num(r.get("train", {}).get("loss")), num(holdout.get("loss")), num(holdout.get("accuracy")),
+            num(t.get("train"), 2), num(t.get("transport"), 2), num(t.get("waiting"), 2),
+            num(t.get("aggregate"), 3),
+            num(t.get("evaluate"), 2), num(t.get("total"), 2), str(r.get("rejected_updates", 0)),
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
@@ -71,7 +68,7 @@ def summarize(document: dict[str, Any], target: float | None) -> dict[str, Any]:
 def format_compare(summaries: list[dict[str, Any]], target: float | None) -> str:
     header = ["run", "rounds", "final_acc", "best_acc", "best_round",
               f"round>={target}" if target is not None else "round>=target", "total_s"]
-    rows = [header] + [[s["run"], str(s["rounds"]), _num(s["final_accuracy"]), _num(s["best_accuracy"]),
+    rows = [header] + [[s["run"], str(s["rounds"]), num(s["final_accuracy"]), num(s["best_accuracy"]),
                         str(s["best_round"]),
                         "-" if s["round_reaching_target"] is None else str(s["round_reaching_target"]),
                         f"{s['total_s']:.2f}"] for s in summaries]
