@@ -24,6 +24,7 @@ from common.data.dataspec import DataSpec
 from common.data.tabular import SchemaError
 from common.metrics_format import format_metrics
 from common.ml.model_budget import ModelTooLarge
+from common.privacy.local import privatize_update
 from common.transport.tls import CertificateProblem, async_client_options, check_server_certificate
 from common.wire.integrity import connect_proof
 from common.wire.protocol import (
@@ -415,6 +416,13 @@ class FederatedNode:
         if self.settings.attack != "none":
             logger.warning("node %s round %d: ATTACK %s x%g applied to the published update (robustness experiment)",
                            self.settings.node_id, start.server_round, self.settings.attack, self.settings.attack_scale)
+        config = start.config
+        if config.dp_clip_norm > 0:
+            published, norm = privatize_update(weights, published, clip_norm=config.dp_clip_norm,
+                                               noise_stddev=config.dp_noise_stddev)
+            logger.info("node %s round %d: local DP applied: delta norm %.4g clipped to %.4g, Gaussian noise stddev "
+                        "%.4g", self.settings.node_id, start.server_round, norm, config.dp_clip_norm,
+                        config.dp_noise_stddev)
         return list(split_weights(published, kind=KIND_UPDATE, session_id=start.session_id,
                                   server_round=start.server_round, node_id=self.settings.node_id,
                                   num_samples=self.trainer.num_samples, chunk_bytes=self.settings.chunk_bytes))

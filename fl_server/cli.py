@@ -14,6 +14,7 @@ from common.config import (
     add_option,
     add_training_options,
     fraction,
+    non_negative_float,
     positive_float,
     positive_fraction,
     positive_int,
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_strategy_options(parser)
     add_training_options(parser)
     add_round_options(parser)
+    add_privacy_options(parser)
     add_session_options(parser)
     add_common_options(parser)
     add_tls_server_options(parser)
@@ -89,6 +91,34 @@ def add_round_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--inbox-bytes", type=positive_int, default=D.inbox_bytes,
                help="most bytes of update records waiting for the round loop; past it the server stops reading "
                "Kafka until the loop catches up (records wait in the broker, none is dropped)")
+
+
+def add_privacy_options(parser: argparse.ArgumentParser) -> None:
+    """Differential privacy (README "Differential privacy"): clipping, noise, the accountant's budget."""
+    add_option(parser, "--dp", default=None, choices=["central", "local"],
+               help="differential privacy of the nodes' updates: central (the server clips and noises the mean; "
+               "trust the server) or local (each node clips and noises its own update before it leaves)")
+    add_option(parser, "--dp-clip", default=None, metavar="C|adaptive",
+               help="L2 norm each update delta (w_node - w_global) is clipped to, or 'adaptive' (central: the clip "
+               "follows --dp-target-quantile of the update norms, Andrew et al. 2021)")
+    add_option(parser, "--dp-initial-clip", type=positive_float, default=D.dp_initial_clip,
+               help="adaptive clipping's first clipping norm")
+    add_option(parser, "--dp-noise-multiplier", type=non_negative_float, default=None,
+               help="z: Gaussian noise of stddev z*C on the sum of clipped deltas (default: calibrated by the "
+               "accountant so that --rounds spend --dp-target-epsilon)")
+    add_option(parser, "--dp-target-epsilon", type=positive_float, default=None,
+               help="privacy budget epsilon at --dp-delta for the whole session")
+    add_option(parser, "--dp-delta", type=positive_float, default=D.dp_delta, help="delta of the (epsilon, delta) "
+               "guarantee; must be below 1/number of nodes")
+    add_option(parser, "--dp-target-quantile", type=positive_fraction, default=D.dp_target_quantile,
+               help="adaptive clipping: share of updates that should be unclipped")
+    add_option(parser, "--dp-clip-learning-rate", type=positive_float, default=D.dp_clip_learning_rate,
+               help="adaptive clipping: step of the geometric clip update")
+    add_option(parser, "--dp-count-stddev", type=positive_float, default=None,
+               help="adaptive clipping: noise on the count of unclipped updates (default: expected updates / 20)")
+    add_flag(parser, "--dp-budget-stop",
+             help="with z and a budget: run until the next round would cross --dp-target-epsilon, then stop "
+             "(status budget_exhausted), even before --rounds")
 
 
 def add_session_options(parser: argparse.ArgumentParser) -> None:

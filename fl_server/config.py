@@ -22,6 +22,7 @@ from common.data.disclosure import DEFAULT_MIN_CATEGORY_COUNT
 from common.transport.kafka_security import Secret
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, TrainConfig
 from fl_server.inbox import DEFAULT_KAFKA_BYTES
+from fl_server.privacy.plan import PrivacyOptions
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,16 @@ class ServerConfig:
     max_update_norm: float | None = None
     max_node_weight: float | None = None
     max_record_bytes: int = MAX_RECORD_BYTES
+    dp: str | None = None  # "central" or "local" differential privacy
+    dp_clip: str | None = None  # a number, or "adaptive"
+    dp_initial_clip: float = PrivacyOptions.initial_clip
+    dp_noise_multiplier: float | None = None
+    dp_target_epsilon: float | None = None
+    dp_delta: float = PrivacyOptions.delta
+    dp_target_quantile: float = PrivacyOptions.target_quantile
+    dp_clip_learning_rate: float = PrivacyOptions.clip_learning_rate
+    dp_count_stddev: float | None = None
+    dp_budget_stop: bool = False
     # -- how this process runs it (the command line's, also on --resume)
     host: str = "127.0.0.1"
     port: int = 5000
@@ -112,6 +123,13 @@ class ServerConfig:
     def categorical_columns(self) -> list[str]:
         return [name for name in (self.categorical or "").split(",") if name]
 
+    def privacy_options(self) -> PrivacyOptions:
+        return PrivacyOptions(mode=self.dp, clip=self.dp_clip, initial_clip=self.dp_initial_clip,
+                              noise_multiplier=self.dp_noise_multiplier, target_epsilon=self.dp_target_epsilon,
+                              delta=self.dp_delta, target_quantile=self.dp_target_quantile,
+                              clip_learning_rate=self.dp_clip_learning_rate, count_stddev=self.dp_count_stddev,
+                              budget_stop=self.dp_budget_stop)
+
     def history_settings(self) -> dict[str, Any]:
         """The allow-listed settings, JSON-ready, for the history's ``config`` (and a resume's)."""
         return {name: json_ready(getattr(self, name)) for name in HISTORY_SETTINGS}
@@ -121,12 +139,14 @@ DEFAULTS = ServerConfig()
 
 STRATEGY_KEYWORDS = ("server_lr", "server_momentum", "beta1", "beta2", "tau", "proximal_mu", "trim_fraction",
                      "num_byzantine", "num_selected")
+DP_SETTINGS = ("dp", "dp_clip", "dp_initial_clip", "dp_noise_multiplier", "dp_target_epsilon", "dp_delta",
+               "dp_target_quantile", "dp_clip_learning_rate", "dp_count_stddev", "dp_budget_stop")
 # What defines a session: on --resume these come from the checkpoint, not the command line.
 SESSION_SETTINGS = (
     "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "strategy_param",
     "epochs", "batch_size", "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction",
     "max_update_norm", "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes",
-    "max_node_weight", *STRATEGY_KEYWORDS,
+    "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS,
 )
 OPERATIONAL_SETTINGS = (
     "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "allow_unauthenticated",

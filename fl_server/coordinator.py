@@ -47,6 +47,7 @@ from fl_server.collector import (
 from fl_server.config import DEFAULTS, ServerConfig
 from fl_server.history import SessionHistory, utc_now
 from fl_server.inbox import Inbox
+from fl_server.privacy.ledger import PrivacyLedger
 from fl_server.records import RoundRecord, RoundTimings
 from fl_server.registry import NodeRegistry
 from fl_server.sampling import required_updates, sample_participants
@@ -111,6 +112,8 @@ class RoundState:
     total_s: float = 0.0
     failure: str | None = None
     aggregation: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] | None = None  # what the round's release cost (differential privacy)
+    privacy_state: dict[str, Any] | None = None  # the accountant after it
     # Frozen at aggregation, for the close (which runs while the next round changes these):
     weights: Weights = field(default_factory=list)
     model_digest: str = ""
@@ -146,6 +149,7 @@ class Coordinator:
         resume: Checkpoint | None = None,
         offsets: dict[int, int] | None = None,
         inbox: Inbox | None = None,
+        privacy: PrivacyLedger | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -171,6 +175,8 @@ class Coordinator:
         self._emit = emit
         self.history = history
         self.inbox = inbox or Inbox()
+        self.privacy = privacy
+        self.stop_reason: str | None = None  # "budget_exhausted" when the privacy budget ended the session early
         self._current: tuple[StartRound, RoundCollector] | None = None
 
     # ------------------------------------------------------------ inputs (event-loop thread)
@@ -218,12 +224,12 @@ class Coordinator:
         closing: asyncio.Task[None] | None = None
         try:
             for server_round in range(self.first_round, settings.rounds + 1):
-                gate = settings.min_nodes if server_round == self.first_round else settings.min_round_nodes
-                needed = max(gate, settings.min_fit, 1)
-                if len(self.registry) < needed:
-                    logger.warning("round %d waits: %d of %d node(s) connected", server_round, len(self.registry),
-                                   needed)
-                    await self.registry.wait_for_logged(needed)
+                if self.privacy is not None and not self.privacy.may_run_next_round():
+                    self.stop_reason = "budget_exhausted"
+                    logger.warning("round %d not started: it would take epsilon past the budget (epsilon %.4g "
+                                   "spent); the session ends here", server_round, self.privacy.epsilon)
+                    break
+                await self._wait_for_nodes(server_round)
                 state = await self._open_round(server_round)
                 await self._collect(state)
                 await self._aggregate(state)
@@ -235,6 +241,14 @@ class Coordinator:
                 closing.cancel()
         await self._end_session()
         return self.weights
+
+    async def _wait_for_nodes(self, server_round: int) -> None:
+        settings = self.settings
+        gate = settings.min_nodes if server_round == self.first_round else settings.min_round_nodes
+        needed = max(gate, settings.min_fit, 1)
+        if len(self.registry) < needed:
+            logger.warning("round %d waits: %d of %d node(s) connected", server_round, len(self.registry), needed)
+            await self.registry.wait_for_logged(needed)
 
     async def _open_round(self, server_round: int) -> RoundState:
         """Sample the participants, publish the global model and send them ``start_round``."""
@@ -267,7 +281,8 @@ class Coordinator:
             state.sample_cap = max(1, int(settings.max_node_weight * declared))
         self.strategy.begin_round(server_round, self.weights)
         ref = await self._publish_model(server_round, self.weights, self._digest)
-        train = replace(self.settings.train, **self.strategy.train_config(server_round))
+        private: dict[str, Any] = self.privacy.node_config(len(participants)) if self.privacy is not None else {}
+        train = replace(self.settings.train, **self.strategy.train_config(server_round), **private)
         start = StartRound(self.settings.session_id, server_round, train, self._message(ref))
         logger.info("round %d: started with %d of %d connected node(s): %s", server_round, len(participants),
                     len(connected), ", ".join(state.participants))
@@ -355,6 +370,7 @@ class Coordinator:
                 else:
                     self.weights, self._digest = new_weights, new_digest
                     state.aggregation = self.strategy.last_round_info()
+                    self._account(state)
         if state.failure is not None:
             logger.error("round %d: failed (%s); global model unchanged", state.server_round, state.failure)
         state.aggregate_s += time.perf_counter() - t_agg
@@ -362,6 +378,18 @@ class Coordinator:
         # What the close persists, frozen now: the next round changes the strategy's state and the offsets.
         state.weights, state.model_digest = self.weights, self._digest
         state.strategy_state = {k: [np.array(a, copy=True) for a in v] for k, v in self.strategy.state().items()}
+
+    def _account(self, state: RoundState) -> None:
+        """A new model was released: what it cost in privacy (the ledger's books, frozen for the close)."""
+        if self.privacy is None:
+            return
+        dp = state.aggregation.get("dp", {})
+        state.privacy = self.privacy.record_round(clip_norm=dp.get("clip_norm", self.privacy.settings.clip_norm),
+                                                  delivered=len(state.collector.completed),
+                                                  asked=len(state.participants))
+        state.privacy_state = self.privacy.state()
+        logger.info("round %d: epsilon %.4g at delta %g after %d round(s)", state.server_round,
+                    state.privacy["epsilon"], self.privacy.settings.delta, state.privacy["rounds_accounted"])
 
     async def _close_round(self, state: RoundState, previous: asyncio.Task[None] | None) -> None:
         """Evaluate, record and persist one round (concurrently with the next round's training)."""
@@ -373,6 +401,8 @@ class Coordinator:
             await previous  # the history stays in round order
         record = round_record(state, holdout, evaluate_s)
         self.history.add_round(record)
+        if state.privacy_state is not None:
+            self.history.set_privacy_state(state.privacy_state)
         await loop.run_in_executor(None, self._persist, state)
         if self._commit is not None:
             self._commit(state.offsets)
@@ -481,5 +511,6 @@ def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float
         model_sha256=state.model_digest,
         ignored_records=collector.ignored,
         capped_weights={n: {"claimed": c, "used": state.sample_cap} for n, c in sorted(state.capped.items())},
+        privacy=state.privacy,
     )
 

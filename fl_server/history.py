@@ -20,6 +20,7 @@ from fl_server.records import ResumeMark, RoundRecord, SessionSummary
 
 HISTORY_FORMAT = "fl-history/1"
 MAX_HISTORY_BYTES = 512 * 1024 * 1024
+PRIVACY_NUMBERS = ("epsilon", "delta", "noise_multiplier", "clip", "sampling_rate")
 
 
 class HistoryFileError(ValueError):
@@ -100,6 +101,15 @@ class SessionHistory:
         """Append a round (in memory: the caller saves, after its checkpoint)."""
         self.rounds.append(record.to_wire())
 
+    def set_privacy_state(self, state: dict[str, Any]) -> None:
+        """The privacy accountant after the last recorded round (``--resume`` continues from it)."""
+        self.document["privacy_accountant"] = state
+
+    @property
+    def privacy_state(self) -> dict[str, Any] | None:
+        state = self.document.get("privacy_accountant")
+        return state if isinstance(state, dict) else None
+
     def set_final_model(self, path: Path) -> None:
         self.document["final_model"] = str(path)
 
@@ -161,11 +171,12 @@ def round_problem(record: Any) -> str | None:
             return f".{name} must be a list"
     if not isinstance(record.get("rejected_updates", 0), int):
         return ".rejected_updates must be an integer"
-    for name in ("train", "holdout", "timings_s"):
-        section = record.get(name, {})
+    for name in ("train", "holdout", "timings_s", "privacy"):
+        section = record.get(name, {}) if name != "privacy" else record.get(name) or {}
         if not isinstance(section, dict):
             return f".{name} must be an object"
         for key, value in section.items():
-            if key != "per_node" and value is not None and not is_number(value):
+            numeric = key != "per_node" if name != "privacy" else key in PRIVACY_NUMBERS
+            if numeric and value is not None and not is_number(value):
                 return f".{name}.{key} must be a number or null"
     return None

@@ -17,7 +17,7 @@ __all__ = ["HistoryFileError", "load_history", "main", "summarize"]
 
 def format_table(document: dict[str, Any]) -> str:
     header = ["round", "status", "nodes", "train_loss", "holdout_loss", "holdout_acc", "train_s", "transport_s",
-              "waiting_s", "aggregate_s", "evaluate_s", "total_s", "rejected"]
+              "waiting_s", "aggregate_s", "evaluate_s", "total_s", "rejected", "epsilon"]
     rows = [header]
     for r in document["rounds"]:
         t = r.get("timings_s", {})
@@ -29,6 +29,7 @@ def format_table(document: dict[str, Any]) -> str:
             num(t.get("train"), 2), num(t.get("transport"), 2), num(t.get("waiting"), 2),
             num(t.get("aggregate"), 3),
             num(t.get("evaluate"), 2), num(t.get("total"), 2), str(r.get("rejected_updates", 0)),
+            num((r.get("privacy") or {}).get("epsilon"), 3),
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]

@@ -67,6 +67,7 @@ class RoundRecord:
     model_sha256: str = ""
     ignored_records: int = 0
     capped_weights: dict[str, dict[str, int | None]] = field(default_factory=dict)
+    privacy: dict[str, Any] | None = None  # epsilon, delta, noise_multiplier, clip, sampling_rate, mechanism
 
     @property
     def rejected_updates(self) -> int:
@@ -99,6 +100,7 @@ class RoundRecord:
             "model_sha256": self.model_sha256,
             "ignored_records": self.ignored_records,
             "capped_weights": dict(self.capped_weights),
+            "privacy": self.privacy,
         }
 
     @classmethod
@@ -131,6 +133,7 @@ class RoundRecord:
             model_sha256=str(data.get("model_sha256", "")),
             ignored_records=int(data.get("ignored_records", 0)),
             capped_weights=dict(data.get("capped_weights", {})),
+            privacy=data.get("privacy"),
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import ssl
 from collections import Counter
@@ -38,6 +39,10 @@ from fl_server.coordinator import Coordinator, EvaluateFn, GlobalModel, SessionS
 from fl_server.data import ServerData
 from fl_server.history import SessionHistory, utc_now
 from fl_server.inbox import Inbox
+from fl_server.privacy.accountant import PrivacyAccountant
+from fl_server.privacy.aggregation import DPAggregation
+from fl_server.privacy.ledger import PrivacyLedger
+from fl_server.privacy.plan import PrivacyPlan, plan_privacy
 from fl_server.records import ResumeMark, SessionSummary
 from fl_server.registry import NodeRegistry
 from fl_server.strategies import Strategy
@@ -64,6 +69,7 @@ class SessionPlan:
     keys: KeyRegistry | None
     tls: ssl.SSLContext | None
     kafka_client_config: dict[str, Any]
+    privacy: PrivacyPlan | None = None
 
 
 def new_session_id() -> str:
@@ -88,15 +94,39 @@ def plan_session(config: ServerConfig) -> SessionPlan:
     session_id = config.session_id or new_session_id()
     if not SESSION_ID_PATTERN.fullmatch(session_id):
         raise UsageError(f"session id {session_id!r} must match {SESSION_ID_PATTERN.pattern}")
+    strategy = strategy_from_args(config)  # type: ignore[arg-type]  # a strategy that cannot run refuses here
+    privacy = privacy_plan(config)
+    if privacy is not None:
+        strategy = DPAggregation(strategy, mode=privacy.settings.mode, clip_norm=privacy.clip_norm,
+                                 noise_multiplier=privacy.settings.noise_multiplier, adaptive=privacy.adaptive)
     return SessionPlan(
         config=config,
         session_id=session_id,
         checkpoint=checkpoint,
-        strategy=strategy_from_args(config),  # type: ignore[arg-type]  # a strategy that cannot run refuses here
+        strategy=strategy,
+        privacy=privacy,
         keys=node_keys(config),
         tls=server_tls(config),
         kafka_client_config=KafkaSecurity.from_args(config).to_client_config(),  # type: ignore[arg-type]
     )
+
+
+def privacy_plan(config: ServerConfig) -> PrivacyPlan | None:
+    """The session's differential privacy (``--dp``), checked, with z calibrated when only a budget is given."""
+    expected_updates = max(config.min_fit, math.ceil(config.fraction_fit * config.min_nodes))
+    try:
+        plan = plan_privacy(config.privacy_options(), strategy=config.strategy, rounds=config.rounds,
+                            num_nodes=config.min_nodes, expected_updates=expected_updates)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if plan is not None:
+        settings = plan.settings
+        logger.info("differential privacy: %s, clip %s, noise multiplier z = %.4g%s, delta %g%s", settings.mode,
+                    f"adaptive from {plan.clip_norm:g}" if plan.adaptive else f"{plan.clip_norm:g}",
+                    settings.noise_multiplier, "" if config.dp_noise_multiplier is not None else " (calibrated)",
+                    settings.delta, f", budget epsilon {settings.target_epsilon:g}"
+                    if settings.target_epsilon is not None else "")
+    return plan
 
 
 def check_combinations(config: ServerConfig) -> None:
@@ -247,6 +277,7 @@ class ServerSession:
         self._kafka: KafkaTransport | None = None
         self._start_offsets: dict[int, int] = {}
         self._stopped = False
+        self.stop_reason: str | None = None
 
     async def __aenter__(self) -> ServerSession:
         await self.start()
@@ -314,11 +345,13 @@ class ServerSession:
                     config.model, data.source, coordinator.first_round, config.rounds, model.num_parameters,
                     history.path)
         weights = await coordinator.run()
+        self.stop_reason = coordinator.stop_reason
         model_path = final_model_path(history.path)
         await loop.run_in_executor(None, model.save, weights, model_path)
         history.set_final_model(model_path)
-        self.status = "completed"
-        logger.info("session %s completed; final model at %s", self.plan.session_id, model_path)
+        self.status = self.stop_reason or "completed"
+        logger.info("session %s %s; final model at %s", self.plan.session_id, self.status.replace("_", " "),
+                    model_path)
         return history.path
 
     def _coordinator(self, model: SessionModel) -> Coordinator:
@@ -339,7 +372,16 @@ class ServerSession:
             resume=plan.checkpoint,
             offsets=self._start_offsets,
             inbox=self.inbox,
+            privacy=self._privacy_ledger(),
         )
+
+    def _privacy_ledger(self) -> PrivacyLedger | None:
+        """The privacy books, continued from the checkpoint's on --resume."""
+        if self.plan.privacy is None:
+            return None
+        assert self.history is not None
+        state = self.history.privacy_state if self.plan.checkpoint is not None else None
+        return PrivacyLedger(self.plan.privacy.settings, PrivacyAccountant.from_state(state) if state else None)
 
     async def stop(self) -> None:
         """Write the session's totals and status, close Socket.IO and Kafka (idempotent)."""

@@ -71,12 +71,12 @@ class FakeFederation:
 async def run_session(tmp_path, behaviour, rounds=2, timeout_s=0.3, connect=("n1", "n3"), strategy=None,
                       history=None, fake_class=None, evaluate=None, registry=None, **options):
     """A session with fake nodes; ``options`` go to ``SessionSettings`` or, for the checkpoint/resume
-    keywords (``checkpoint_file``, ``commit``, ``resume``), to the ``Coordinator``."""
+    keywords (``checkpoint_file``, ``commit``, ``resume``, ``privacy``), to the ``Coordinator``."""
     registry = registry or NodeRegistry()
     for node_id in connect:
         await registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
     fake = (fake_class or FakeFederation)(behaviour)
-    wiring = {k: options.pop(k) for k in ("checkpoint_file", "commit", "resume") if k in options}
+    wiring = {k: options.pop(k) for k in ("checkpoint_file", "commit", "resume", "privacy") if k in options}
     settings = SessionSettings("s", rounds, len(connect), timeout_s, TrainConfig(1, 8, 0.1), end_grace_s=0.1,
                                **options)
     coordinator = Coordinator(

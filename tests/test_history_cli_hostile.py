@@ -11,14 +11,16 @@ from fl_server.history_cli import main
 VALID = {"format": "fl-history/1", "session_id": "s1", "status": "completed", "config": {"strategy": "fedavg"},
          "rounds": [{"round": 1, "status": "completed", "participants": ["a", "b"], "accepted": ["a"],
                      "train": {"loss": 0.5, "per_node": {"a": {"loss": 0.5}}}, "holdout": {"loss": 0.4,
-                     "accuracy": 0.8}, "timings_s": {"train": 1.0, "total": 2.0}, "rejected_updates": 0}]}
+                     "accuracy": 0.8}, "timings_s": {"train": 1.0, "total": 2.0}, "rejected_updates": 0,
+                     "privacy": {"epsilon": 1.5, "mechanism": "central"}}]}
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                                  max_size=3), max_leaves=8)
 PLACES = [("rounds",), ("config",), ("rounds", 0), ("rounds", 0, "round"), ("rounds", 0, "holdout"),
           ("rounds", 0, "holdout", "accuracy"), ("rounds", 0, "train"), ("rounds", 0, "train", "loss"),
           ("rounds", 0, "timings_s"), ("rounds", 0, "timings_s", "total"), ("rounds", 0, "accepted"),
-          ("rounds", 0, "participants"), ("rounds", 0, "rejected_updates"), ("session_id",), ("status",)]
+          ("rounds", 0, "participants"), ("rounds", 0, "rejected_updates"), ("session_id",), ("status",),
+          ("rounds", 0, "privacy"), ("rounds", 0, "privacy", "epsilon")]
 
 
 def mutated(place: tuple, value) -> dict:

@@ -359,21 +359,25 @@ class ModelMessage:
 @dataclass(frozen=True)
 class TrainConfig:
     """Local training settings of one round. ``proximal_mu`` > 0 adds FedProx's ``mu/2 * ||w - w_global||^2``
-    to the node's loss; on the wire it is optional (absent means 0.0, and it is only sent when > 0)."""
+    to the node's loss. ``dp_clip_norm`` > 0 asks for local differential privacy: the node clips its update's
+    delta to that L2 norm and adds N(0, ``dp_noise_stddev``^2) per coordinate before publishing. The optional
+    fields are absent on the wire when 0 (and read as 0 when absent)."""
 
     epochs: int
     batch_size: int
     learning_rate: float
     proximal_mu: float = 0.0
+    dp_clip_norm: float = 0.0
+    dp_noise_stddev: float = 0.0
 
     def __post_init__(self) -> None:
-        require_non_negative_finite("proximal_mu", self.proximal_mu)
+        for name in OPTIONAL_TRAIN_FIELDS:
+            require_non_negative_finite(name, getattr(self, name))
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
                                 "learning_rate": self.learning_rate}
-        if self.proximal_mu > 0:
-            wire["proximal_mu"] = self.proximal_mu
+        wire.update({name: getattr(self, name) for name in OPTIONAL_TRAIN_FIELDS if getattr(self, name) > 0})
         return wire
 
     @classmethod
@@ -381,15 +385,21 @@ class TrainConfig:
         if not isinstance(obj, dict):
             raise ProtocolError("bad_schema", "config must be an object")
         rate = _require(obj, "learning_rate", float, where="config")
-        mu = float(_require(obj, "proximal_mu", float, where="config")) if "proximal_mu" in obj else 0.0
-        if mu < 0:
-            raise ProtocolError("bad_schema", f"config: proximal_mu={mu} must be >= 0")
+        optional = {}
+        for name in OPTIONAL_TRAIN_FIELDS:
+            value = float(_require(obj, name, float, where="config")) if name in obj else 0.0
+            if value < 0:
+                raise ProtocolError("bad_schema", f"config: {name}={value} must be >= 0")
+            optional[name] = value
         return cls(
             epochs=_int_in(obj, "epochs", 1, 10_000, where="config"),
             batch_size=_int_in(obj, "batch_size", 1, 1 << 20, where="config"),
             learning_rate=float(rate),
-            proximal_mu=mu,
+            **optional,
         )
+
+
+OPTIONAL_TRAIN_FIELDS = ("proximal_mu", "dp_clip_norm", "dp_noise_stddev")
 
 
 @dataclass(frozen=True)
