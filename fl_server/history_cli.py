@@ -44,15 +44,16 @@ def run_label(document: dict[str, Any]) -> str:
     return f"{document.get('session_id')} ({kind})"
 
 
-def accuracy_curve(document: dict[str, Any]) -> list[tuple[int, float | None, float | None]]:
-    """(round, holdout accuracy, holdout loss) per round."""
-    return [(r["round"], r.get("holdout", {}).get("accuracy"), r.get("holdout", {}).get("loss"))
-            for r in document["rounds"]]
+def accuracy_curve(document: dict[str, Any], x: str = "round") -> list[tuple[float | None, float | None,
+                                                                          float | None]]:
+    """(x, holdout accuracy, holdout loss) per round; x is the round or the epsilon spent after it."""
+    return [(r["round"] if x == "round" else (r.get("privacy") or {}).get("epsilon"),
+             r.get("holdout", {}).get("accuracy"), r.get("holdout", {}).get("loss")) for r in document["rounds"]]
 
 
 def summarize(document: dict[str, Any], target: float | None) -> dict[str, Any]:
     """Final and best accuracy, the first round reaching ``target``, total time."""
-    curve = [(rnd, acc) for rnd, acc, _ in accuracy_curve(document) if acc is not None]
+    curve = [(int(rnd or 0), acc) for rnd, acc, _ in accuracy_curve(document) if acc is not None]
     reached = next((rnd for rnd, acc in curve if target is not None and acc >= target), None)
     total_s = sum(r.get("timings_s", {}).get("total") or 0.0 for r in document["rounds"])
     return {
@@ -78,8 +79,8 @@ def format_compare(summaries: list[dict[str, Any]], target: float | None) -> str
                                enumerate(zip(row, widths, strict=True))) for row in rows)
 
 
-def plot_runs(documents: list[dict[str, Any]], out: Path) -> None:
-    """Holdout loss and accuracy per round, one line per run (headless matplotlib)."""
+def plot_runs(documents: list[dict[str, Any]], out: Path, x: str = "round") -> None:
+    """Holdout loss and accuracy per round (or against epsilon), one line per run (headless matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,18 +88,19 @@ def plot_runs(documents: list[dict[str, Any]], out: Path) -> None:
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
     for document in documents:
-        curve = accuracy_curve(document)
+        curve = [c for c in accuracy_curve(document, x) if c[0] is not None]
         rounds = [c[0] for c in curve]
         label = run_label(document)
         loss_ax.plot(rounds, [c[2] for c in curve], marker="o", markersize=3, label=label)
         acc_ax.plot(rounds, [c[1] for c in curve], marker="o", markersize=3, label=label)
-    loss_ax.set(title="holdout loss", xlabel="round", ylabel="loss")
-    acc_ax.set(title="holdout accuracy", xlabel="round", ylabel="accuracy")
+    loss_ax.set(title="holdout loss", xlabel=x, ylabel="loss")
+    acc_ax.set(title="holdout accuracy", xlabel=x, ylabel="accuracy")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if x == "round":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.legend(fontsize="small", loc="lower right")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="plot holdout loss and accuracy per round, runs overlaid (PNG)")
     plot.add_argument("files", type=Path, nargs="+", help="history files")
     plot.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    plot.add_argument("--x", choices=["round", "epsilon"], default="round",
+                      help="horizontal axis: the round, or the privacy spent (epsilon; rounds without DP are left out)")
     compare = commands.add_parser("compare", help="one row per run: final/best accuracy, rounds to a target, time")
     compare.add_argument("files", type=Path, nargs="+", help="history files")
     compare.add_argument("--target", type=float, default=None, help="holdout accuracy to reach, e.g. 0.9")
@@ -152,7 +156,7 @@ def run_command(args: argparse.Namespace) -> None:
     if args.command == "show":
         out.write(format_table(load_history(args.file)) + "\n")
     elif args.command == "plot":
-        plot_runs([load_history(f) for f in args.files], args.out)
+        plot_runs([load_history(f) for f in args.files], args.out, args.x)
         out.write(f"{args.out}\n")
     elif args.command == "compare":
         summaries = [summarize(load_history(f), args.target) for f in args.files]

@@ -62,3 +62,11 @@ def test_plot_draws_a_valid_file_and_refuses_a_hostile_one(tmp_path):
     bad.write_text(json.dumps(mutated(("rounds", 0, "holdout", "accuracy"), {"x": 1})))
     assert main(["plot", str(good), "--out", str(tmp_path / "c.png"), "--quiet"]) == 0
     assert main(["plot", str(good), str(bad), "--out", str(tmp_path / "d.png"), "--quiet"]) == 2
+
+
+def test_plot_draws_accuracy_against_epsilon(tmp_path):
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(VALID))
+    out = tmp_path / "eps.png"
+    assert main(["plot", str(good), "--x", "epsilon", "--out", str(out), "--quiet"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
