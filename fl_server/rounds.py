@@ -1,0 +1,95 @@
+"""One round's working state, shared by the round loop's open, collect, aggregate and close steps, and the
+history record made of it when the round closes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fl_server.collector import RoundCollector
+from fl_server.history import utc_now
+from fl_server.records import RoundRecord, RoundTimings
+
+Weights = list[np.ndarray]
+
+
+@dataclass
+class RoundState:
+    """One round from its start to its close: what the open, collect, aggregate and close steps share."""
+
+    server_round: int
+    started_at: str
+    t0: float
+    connected: int
+    participants: list[str]
+    required: int
+    start_digest: str
+    collector: RoundCollector
+    sample_cap: int | None = None  # --max-node-weight x the participants' declared samples
+    capped: dict[str, int] = field(default_factory=dict)  # node -> the samples it claimed, where capped
+    timed_out: bool = False
+    missing_acks: list[str] = field(default_factory=list)
+    incomplete: list[str] = field(default_factory=list)
+    collect_s: float = 0.0
+    last_delivery_s: float = 0.0  # when the last update or acknowledgement that counted arrived
+    aggregate_s: float = 0.0
+    total_s: float = 0.0
+    failure: str | None = None
+    aggregation: dict[str, Any] = field(default_factory=dict)
+    privacy: dict[str, Any] | None = None  # what the round's release cost (differential privacy)
+    privacy_state: dict[str, Any] | None = None  # the accountant after it
+    # Frozen at aggregation, for the close (which runs while the next round changes these):
+    weights: Weights = field(default_factory=list)
+    model_digest: str = ""
+    strategy_state: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    offsets: dict[int, int] = field(default_factory=dict)
+
+
+def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float) -> RoundRecord:
+    """The history's record of a closed round."""
+    collector = state.collector
+    accepted = collector.completed
+    acks = {node_id: collector.acks[node_id] for node_id in accepted if node_id in collector.acks}
+    per_node = {node_id: dict(ack.metrics) for node_id, ack in acks.items()}
+    weighted = [(loss, accepted[n].num_samples) for n, m in per_node.items() if (loss := m.get("loss")) is not None]
+    train_loss = sum(loss * n for loss, n in weighted) / sum(n for _, n in weighted) if weighted else None
+    train_s = max((ack.timings_s.get("train") or 0.0 for ack in acks.values()), default=0.0)
+    failed = state.failure is not None
+    return RoundRecord(
+        server_round=state.server_round,
+        status="failed" if failed else "completed",
+        started_at=state.started_at,
+        ended_at=utc_now(),
+        participants=state.participants,
+        accepted=sorted(accepted),
+        num_samples={n: accepted[n].num_samples for n in sorted(accepted)},
+        train_loss=train_loss,
+        train_per_node=per_node,
+        holdout=holdout,
+        timings=RoundTimings(
+            train=train_s,
+            transport=max(state.last_delivery_s - train_s, 0.0),
+            waiting=max(state.collect_s - state.last_delivery_s, 0.0),
+            aggregate=state.aggregate_s,
+            evaluate=evaluate_s,
+            total=state.total_s,
+        ),
+        timed_out=state.timed_out,
+        missing_acks=state.missing_acks,
+        incomplete_updates=state.incomplete,
+        rejected_by_reason=dict(collector.rejected),
+        duplicates=collector.duplicates,
+        refused_nodes=dict(collector.refused),
+        failure_reason=state.failure,
+        aggregation={} if failed else state.aggregation,
+        connected=state.connected,
+        required_updates=state.required,
+        start_model_sha256=state.start_digest,
+        model_sha256=state.model_digest,
+        ignored_records=collector.ignored,
+        capped_weights={n: {"claimed": c, "used": state.sample_cap} for n, c in sorted(state.capped.items())},
+        privacy=state.privacy,
+    )
+
