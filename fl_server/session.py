@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.cli import UsageError
+from common.privacy.accountant import PrivacyAccountant
 from common.transport import kafka_io
 from common.transport.kafka_security import KafkaSecurity
 from common.transport.tls import server_ssl_context
@@ -39,7 +40,6 @@ from fl_server.coordinator import Coordinator, EvaluateFn, GlobalModel, SessionS
 from fl_server.data import ServerData
 from fl_server.history import SessionHistory, utc_now
 from fl_server.inbox import Inbox
-from fl_server.privacy.accountant import PrivacyAccountant
 from fl_server.privacy.aggregation import DPAggregation
 from fl_server.privacy.ledger import PrivacyLedger
 from fl_server.privacy.plan import PrivacyPlan, plan_privacy

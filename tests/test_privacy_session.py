@@ -133,8 +133,8 @@ async def test_local_mode_sends_each_participant_its_share_of_the_noise(tmp_path
 
 
 async def test_a_resumed_session_continues_the_privacy_books(tmp_path):
+    from common.privacy.accountant import PrivacyAccountant
     from fl_server.history import SessionHistory
-    from fl_server.privacy.accountant import PrivacyAccountant
 
     first = SessionHistory.create(tmp_path / "a", "s", {})
     await run_session(tmp_path / "a", {"n1": "ok", "n3": "ok"}, rounds=2, history=first,
