@@ -142,6 +142,10 @@ class LocalTrainer:
                       on_epoch_end: Any) -> dict[str, float]:
         """DP-SGD for this round, accounted in the session's books; returns only ``dp_epsilon``: the loss and
         accuracy of the training data are not covered by the guarantee, so they are logged here and not sent."""
+        delta = config.dp_delta or DEFAULT_DELTA
+        if delta >= 1 / self.num_samples:
+            logger.warning("node %s: DP-SGD delta %g is not below 1 / %d records: a delta that large allows "
+                           "publishing one record in the clear", self.node_id, delta, self.num_samples)
         if self._dp_sgd is None:
             self._dp_sgd = DpSgdLoop(model, with_accuracy="accuracy" in compile_spec.get("metrics", []))
         run = self._dp_sgd.fit(self.x, self.y, epochs=config.epochs, batch_size=config.batch_size,
@@ -149,7 +153,7 @@ class LocalTrainer:
                                on_epoch_end=on_epoch_end)
         books = self._dp_sgd_books.setdefault(session_id, PrivacyAccountant())
         books.record_rounds(sampling_rate=run.sampling_rate, noise_multiplier=run.noise_multiplier, rounds=run.steps)
-        return {"dp_epsilon": books.epsilon(config.dp_delta or DEFAULT_DELTA)}
+        return {"dp_epsilon": books.epsilon(delta)}
 
     def save(self, architecture: str, weights: Sequence[np.ndarray], path: Path) -> None:
         model = self._model_for(architecture)
