@@ -22,8 +22,8 @@ from dp_accounting import rdp
 
 from common.data.datasets import TARGET, load_builtin
 from common.data.partition import partition
+from common.privacy.accountant import PrivacyAccountant
 from common.privacy.local import privatize_update
-from fl_server.privacy.accountant import PrivacyAccountant
 from fl_server.privacy.aggregation import DPAggregation
 from fl_server.privacy.ledger import PrivacyLedger, PrivacySettings
 from fl_server.strategies import FedAvg

@@ -382,7 +382,7 @@ class FederatedNode:
         with LocalFailure.stage("train_failed"):
             result = await self._in_worker(partial(
                 self.trainer.train, start.model.architecture, start.model.compile, weights, start.config,
-                server_round=start.server_round))
+                server_round=start.server_round, session_id=start.session_id))
         with LocalFailure.stage("publish_failed"):
             return await self._publish(start, weights, result, fetch_s)
 

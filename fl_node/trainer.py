@@ -16,8 +16,10 @@ import numpy as np
 from common.metrics_format import format_metrics
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS, check_parameter_budget, estimate_parameters
 from common.ml.models import MAX_ARCHITECTURE_BYTES, compile_model, model_from_architecture
+from common.privacy.accountant import PrivacyAccountant
 from common.wire.protocol import TrainConfig
 from common.wire.safe_json import loads_untrusted
+from fl_node.dp_sgd import DEFAULT_DELTA, DpSgdLoop
 from fl_node.proximal import ProximalLoop
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class LocalTrainer:
         self._compiled_for: str | None = None  # the compile spec (less the learning rate) the model has
         self._fresh_optimizer: list[np.ndarray] = []  # the optimizer's variables as a new optimizer has them
         self._proximal: ProximalLoop | None = None
+        self._dp_sgd: DpSgdLoop | None = None
+        self._dp_sgd_books: dict[str, PrivacyAccountant] = {}  # per session: the DP-SGD steps this process ran
 
     @property
     def num_samples(self) -> int:
@@ -83,6 +87,7 @@ class LocalTrainer:
             self._fresh_optimizer = [np.array(v.numpy()) for v in model.optimizer.variables]
             self._compiled_for = spec_key
             self._proximal = None
+            self._dp_sgd = None
             return model
         for variable, fresh in zip(model.optimizer.variables, self._fresh_optimizer, strict=True):
             variable.assign(fresh)
@@ -97,6 +102,7 @@ class LocalTrainer:
         config: TrainConfig,
         *,
         server_round: int,
+        session_id: str = "",
     ) -> TrainResult:
         import keras
 
@@ -113,7 +119,14 @@ class LocalTrainer:
                 log_epoch(epoch, logs)
 
         started = time.perf_counter()
-        if config.proximal_mu > 0:  # FedProx: custom loop with the proximal term
+        if config.dp_sgd_clip > 0:  # record-level DP-SGD: custom loop, per-example clipping and noise
+            if config.proximal_mu > 0:
+                raise ValueError("DP-SGD has no proximal term: the server must not ask for both")
+            metrics = self._train_dp_sgd(model, compile_spec, config, session_id=session_id, on_epoch_end=log_epoch)
+            logger.info("node %s round %d: DP-SGD (clip %g, noise multiplier %g): record-level epsilon %.4g at "
+                        "delta %g so far", node_id, server_round, config.dp_sgd_clip, config.dp_sgd_noise_multiplier,
+                        metrics["dp_epsilon"], config.dp_delta or DEFAULT_DELTA)
+        elif config.proximal_mu > 0:  # FedProx: custom loop with the proximal term
             if self._proximal is None:
                 self._proximal = ProximalLoop(model, with_accuracy="accuracy" in compile_spec.get("metrics", []))
             metrics = self._proximal.fit(self.x, self.y, epochs=config.epochs, batch_size=config.batch_size,
@@ -124,6 +137,23 @@ class LocalTrainer:
             metrics = {name: float(values[-1]) for name, values in fit.history.items()}
         train_s = time.perf_counter() - started
         return TrainResult(model.get_weights(), metrics, train_s)
+
+    def _train_dp_sgd(self, model: Any, compile_spec: dict[str, Any], config: TrainConfig, *, session_id: str,
+                      on_epoch_end: Any) -> dict[str, float]:
+        """DP-SGD for this round, accounted in the session's books; returns only ``dp_epsilon``: the loss and
+        accuracy of the training data are not covered by the guarantee, so they are logged here and not sent."""
+        delta = config.dp_delta or DEFAULT_DELTA
+        if delta >= 1 / self.num_samples:
+            logger.warning("node %s: DP-SGD delta %g is not below 1 / %d records: a delta that large allows "
+                           "publishing one record in the clear", self.node_id, delta, self.num_samples)
+        if self._dp_sgd is None:
+            self._dp_sgd = DpSgdLoop(model, with_accuracy="accuracy" in compile_spec.get("metrics", []))
+        run = self._dp_sgd.fit(self.x, self.y, epochs=config.epochs, batch_size=config.batch_size,
+                               clip_norm=config.dp_sgd_clip, noise_multiplier=config.dp_sgd_noise_multiplier,
+                               on_epoch_end=on_epoch_end)
+        books = self._dp_sgd_books.setdefault(session_id, PrivacyAccountant())
+        books.record_rounds(sampling_rate=run.sampling_rate, noise_multiplier=run.noise_multiplier, rounds=run.steps)
+        return {"dp_epsilon": books.epsilon(delta)}
 
     def save(self, architecture: str, weights: Sequence[np.ndarray], path: Path) -> None:
         model = self._model_for(architecture)

@@ -95,12 +95,13 @@ def add_round_options(parser: argparse.ArgumentParser) -> None:
 
 def add_privacy_options(parser: argparse.ArgumentParser) -> None:
     """Differential privacy (README "Differential privacy"): clipping, noise, the accountant's budget."""
-    add_option(parser, "--dp", default=None, choices=["central", "local"],
+    add_option(parser, "--dp", default=None, choices=["central", "local", "sgd"],
                help="differential privacy of the nodes' updates: central (the server clips and noises the mean; "
-               "trust the server) or local (each node clips and noises its own update before it leaves)")
+               "trust the server), local (each node clips and noises its own update before it leaves) or sgd "
+               "(record-level DP-SGD: each node clips every example's gradient and reports its own epsilon)")
     add_option(parser, "--dp-clip", default=None, metavar="C|adaptive",
-               help="L2 norm each update delta (w_node - w_global) is clipped to, or 'adaptive' (central: the clip "
-               "follows --dp-target-quantile of the update norms, Andrew et al. 2021)")
+               help="L2 norm each update delta (w_node - w_global) is clipped to (sgd: each example's gradient), or "
+               "'adaptive' (central: the clip follows --dp-target-quantile of the update norms, Andrew et al. 2021)")
     add_option(parser, "--dp-initial-clip", type=positive_float, default=D.dp_initial_clip,
                help="adaptive clipping's first clipping norm")
     add_option(parser, "--dp-noise-multiplier", type=non_negative_float, default=None,

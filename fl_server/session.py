@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.cli import UsageError
+from common.privacy.accountant import PrivacyAccountant
 from common.transport import kafka_io
 from common.transport.kafka_security import KafkaSecurity
 from common.transport.tls import server_ssl_context
@@ -39,10 +40,10 @@ from fl_server.coordinator import Coordinator, EvaluateFn, GlobalModel, SessionS
 from fl_server.data import ServerData
 from fl_server.history import SessionHistory, utc_now
 from fl_server.inbox import Inbox
-from fl_server.privacy.accountant import PrivacyAccountant
 from fl_server.privacy.aggregation import DPAggregation
 from fl_server.privacy.ledger import PrivacyLedger
-from fl_server.privacy.plan import PrivacyPlan, plan_privacy
+from fl_server.privacy.plan import PrivacyPlan, plan_privacy, with_dp_sgd
+from fl_server.privacy.validation import USER_LEVEL_MODES
 from fl_server.records import ResumeMark, SessionSummary
 from fl_server.registry import NodeRegistry
 from fl_server.strategies import Strategy
@@ -96,7 +97,7 @@ def plan_session(config: ServerConfig) -> SessionPlan:
         raise UsageError(f"session id {session_id!r} must match {SESSION_ID_PATTERN.pattern}")
     strategy = strategy_from_args(config)  # type: ignore[arg-type]  # a strategy that cannot run refuses here
     privacy = privacy_plan(config)
-    if privacy is not None:
+    if privacy is not None and privacy.settings.mode in USER_LEVEL_MODES:  # DP-SGD: the nodes' updates are private
         strategy = DPAggregation(strategy, mode=privacy.settings.mode, clip_norm=privacy.clip_norm,
                                  noise_multiplier=privacy.settings.noise_multiplier, adaptive=privacy.adaptive)
     return SessionPlan(
@@ -358,7 +359,7 @@ class ServerSession:
         assert self.history is not None and self._kafka is not None
         plan = self.plan
         return Coordinator(
-            settings=SessionSettings.from_config(self.config, plan.session_id),
+            settings=self._session_settings(),
             registry=self.registry,
             strategy=plan.strategy,
             model=model.model,
@@ -375,10 +376,15 @@ class ServerSession:
             privacy=self._privacy_ledger(),
         )
 
+    def _session_settings(self) -> SessionSettings:
+        """The round loop's settings; with ``--dp sgd`` every round's config asks the nodes for DP-SGD."""
+        settings = SessionSettings.from_config(self.config, self.plan.session_id)
+        return replace(settings, train=with_dp_sgd(settings.train, self.plan.privacy))
+
     def _privacy_ledger(self) -> PrivacyLedger | None:
         """The privacy books, continued from the checkpoint's on --resume."""
-        if self.plan.privacy is None:
-            return None
+        if self.plan.privacy is None or self.plan.privacy.settings.mode not in USER_LEVEL_MODES:
+            return None  # DP-SGD: no user-level books; every node accounts its own records
         assert self.history is not None
         state = self.history.privacy_state if self.plan.checkpoint is not None else None
         return PrivacyLedger(self.plan.privacy.settings, PrivacyAccountant.from_state(state) if state else None)

@@ -29,7 +29,7 @@ class FakeTrainer:
     def set_data(self, x, y):
         self.threads.append(threading.current_thread().name)
 
-    def train(self, architecture, compile_spec, weights, config, *, server_round):
+    def train(self, architecture, compile_spec, weights, config, *, server_round, session_id=""):
         if self.error is not None:
             raise self.error
         return TrainResult(weights=weights, metrics={"loss": 0.5}, train_s=0.01)

@@ -55,7 +55,7 @@ class FakeTrainer:
         pass
 
     def train(self, architecture: str, compile_spec: dict, weights: list[np.ndarray], config: TrainConfig, *,
-              server_round: int) -> TrainResult:
+              server_round: int, session_id: str = "") -> TrainResult:
         self.training.set()
         assert self.release.wait(20), "the test never released training"
         self.trained.append(server_round)

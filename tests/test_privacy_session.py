@@ -9,10 +9,11 @@ from dp_accounting import rdp
 
 from common.privacy.clipping import global_l2_norm
 from common.privacy.local import privatize_update
+from common.wire.protocol import TrainConfig
 from fl_server.privacy.adaptive_clipping import AdaptiveClipping
 from fl_server.privacy.aggregation import DPAggregation
 from fl_server.privacy.ledger import PrivacyLedger, PrivacySettings
-from fl_server.privacy.plan import PrivacyOptions, plan_privacy
+from fl_server.privacy.plan import PrivacyOptions, plan_privacy, with_dp_sgd
 from fl_server.strategies import FedAvg, FedAvgM
 from tests.test_coordinator import run_session
 
@@ -92,7 +93,7 @@ def test_local_dp_publishes_a_clipped_delta():
     (PrivacyOptions(mode="central", clip="1"), "fedavg", "--dp-noise-multiplier z or a budget"),
     (PrivacyOptions(mode="central", clip="1", noise_multiplier=1.0, delta=0.6), "fedavg", "below 1 / 2"),
     (PrivacyOptions(mode="local", clip="adaptive", noise_multiplier=1.0), "fedavg", "needs --dp central"),
-    (PrivacyOptions(clip="1"), "fedavg", "need --dp central or --dp local"),
+    (PrivacyOptions(clip="1"), "fedavg", "need --dp central, local or sgd"),
     (PrivacyOptions(mode="central", clip="1", noise_multiplier=1.0, target_epsilon=5.0), "fedavg",
      "spends --dp-target-epsilon 5.0 in 1 round"),
 ])
@@ -133,8 +134,8 @@ async def test_local_mode_sends_each_participant_its_share_of_the_noise(tmp_path
 
 
 async def test_a_resumed_session_continues_the_privacy_books(tmp_path):
+    from common.privacy.accountant import PrivacyAccountant
     from fl_server.history import SessionHistory
-    from fl_server.privacy.accountant import PrivacyAccountant
 
     first = SessionHistory.create(tmp_path / "a", "s", {})
     await run_session(tmp_path / "a", {"n1": "ok", "n3": "ok"}, rounds=2, history=first,
@@ -144,3 +145,30 @@ async def test_a_resumed_session_continues_the_privacy_books(tmp_path):
                             PrivacyAccountant.from_state(first.privacy_state))
     record = resumed.record_round(clip_norm=1.0, delivered=2, asked=2)
     assert record["rounds_accounted"] == 3 and record["epsilon"] == pytest.approx(library_epsilon(1.0, 3), rel=1e-9)
+
+
+@pytest.mark.parametrize(("options", "strategy", "says"), [
+    (PrivacyOptions(mode="sgd", clip="adaptive", noise_multiplier=1.0), "fedavg", "--dp sgd needs a fixed"),
+    (PrivacyOptions(mode="sgd", clip="1", noise_multiplier=1.0, target_epsilon=3.0), "fedavg",
+     "does not take --dp-target-epsilon"),
+    (PrivacyOptions(mode="sgd", clip="1", noise_multiplier=1.0, budget_stop=True), "fedavg", "--dp-budget-stop"),
+    (PrivacyOptions(mode="sgd", clip="1"), "fedavg", "needs --dp-noise-multiplier sigma > 0"),
+    (PrivacyOptions(mode="sgd", clip="1", noise_multiplier=0.0), "fedavg", "needs --dp-noise-multiplier sigma > 0"),
+    (PrivacyOptions(mode="sgd", noise_multiplier=1.0), "fedavg", "--dp-clip"),
+    (PrivacyOptions(mode="sgd", clip="1", noise_multiplier=1.0), "fedprox", "no proximal term"),
+])
+def test_dp_sgd_settings_that_cannot_work_are_refused(options, strategy, says):
+    with pytest.raises(ValueError, match=says):
+        plan_privacy(options, strategy=strategy, rounds=10, num_nodes=2, expected_updates=2)
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "krum", "median"])
+def test_dp_sgd_plans_the_nodes_fields_with_any_aggregation(strategy):
+    plan = plan_privacy(PrivacyOptions(mode="sgd", clip="1", noise_multiplier=1.1, delta=0.4), strategy=strategy,
+                        rounds=10, num_nodes=2, expected_updates=2)  # delta vs records is each node's to check
+    train = TrainConfig(1, 32, 0.1)
+    assert with_dp_sgd(train, plan) == TrainConfig(1, 32, 0.1, dp_sgd_clip=1.0, dp_sgd_noise_multiplier=1.1,
+                                                   dp_delta=0.4)
+    central = plan_privacy(PrivacyOptions(mode="central", clip="1", noise_multiplier=1.1), strategy="fedavg",
+                           rounds=10, num_nodes=2, expected_updates=2)
+    assert with_dp_sgd(train, central) == with_dp_sgd(train, None) == train

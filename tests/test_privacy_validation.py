@@ -74,6 +74,13 @@ def test_averaging_strategies_are_allowed(strategy: str) -> None:
     validate_strategy_for_dp("local", strategy)
 
 
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam", *sorted(INCOMPATIBLE_STRATEGIES)])
+def test_dp_sgd_allows_any_aggregation_but_fedprox(strategy: str) -> None:
+    validate_strategy_for_dp("sgd", strategy)  # every update is already private: aggregation is post-processing
+    with pytest.raises(ValueError, match="no proximal term"):
+        validate_strategy_for_dp("sgd", "fedprox")
+
+
 def test_anything_goes_without_dp() -> None:
     validate_strategy_for_dp(None, "krum")
 

@@ -141,3 +141,21 @@ def test_train_config_refuses_bad_proximal_mu(mu):
 def test_train_config_constructor_refuses_negative_mu():
     with pytest.raises(ValueError, match="proximal_mu"):
         TrainConfig(1, 8, 0.1, proximal_mu=-1.0)
+
+
+def test_train_config_dp_sgd_fields_round_trip_and_are_absent_when_off():
+    config = TrainConfig(2, 16, 0.05, dp_sgd_clip=1.0, dp_sgd_noise_multiplier=1.1, dp_delta=1e-5)
+    wire = config.to_wire()
+    assert {k: wire[k] for k in ("dp_sgd_clip", "dp_sgd_noise_multiplier", "dp_delta")} == {
+        "dp_sgd_clip": 1.0, "dp_sgd_noise_multiplier": 1.1, "dp_delta": 1e-5}
+    assert TrainConfig.from_wire(wire) == config
+    assert not {"dp_sgd_clip", "dp_sgd_noise_multiplier", "dp_delta"} & set(TrainConfig(2, 16, 0.05).to_wire())
+
+
+@pytest.mark.parametrize("delta", [1.0, 2.0, -1e-5, float("nan")])
+def test_train_config_refuses_a_delta_outside_0_1(delta):
+    with pytest.raises(ProtocolError):
+        TrainConfig.from_wire({"epochs": 1, "batch_size": 8, "learning_rate": 0.1, "dp_sgd_clip": 1.0,
+                               "dp_delta": delta})
+    with pytest.raises(ValueError, match="dp_delta"):
+        TrainConfig(1, 8, 0.1, dp_delta=delta)

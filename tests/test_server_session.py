@@ -148,3 +148,22 @@ async def test_an_unreachable_broker_stops_before_tensorflow_and_frees_the_port(
 def test_the_plan_refuses_settings_that_cannot_work(tmp_path, changes, says):
     with pytest.raises(UsageError, match=says):
         plan_session(config(tmp_path, **changes))
+
+
+async def test_dp_sgd_asks_every_node_for_dp_sgd_and_aggregates_as_usual(tmp_path):
+    plan = plan_session(config(tmp_path, dp="sgd", dp_clip="1.5", dp_noise_multiplier=1.1, dp_delta=1e-6))
+    assert type(plan.strategy).__name__ == "FedAvg"  # no DPAggregation: no server clipping or noise
+    runtime = FakeRuntime()
+    session = ServerSession(plan, runtime)
+    play_nodes(session, runtime.nodes)
+    async with session:
+        for node_id in ("n1", "n3"):
+            await session.registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
+        path = await asyncio.wait_for(session.run(), 30)
+    document = load_history(path)
+    assert document["status"] == "completed" and [r["round"] for r in document["rounds"]] == [1, 2]
+    assert {(c.dp_sgd_clip, c.dp_sgd_noise_multiplier, c.dp_delta, c.dp_clip_norm) for c in runtime.nodes.configs} == {
+        (1.5, 1.1, 1e-6, 0.0)}
+    (final_weights, _), = runtime.saved
+    np.testing.assert_allclose(final_weights[0], [5.0] * 3)  # sample-weighted FedAvg, as without --dp
+    assert all(r.get("privacy") is None for r in document["rounds"]) and "privacy_accountant" not in document

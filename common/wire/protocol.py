@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from common import PROTOCOL_VERSION
-from common.validation import require_non_negative_finite, require_positive_int
+from common.validation import require_in_interval, require_non_negative_finite, require_positive_int
 from common.wire.codec import ArraySpec, array_to_bytes, b64decode, b64encode, validate_spec
 from common.wire.errors import ProtocolError
 from common.wire.safe_json import loads_untrusted
@@ -360,8 +360,11 @@ class ModelMessage:
 class TrainConfig:
     """Local training settings of one round. ``proximal_mu`` > 0 adds FedProx's ``mu/2 * ||w - w_global||^2``
     to the node's loss. ``dp_clip_norm`` > 0 asks for local differential privacy: the node clips its update's
-    delta to that L2 norm and adds N(0, ``dp_noise_stddev``^2) per coordinate before publishing. The optional
-    fields are absent on the wire when 0 (and read as 0 when absent)."""
+    delta to that L2 norm and adds N(0, ``dp_noise_stddev``^2) per coordinate before publishing.
+    ``dp_sgd_clip`` > 0 asks for record-level DP-SGD: the node clips each example's gradient to that L2 norm,
+    adds N(0, (``dp_sgd_noise_multiplier`` * clip)^2) to their sum and reports its epsilon at ``dp_delta``
+    (in [0, 1); 0 when not sent). The optional fields are absent on the wire when 0 (and read as 0 when
+    absent)."""
 
     epochs: int
     batch_size: int
@@ -369,10 +372,14 @@ class TrainConfig:
     proximal_mu: float = 0.0
     dp_clip_norm: float = 0.0
     dp_noise_stddev: float = 0.0
+    dp_sgd_clip: float = 0.0
+    dp_sgd_noise_multiplier: float = 0.0
+    dp_delta: float = 0.0
 
     def __post_init__(self) -> None:
         for name in OPTIONAL_TRAIN_FIELDS:
             require_non_negative_finite(name, getattr(self, name))
+        require_in_interval("dp_delta", self.dp_delta, 0, 1, high_open=True)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -391,6 +398,8 @@ class TrainConfig:
             if value < 0:
                 raise ProtocolError("bad_schema", f"config: {name}={value} must be >= 0")
             optional[name] = value
+        if optional["dp_delta"] >= 1:
+            raise ProtocolError("bad_schema", f"config: dp_delta={optional['dp_delta']} must be below 1")
         return cls(
             epochs=_int_in(obj, "epochs", 1, 10_000, where="config"),
             batch_size=_int_in(obj, "batch_size", 1, 1 << 20, where="config"),
@@ -399,7 +408,8 @@ class TrainConfig:
         )
 
 
-OPTIONAL_TRAIN_FIELDS = ("proximal_mu", "dp_clip_norm", "dp_noise_stddev")
+OPTIONAL_TRAIN_FIELDS = ("proximal_mu", "dp_clip_norm", "dp_noise_stddev", "dp_sgd_clip", "dp_sgd_noise_multiplier",
+                         "dp_delta")
 
 
 @dataclass(frozen=True)

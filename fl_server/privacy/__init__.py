@@ -4,7 +4,7 @@ Pure (no sockets, Kafka or TensorFlow). Clipping and noise, which the nodes need
 ``common.privacy``.
 """
 
-from fl_server.privacy.accountant import PrivacyAccountant, RoundRun, round_event
+from common.privacy.accountant import PrivacyAccountant, RoundRun, round_event
 from fl_server.privacy.adaptive_clipping import AdaptiveClipping, recommended_count_stddev, weights_noise_multiplier
 from fl_server.privacy.budget import calibrate_noise_multiplier, next_round_within_budget, rounds_within_budget
 from fl_server.privacy.validation import (

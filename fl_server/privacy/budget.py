@@ -13,7 +13,7 @@ import math
 import dp_accounting
 from dp_accounting import rdp
 
-from fl_server.privacy.accountant import PrivacyAccountant, check_round_parameters, round_event
+from common.privacy.accountant import PrivacyAccountant, check_round_parameters, round_event
 
 logger = logging.getLogger(__name__)
 

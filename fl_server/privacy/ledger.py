@@ -2,7 +2,7 @@
 
 The round loop asks ``may_run_next_round`` before it opens a round (the budget stop) and calls
 ``record_round`` after a round released a new model. Every number comes from the accountant
-(``fl_server.privacy.accountant``, Google's dp-accounting); the ledger only keeps the books.
+(``common.privacy.accountant``, Google's dp-accounting); the ledger only keeps the books.
 
 Sampling: the server samples a fixed number of participants from a seeded, public draw, which gives no
 privacy amplification, so every round is accounted with sampling rate q = 1 (conservative and honest).
@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from common.privacy.accountant import PrivacyAccountant
 from common.privacy.noise import local_noise_stddev
-from fl_server.privacy.accountant import PrivacyAccountant
 from fl_server.privacy.budget import next_round_within_budget
 
 logger = logging.getLogger(__name__)

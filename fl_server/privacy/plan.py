@@ -6,8 +6,9 @@ Pure: every number comes from ``fl_server.privacy`` (the accountant library unde
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from common.wire.protocol import TrainConfig
 from fl_server.privacy.adaptive_clipping import AdaptiveClipping, recommended_count_stddev, weights_noise_multiplier
 from fl_server.privacy.budget import calibrate_noise_multiplier, rounds_within_budget
 from fl_server.privacy.ledger import SAMPLING_RATE, PrivacySettings
@@ -53,9 +54,11 @@ def plan_privacy(options: PrivacyOptions, *, strategy: str, rounds: int, num_nod
         given = [flag for flag, value in (("--dp-clip", options.clip), ("--dp-noise-multiplier",
                  options.noise_multiplier), ("--dp-target-epsilon", options.target_epsilon)) if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} need --dp central or --dp local")
+            raise ValueError(f"{', '.join(given)} need --dp central, local or sgd")
         return None
     validate_strategy_for_dp(options.mode, strategy)
+    if options.mode == "sgd":
+        return _plan_dp_sgd(options)
     validate_delta(options.delta, num_records=num_nodes)
     clip_norm, adaptive = _clipping(options, expected_updates)
     z = _noise_multiplier(options, rounds)
@@ -63,6 +66,33 @@ def plan_privacy(options: PrivacyOptions, *, strategy: str, rounds: int, num_nod
         weights_noise_multiplier(noise_multiplier=z, count_stddev=adaptive.count_stddev)  # refuses 2*sigma_b <= z
     return PrivacyPlan(PrivacySettings(options.mode, z, options.delta, options.target_epsilon, clip_norm),
                        clip_norm, adaptive, options.budget_stop)
+
+
+def _plan_dp_sgd(options: PrivacyOptions) -> PrivacyPlan:
+    """Record-level DP-SGD at the nodes: a fixed clip and a noise multiplier, no server-side budget (each node
+    accounts its own records and reports its epsilon)."""
+    validate_delta(options.delta)  # below 1/records is each node's to check: the server does not know the counts
+    if options.clip == ADAPTIVE:
+        raise ValueError("--dp-clip adaptive is for --dp central; --dp sgd needs a fixed --dp-clip C (the L2 norm "
+                         "each example's gradient is clipped to)")
+    if options.target_epsilon is not None or options.budget_stop:
+        raise ValueError("--dp sgd does not take --dp-target-epsilon or --dp-budget-stop: each node accounts its "
+                         "own records (its epsilon is in the history per node); set --dp-noise-multiplier")
+    if options.noise_multiplier is None or options.noise_multiplier == 0:
+        raise ValueError("--dp sgd needs --dp-noise-multiplier sigma > 0 (Gaussian noise of stddev sigma*C on each "
+                         "step's sum of clipped per-example gradients; 0 gives no guarantee)")
+    validate_noise_multiplier(options.noise_multiplier)
+    clip_norm, _ = _clipping(options, expected_updates=1)
+    return PrivacyPlan(PrivacySettings("sgd", options.noise_multiplier, options.delta, None, clip_norm), clip_norm,
+                       None, False)
+
+
+def with_dp_sgd(train: TrainConfig, plan: PrivacyPlan | None) -> TrainConfig:
+    """``train`` with the fields that make every node train with DP-SGD (unchanged unless ``--dp sgd``)."""
+    if plan is None or plan.settings.mode != "sgd":
+        return train
+    return replace(train, dp_sgd_clip=plan.clip_norm, dp_sgd_noise_multiplier=plan.settings.noise_multiplier,
+                   dp_delta=plan.settings.delta)
 
 
 def _clipping(options: PrivacyOptions, expected_updates: int) -> tuple[float, AdaptiveClipping | None]:

@@ -11,7 +11,8 @@ import math
 
 logger = logging.getLogger(__name__)
 
-DP_MODES = ("central", "local")
+DP_MODES = ("central", "local", "sgd")
+USER_LEVEL_MODES = ("central", "local")  # DP-FedAvg: the server aggregates clipped, noised updates
 
 # Strategies that break the guarantee, and why. The accountant's epsilon is for the equal-weight mean of all
 # clipped updates plus Gaussian noise (central: the server adds z*C/n; local: each node adds z*C/sqrt(n), and
@@ -69,11 +70,19 @@ def validate_target_epsilon(target_epsilon: float) -> None:
 
 
 def validate_strategy_for_dp(dp_mode: str | None, strategy_name: str) -> None:
-    """A DP mode (``central`` or ``local``) cannot be combined with a strategy in ``INCOMPATIBLE_STRATEGIES``."""
+    """A user-level DP mode (``central`` or ``local``) cannot be combined with a strategy in
+    ``INCOMPATIBLE_STRATEGIES``. Record-level DP-SGD (``sgd``) works with any aggregation (every update is
+    already private; what the server does with it is post-processing) except FedProx, whose proximal term the
+    DP-SGD loop does not have."""
     if dp_mode is None:
         return
     if dp_mode not in DP_MODES:
         raise ValueError(f"unknown DP mode {dp_mode!r}; choose from {', '.join(DP_MODES)}")
+    if dp_mode == "sgd":
+        if strategy_name == "fedprox":
+            raise ValueError("strategy 'fedprox' cannot be used with --dp sgd: the nodes' DP-SGD loop has no "
+                             "proximal term")
+        return
     reason = INCOMPATIBLE_STRATEGIES.get(strategy_name)
     if reason is not None:
         raise ValueError(f"strategy {strategy_name!r} cannot be used with {dp_mode} differential privacy: {reason}")

@@ -44,3 +44,19 @@ def test_local_dp_never_publishes_an_update_whose_delta_exceeds_the_clip(federat
         assert global_l2_norm(delta) <= clip * (1 + FLOAT32_SLACK), (node, server_round)
         checked += 1
     assert checked == 4  # two nodes, two rounds: every update was read back
+
+
+def test_dp_sgd_nodes_report_their_own_growing_record_level_epsilon(federation: Federation) -> None:
+    server = federation.start_server("--min-nodes", "2", "--rounds", "2", "--dp", "sgd", "--dp-clip", "1",
+                                     "--dp-noise-multiplier", "1.1")
+    nodes = federation.start_nodes(2)
+    expect_clean_exit(server, nodes, server_timeout_s=240)
+    history = federation.history()
+    assert history["status"] == "completed" and [r["round"] for r in history["rounds"]] == [1, 2]
+    per_round = [r["train"]["per_node"] for r in history["rounds"]]
+    assert set(per_round[0]) == set(per_round[1]) and len(per_round[0]) == 2
+    for node in per_round[0]:
+        first, second = per_round[0][node]["dp_epsilon"], per_round[1][node]["dp_epsilon"]
+        assert 0 < first < second, (node, first, second)
+        assert set(per_round[0][node]) == {"dp_epsilon"}  # the training loss stays at the node
+    assert all(r.get("privacy") is None for r in history["rounds"])  # no user-level books in sgd mode

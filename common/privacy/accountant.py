@@ -1,9 +1,11 @@
-"""Privacy accounting for DP-FedAvg with Google's ``dp-accounting`` library (RDP accountant). No I/O.
+"""Privacy accounting with Google's ``dp-accounting`` library (RDP accountant). No I/O.
 
-Each round is one Poisson-subsampled Gaussian mechanism: every node takes part with probability q (the
-sampling rate) and the sum of clipped deltas gets Gaussian noise of stddev z*C (noise multiplier z). The
-accountant records the rounds and asks the library's ``RdpAccountant`` for epsilon at a delta; nothing here
-computes a privacy bound by hand.
+Shared by the server (user-level DP-FedAvg, ``fl_server.privacy``) and the nodes (record-level DP-SGD,
+``fl_node.dp_sgd``). Each "round" is one Poisson-subsampled Gaussian mechanism: in DP-FedAvg every node takes
+part with probability q and the sum of clipped deltas gets Gaussian noise of stddev z*C (noise multiplier z);
+in DP-SGD a round is one optimizer step, q is batch size / records and the sum of clipped per-example gradients
+gets the noise. The accountant records the rounds and asks the library's ``RdpAccountant`` for epsilon at a
+delta; nothing here computes a privacy bound by hand.
 
 Rounds are kept run-length encoded, ``[(q, z, rounds), ...]``, and each run is composed as one
 ``SelfComposedDpEvent``. RDP composes additively, so this is the same bound as composing round by round, and
@@ -76,12 +78,18 @@ class PrivacyAccountant:
 
     def record_round(self, *, sampling_rate: float, noise_multiplier: float) -> None:
         """Add one round with sampling rate q and noise multiplier z."""
+        self.record_rounds(sampling_rate=sampling_rate, noise_multiplier=noise_multiplier, rounds=1)
+
+    def record_rounds(self, *, sampling_rate: float, noise_multiplier: float, rounds: int) -> None:
+        """Add ``rounds`` rounds (DP-SGD: steps) with sampling rate q and noise multiplier z."""
         check_round_parameters(sampling_rate=sampling_rate, noise_multiplier=noise_multiplier)
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"the number of rounds must be an integer >= 1, got {rounds!r}")
         last = self._runs[-1] if self._runs else None
         if last is not None and (last.sampling_rate, last.noise_multiplier) == (sampling_rate, noise_multiplier):
-            self._runs[-1] = RoundRun(sampling_rate, noise_multiplier, last.rounds + 1)
+            self._runs[-1] = RoundRun(last.sampling_rate, last.noise_multiplier, last.rounds + rounds)
         else:
-            self._runs.append(RoundRun(float(sampling_rate), float(noise_multiplier), 1))
+            self._runs.append(RoundRun(float(sampling_rate), float(noise_multiplier), rounds))
 
     def epsilon(self, delta: float) -> float:
         """Epsilon of all recorded rounds at ``delta`` (0 before any round; infinite if some round had z = 0)."""
