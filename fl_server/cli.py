@@ -23,7 +23,8 @@ from common.transport.kafka_security import add_kafka_security_options
 from common.transport.tls import add_tls_server_options
 from fl_server.config import DEFAULTS as D
 from fl_server.config import ServerConfig
-from fl_server.session import SessionPlan, plan_session, run_session
+from fl_server.plan import SessionPlan, plan_session
+from fl_server.session import run_session
 from fl_server.strategy_options import add_strategy_options
 
 

@@ -18,8 +18,9 @@ from fl_server.config import ServerConfig
 from fl_server.coordinator import GlobalModel
 from fl_server.data import ServerData
 from fl_server.history import load_history
+from fl_server.plan import plan_session
 from fl_server.registry import NodeInfo
-from fl_server.session import ServerSession, SessionModel, plan_session
+from fl_server.session import ServerSession, SessionModel
 from tests.test_coordinator import INITIAL, FakeFederation
 from tests.waiting import wait_until
 

@@ -1,0 +1,138 @@
+"""The session plan: every ``fl-server`` setting checked, and what the settings name loaded, before anything starts.
+
+``plan_session`` runs in well under a second (no port, no broker, no TensorFlow), so a mistake in the flags,
+the environment, a config file or a file they name is one ``UsageError`` line (exit 2) at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import ssl
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from common.cli import UsageError
+from common.transport.kafka_security import KafkaSecurity
+from common.transport.tls import server_ssl_context
+from common.wire.integrity import KeyRegistry
+from common.wire.protocol import SESSION_ID_PATTERN
+from fl_server.checkpoint import Checkpoint, CheckpointError, load_checkpoint_for
+from fl_server.config import ServerConfig, resume_config
+from fl_server.privacy.aggregation import DPAggregation
+from fl_server.privacy.plan import PrivacyPlan, plan_privacy
+from fl_server.privacy.validation import USER_LEVEL_MODES
+from fl_server.strategies import Strategy
+from fl_server.strategy_options import strategy_from_args
+
+logger = logging.getLogger("fl_server")
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """A session's settings, checked, with what they name loaded: nothing is running yet."""
+
+    config: ServerConfig  # with --resume applied
+    session_id: str
+    checkpoint: Checkpoint | None
+    strategy: Strategy
+    keys: KeyRegistry | None
+    tls: ssl.SSLContext | None
+    kafka_client_config: dict[str, Any]
+    privacy: PrivacyPlan | None = None
+
+
+def new_session_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def plan_session(config: ServerConfig) -> SessionPlan:
+    """Everything that can be wrong with the settings, found in well under a second (``UsageError`` says what)."""
+    checkpoint = None
+    if config.resume is not None:
+        resume = config.resume
+        try:
+            checkpoint, _ = load_checkpoint_for(resume)
+        except CheckpointError as exc:
+            raise UsageError(f"cannot resume: {exc}") from None
+        config, differed = resume_config(config, checkpoint.history.get("config", {}))
+        for name, (value, current) in differed.items():
+            logger.info("--resume: %s is %r in this session (the command line's %r is not used)", name, value,
+                        current)
+        config = replace(config, session_id=checkpoint.session_id, history_dir=Path(resume).parent)
+    check_combinations(config)
+    session_id = config.session_id or new_session_id()
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
+        raise UsageError(f"session id {session_id!r} must match {SESSION_ID_PATTERN.pattern}")
+    strategy = strategy_from_args(config)  # type: ignore[arg-type]  # a strategy that cannot run refuses here
+    privacy = privacy_plan(config)
+    if privacy is not None and privacy.settings.mode in USER_LEVEL_MODES:  # DP-SGD: the nodes' updates are private
+        strategy = DPAggregation(strategy, mode=privacy.settings.mode, clip_norm=privacy.clip_norm,
+                                 noise_multiplier=privacy.settings.noise_multiplier, adaptive=privacy.adaptive)
+    return SessionPlan(
+        config=config,
+        session_id=session_id,
+        checkpoint=checkpoint,
+        strategy=strategy,
+        privacy=privacy,
+        keys=node_keys(config),
+        tls=server_tls(config),
+        kafka_client_config=KafkaSecurity.from_args(config).to_client_config(),  # type: ignore[arg-type]
+    )
+
+
+def privacy_plan(config: ServerConfig) -> PrivacyPlan | None:
+    """The session's differential privacy (``--dp``), checked, with z calibrated when only a budget is given."""
+    expected_updates = max(config.min_fit, math.ceil(config.fraction_fit * config.min_nodes))
+    try:
+        plan = plan_privacy(config.privacy_options(), strategy=config.strategy, rounds=config.rounds,
+                            num_nodes=config.min_nodes, expected_updates=expected_updates)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if plan is not None:
+        settings = plan.settings
+        logger.info("differential privacy: %s, clip %s, noise multiplier z = %.4g%s, delta %g%s", settings.mode,
+                    f"adaptive from {plan.clip_norm:g}" if plan.adaptive else f"{plan.clip_norm:g}",
+                    settings.noise_multiplier, "" if config.dp_noise_multiplier is not None else " (calibrated)",
+                    settings.delta, f", budget epsilon {settings.target_epsilon:g}"
+                    if settings.target_epsilon is not None else "")
+    return plan
+
+
+def check_combinations(config: ServerConfig) -> None:
+    """Settings that cannot work together."""
+    if config.holdout is not None and not config.target:
+        raise UsageError("--holdout needs --target (the class column of the holdout and of the nodes' CSV files)")
+    if config.holdout is not None and not config.holdout.is_file():
+        raise UsageError(f"--holdout {config.holdout}: no such file")
+    if config.schema is not None and not config.schema.is_file():
+        raise UsageError(f"--schema {config.schema}: no such file")
+    if config.min_round_nodes is not None and config.min_round_nodes > config.min_nodes:
+        logger.warning("--min-round-nodes %d is more than --min-nodes %d: round 2 may wait for nodes round 1 did "
+                       "not need", config.min_round_nodes, config.min_nodes)
+
+
+def node_keys(config: ServerConfig) -> KeyRegistry | None:
+    """The key registry, or None when the operator chose --allow-unauthenticated (loudly)."""
+    if config.node_keys is not None:
+        keys = KeyRegistry.load(config.node_keys)
+        logger.info("node authentication on: %d node(s) in %s", len(keys), config.node_keys)
+        return keys
+    if not config.allow_unauthenticated:
+        raise UsageError("no --node-keys given: create keys with `fl-keys create NODE...` and pass "
+                         "--node-keys keys/registry.json (or --allow-unauthenticated for a demo)")
+    logger.warning("*** --allow-unauthenticated: ANY client that reaches this server can join, and ANY writer "
+                   "to the updates topic can submit updates in a node's name. Use --node-keys outside demos. ***")
+    return None
+
+
+def server_tls(config: ServerConfig) -> ssl.SSLContext | None:
+    """The TLS context of --tls-cert/--tls-key, or None (plain HTTP) when neither is given."""
+    if config.tls_cert is None and config.tls_key is None:
+        return None
+    if config.tls_cert is None or config.tls_key is None:
+        raise UsageError("--tls-cert and --tls-key go together: give both or neither")
+    return server_ssl_context(config.tls_cert, config.tls_key)
