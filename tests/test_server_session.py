@@ -168,3 +168,44 @@ async def test_dp_sgd_asks_every_node_for_dp_sgd_and_aggregates_as_usual(tmp_pat
     (final_weights, _), = runtime.saved
     np.testing.assert_allclose(final_weights[0], [5.0] * 3)  # sample-weighted FedAvg, as without --dp
     assert all(r.get("privacy") is None for r in document["rounds"]) and "privacy_accountant" not in document
+
+
+async def test_a_resumed_dp_session_continues_the_privacy_books(tmp_path):
+    """Stop a DP session after round 2 (its checkpoint as it was then), resume it: round 3's epsilon is that of
+    three rounds, not one (the books come back from the checkpoint, they do not start again at zero)."""
+    from tests.test_privacy_session import library_epsilon
+
+    dp = {"dp": "central", "dp_clip": "1.0", "dp_noise_multiplier": 1.0, "rounds": 3}
+    runtime = FakeRuntime()
+    saved: dict[Path, bytes] = {}
+
+    def commit(offsets):  # after each persisted round: keep round 2's checkpoint files
+        runtime.kafka_plane.commits.append(offsets)
+        if len(runtime.kafka_plane.commits) == 2:
+            saved.update({f: f.read_bytes() for f in (tmp_path / "checkpoints").iterdir()})
+
+    runtime.kafka_plane.commit = commit
+    session = ServerSession(plan_session(config(tmp_path, **dp)), runtime)
+    play_nodes(session, runtime.nodes)
+    async with session:
+        for node_id in ("n1", "n3"):
+            await session.registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
+        path = await asyncio.wait_for(session.run(), 30)
+    for f in (tmp_path / "checkpoints").iterdir():
+        f.unlink()
+    for f, content in saved.items():
+        f.write_bytes(content)
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "status": "interrupted", "rounds": document["rounds"][:2]}))
+
+    again = FakeRuntime()
+    resumed = ServerSession(plan_session(config(tmp_path, resume=path, rounds=9)), again)
+    play_nodes(resumed, again.nodes)
+    async with resumed:
+        for node_id in ("n1", "n3"):
+            await resumed.registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
+        await asyncio.wait_for(resumed.run(), 30)
+    rounds = load_history(path)["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3] and sorted({r for _, r in again.nodes.starts}) == [3]
+    assert [r["privacy"]["epsilon"] for r in rounds] == pytest.approx(
+        [library_epsilon(1.0, t) for t in (1, 2, 3)], rel=1e-9)
