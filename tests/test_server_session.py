@@ -88,14 +88,19 @@ def play_nodes(session: ServerSession, nodes: FakeFederation) -> None:
     session.frontend.emit = emit  # type: ignore[method-assign]
 
 
-async def test_a_session_runs_end_to_end_with_fake_parts(tmp_path):
-    runtime = FakeRuntime()
-    session = ServerSession(plan_session(config(tmp_path)), runtime)
+async def run_with_nodes(session: ServerSession, runtime: FakeRuntime) -> Path:
+    """Run the session with the fake nodes n1 and n3 connected; the history's path."""
     play_nodes(session, runtime.nodes)
     async with session:
         for node_id in ("n1", "n3"):
             await session.registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
-        path = await asyncio.wait_for(session.run(), 30)
+        return await asyncio.wait_for(session.run(), 30)
+
+
+async def test_a_session_runs_end_to_end_with_fake_parts(tmp_path):
+    runtime = FakeRuntime()
+    session = ServerSession(plan_session(config(tmp_path)), runtime)
+    path = await run_with_nodes(session, runtime)
     document = load_history(path)
     assert document["status"] == "completed" and [r["round"] for r in document["rounds"]] == [1, 2]
     # round 2: n1 sends 2.0 with 1 sample, n3 sends 6.0 with 3 samples -> (2 + 18) / 4 = 5
@@ -156,11 +161,7 @@ async def test_dp_sgd_asks_every_node_for_dp_sgd_and_aggregates_as_usual(tmp_pat
     assert type(plan.strategy).__name__ == "FedAvg"  # no DPAggregation: no server clipping or noise
     runtime = FakeRuntime()
     session = ServerSession(plan, runtime)
-    play_nodes(session, runtime.nodes)
-    async with session:
-        for node_id in ("n1", "n3"):
-            await session.registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
-        path = await asyncio.wait_for(session.run(), 30)
+    path = await run_with_nodes(session, runtime)
     document = load_history(path)
     assert document["status"] == "completed" and [r["round"] for r in document["rounds"]] == [1, 2]
     assert {(c.dp_sgd_clip, c.dp_sgd_noise_multiplier, c.dp_delta, c.dp_clip_norm) for c in runtime.nodes.configs} == {
@@ -186,11 +187,7 @@ async def test_a_resumed_dp_session_continues_the_privacy_books(tmp_path):
 
     runtime.kafka_plane.commit = commit
     session = ServerSession(plan_session(config(tmp_path, **dp)), runtime)
-    play_nodes(session, runtime.nodes)
-    async with session:
-        for node_id in ("n1", "n3"):
-            await session.registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
-        path = await asyncio.wait_for(session.run(), 30)
+    path = await run_with_nodes(session, runtime)
     for f in (tmp_path / "checkpoints").iterdir():
         f.unlink()
     for f, content in saved.items():
@@ -200,11 +197,7 @@ async def test_a_resumed_dp_session_continues_the_privacy_books(tmp_path):
 
     again = FakeRuntime()
     resumed = ServerSession(plan_session(config(tmp_path, resume=path, rounds=9)), again)
-    play_nodes(resumed, again.nodes)
-    async with resumed:
-        for node_id in ("n1", "n3"):
-            await resumed.registry.add(NodeInfo(node_id, node_id, int(node_id[1:])))
-        await asyncio.wait_for(resumed.run(), 30)
+    await run_with_nodes(resumed, again)
     rounds = load_history(path)["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3] and sorted({r for _, r in again.nodes.starts}) == [3]
     assert [r["privacy"]["epsilon"] for r in rounds] == pytest.approx(
