@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from common.cli import EXIT_OK, EXIT_RUNTIME, UsageError, command_main, run_until_signal
-from common.config import add_common_options, add_disclosure_options, add_option, positive_float, positive_int
+from common.config import (
+    add_common_options,
+    add_disclosure_options,
+    add_option,
+    non_negative_float,
+    positive_float,
+    positive_int,
+)
 from common.data.datasets import DEFAULT_DATASET, DEFAULT_SEED
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS
 from common.transport import kafka_io
@@ -69,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--max-idle", type=positive_float, default=1800.0,
                help="seconds without session traffic (a round, statistics, end_session) after which the node exits "
                "with code 3: a server gone for good, or a missed end_session")
+    add_option(parser, "--dp-clip", type=non_negative_float, default=0.0,
+               help="local DP this node insists on, whatever the server asks: clip its update's delta to this L2 "
+               "norm (0: only what the server's --dp local asks)")
+    add_option(parser, "--dp-noise-stddev", type=non_negative_float, default=0.0,
+               help="with --dp-clip: add at least this much Gaussian noise (stddev per coordinate) to the clipped "
+               "delta")
     add_option(parser, "--max-model-params", type=positive_int, default=DEFAULT_MAX_MODEL_PARAMS,
                help="refuse (before building it) a model the server sends with more parameters than this")
     add_disclosure_options(parser, side="node")
@@ -115,6 +128,8 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
     """Check the node id, read the key, TLS and Kafka settings and the local data: a problem is the user's (exit 2)."""
     node_id = args.node_id or f"node-{secrets.token_hex(3)}"
     check_node_id(node_id)
+    if args.dp_noise_stddev > 0 and args.dp_clip == 0:
+        raise UsageError("--dp-noise-stddev needs --dp-clip: noise on an unbounded update bounds nothing")
     return NodeSetup(
         args=args,
         node_id=node_id,
@@ -136,7 +151,8 @@ def build_node(setup: NodeSetup) -> FederatedNode:
                             updates_topic=args.updates_topic, out_dir=args.out_dir, chunk_bytes=args.chunk_bytes,
                             fetch_timeout_s=args.fetch_timeout, publish_timeout_s=args.publish_timeout,
                             attack=args.attack, attack_scale=args.attack_scale, key=setup.key,
-                            kafka_config=setup.kafka_config, ssl_context=setup.ssl_context, max_idle_s=args.max_idle)
+                            kafka_config=setup.kafka_config, ssl_context=setup.ssl_context, max_idle_s=args.max_idle,
+                            dp_clip_norm=args.dp_clip, dp_noise_stddev=args.dp_noise_stddev)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)
     kafka_io.log_crc32c_implementation()
     trainer = LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id, max_model_params=args.max_model_params)

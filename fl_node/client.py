@@ -24,7 +24,7 @@ from common.data.dataspec import DataSpec
 from common.data.tabular import SchemaError
 from common.metrics_format import format_metrics
 from common.ml.model_budget import ModelTooLarge
-from common.privacy.local import privatize_update
+from common.privacy.local import privatize_update, strictest_local_dp
 from common.transport.tls import CertificateProblem, async_client_options, check_server_certificate
 from common.wire.integrity import connect_proof
 from common.wire.protocol import (
@@ -72,6 +72,8 @@ class NodeSettings:
     kafka_config: dict[str, Any] = field(default_factory=dict, repr=False)  # SSL/SASL settings for kafka-python
     ssl_context: ssl.SSLContext | None = None  # TLS to the server (https://)
     max_idle_s: float = 1800.0  # exit after this long without session traffic
+    dp_clip_norm: float = 0.0  # this node's own local-DP floor: it never publishes a delta clipped less ...
+    dp_noise_stddev: float = 0.0  # ... or noised less than this, whatever the round asks
 
 
 EXIT_IDLE = 3
@@ -416,13 +418,14 @@ class FederatedNode:
         if self.settings.attack != "none":
             logger.warning("node %s round %d: ATTACK %s x%g applied to the published update (robustness experiment)",
                            self.settings.node_id, start.server_round, self.settings.attack, self.settings.attack_scale)
-        config = start.config
-        if config.dp_clip_norm > 0:
-            published, norm = privatize_update(weights, published, clip_norm=config.dp_clip_norm,
-                                               noise_stddev=config.dp_noise_stddev)
+        config, settings = start.config, self.settings
+        clip, stddev = strictest_local_dp(server_clip=config.dp_clip_norm, server_stddev=config.dp_noise_stddev,
+                                          own_clip=settings.dp_clip_norm, own_stddev=settings.dp_noise_stddev)
+        if clip > 0:
+            published, norm = privatize_update(weights, published, clip_norm=clip, noise_stddev=stddev)
             logger.info("node %s round %d: local DP applied: delta norm %.4g clipped to %.4g, Gaussian noise stddev "
-                        "%.4g", self.settings.node_id, start.server_round, norm, config.dp_clip_norm,
-                        config.dp_noise_stddev)
+                        "%.4g (the round asked for %.4g and %.4g)", settings.node_id, start.server_round, norm, clip,
+                        stddev, config.dp_clip_norm, config.dp_noise_stddev)
         return list(split_weights(published, kind=KIND_UPDATE, session_id=start.session_id,
                                   server_round=start.server_round, node_id=self.settings.node_id,
                                   num_samples=self.trainer.num_samples, chunk_bytes=self.settings.chunk_bytes))

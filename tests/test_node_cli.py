@@ -63,6 +63,7 @@ def test_a_finished_session_prints_the_final_models_path(node_main, capsys, tmp_
 @pytest.mark.parametrize(("argv", "says"), [
     (["--node-id", "no spaces"], "bad_node_id"),
     (["--key-file", "/nonexistent/n1.key"], "/nonexistent/n1.key"),
+    (["--dp-noise-stddev", "0.1"], "--dp-noise-stddev needs --dp-clip"),
 ])
 def test_a_bad_setting_is_a_usage_error_before_the_node_starts(node_main, capsys, argv, says):
     started = StandInNode(AssertionError("the node must not start"))

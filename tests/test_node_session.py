@@ -4,6 +4,7 @@ and a mocked Socket.IO client: what the node fetches, publishes, acknowledges, r
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest.mock import AsyncMock
@@ -15,6 +16,9 @@ import socketio
 from common.data.dataspec import DataSpec
 from common.data.tabular import SchemaError
 from common.ml.model_budget import ModelTooLarge
+from common.privacy.clipping import global_l2_norm
+from common.privacy.local import strictest_local_dp
+from common.wire.assembly import WeightAssembler
 from common.wire.protocol import (
     KIND_UPDATE,
     EndSession,
@@ -281,3 +285,29 @@ async def test_a_refusing_server_stops_the_first_connection_and_kafka_is_started
     node.kafka.start.assert_awaited_once_with()
     node.kafka.stop.assert_awaited_once_with()
     node.sio.connect.assert_awaited_once()
+
+
+async def test_a_node_with_its_own_dp_floor_publishes_a_clipped_delta_when_the_server_asks_for_none(tmp_path):
+    node = make_node(tmp_path)
+    node.settings = replace(node.settings, dp_clip_norm=0.5)
+    await node._on_start_round(START.to_wire())  # the round asks for no local DP
+    await wait_until(lambda: sent(node, "fl_update"), what="the acknowledgement")
+    (chunks,), _ = node.kafka.publish_update.await_args
+    assembler = WeightAssembler()
+    for chunk in chunks:
+        assembler.add(chunk)
+    delta = [w - g for w, g in zip(assembler.result(), GLOBAL, strict=True)]  # FakeTrainer added 1 to 7 weights
+    assert global_l2_norm(delta) == pytest.approx(0.5, rel=1e-6)
+    await node.close()
+
+
+@pytest.mark.parametrize(("server", "own", "applied"), [
+    ((0.0, 0.0), (0.0, 0.0), (0.0, 0.0)),
+    ((1.0, 0.2), (0.0, 0.0), (1.0, 0.2)),
+    ((1.0, 0.2), (0.5, 0.1), (0.5, 0.2)),
+    ((0.0, 0.0), (0.5, 0.3), (0.5, 0.3)),
+    ((2.0, 0.0), (0.0, 0.4), (2.0, 0.4)),
+])
+def test_the_node_applies_the_stricter_of_its_own_and_the_rounds_local_dp(server, own, applied):
+    assert strictest_local_dp(server_clip=server[0], server_stddev=server[1], own_clip=own[0],
+                              own_stddev=own[1]) == applied

@@ -15,6 +15,18 @@ from common.privacy.clipping import clip_delta
 from common.privacy.noise import add_gaussian_noise
 
 
+def strictest_local_dp(*, server_clip: float, server_stddev: float, own_clip: float,
+                       own_stddev: float) -> tuple[float, float]:
+    """The (clip, noise stddev) a node applies: the smaller positive clip and the larger noise of what the round
+    asks and what the node itself insists on (``fl-node --dp-clip``/``--dp-noise-stddev``). (0, 0) means none.
+
+    A node that does not trust the server sets its own floor: a server that asks for less (or nothing) does not
+    get a clearer update."""
+    clips = [c for c in (server_clip, own_clip) if c > 0]
+    clip = min(clips) if clips else 0.0
+    return clip, (max(server_stddev, own_stddev) if clip > 0 else 0.0)
+
+
 def privatize_update(global_weights: Sequence[np.ndarray], local_weights: Sequence[np.ndarray], *,
                      clip_norm: float, noise_stddev: float) -> tuple[list[np.ndarray], float]:
     """``w_global + noise(clip(w_local - w_global))`` per layer in the local dtypes, and the delta's norm."""
