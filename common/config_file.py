@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 MAX_CONFIG_BYTES = 1024 * 1024
-SECRET_SETTINGS = frozenset({"kafka_sasl_password"})  # never printed, never written to a history
+SECRET_SETTINGS = frozenset({"kafka_sasl_password", "dashboard_token"})  # never printed, never written to a history
 SOURCE_FLAG, SOURCE_ENV, SOURCE_FILE, SOURCE_DEFAULT = "flag", "environment", "file", "default"
 
 logger = logging.getLogger(__name__)

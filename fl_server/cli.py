@@ -19,7 +19,7 @@ from common.config import (
     positive_fraction,
     positive_int,
 )
-from common.transport.kafka_security import add_kafka_security_options
+from common.transport.kafka_security import Secret, add_kafka_security_options
 from common.transport.tls import add_tls_server_options
 from fl_server.config import DEFAULTS as D
 from fl_server.config import ServerConfig
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_round_options(parser)
     add_privacy_options(parser)
     add_session_options(parser)
+    add_dashboard_options(parser)
     add_common_options(parser)
     add_tls_server_options(parser)
     add_kafka_security_options(parser)
@@ -140,6 +141,16 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
                help="largest raw weight slice per Kafka record")
     add_option(parser, "--end-grace", type=positive_float, default=D.end_grace,
                help="seconds to wait for nodes to leave after end_session")
+
+
+def add_dashboard_options(parser: argparse.ArgumentParser) -> None:
+    """The dashboard (/dashboard/) and Prometheus metrics (/metrics) on the Socket.IO port (README "Dashboard")."""
+    add_option(parser, "--dashboard-token", type=Secret, default=None,
+               help="token the dashboard and /metrics require (Authorization: Bearer, or ?token=); without it they "
+               "answer only loopback clients when --host is beyond loopback (better set by the environment)")
+    add_option(parser, "--linger", type=non_negative_float, default=D.linger,
+               help="seconds to keep serving the dashboard and /metrics after the session ended (a last scrape, "
+               "a last look); a signal ends it sooner")
 
 
 def main(argv: list[str] | None = None) -> int:

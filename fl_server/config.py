@@ -101,6 +101,8 @@ class ServerConfig:
     kafka_sasl_mechanism: str | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: Secret | None = None
+    dashboard_token: Secret | None = None  # required to read the dashboard and /metrics (fl_server.dashboard.access)
+    linger: float = 0.0  # seconds the dashboard and /metrics stay up after the session ended
     config: Path | None = None  # the --config file these settings came from, if any
     log_level: str = "INFO"
     quiet: bool = False
@@ -153,9 +155,11 @@ OPERATIONAL_SETTINGS = (
     "resume", "history_dir", "session_id", "kafka", "updates_topic", "models_topic", "tf_threads", "tls_cert",
     "tls_key", "kafka_security_protocol", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
     "kafka_ssl_no_check_hostname", "kafka_sasl_mechanism", "kafka_sasl_username", "config", "log_level", "quiet",
+    "linger",
 )
 HISTORY_SETTINGS = SESSION_SETTINGS + OPERATIONAL_SETTINGS
-NOT_RECORDED = {"kafka_sasl_password": "a secret: never printed, never written to a file"}
+NOT_RECORDED = {"kafka_sasl_password": "a secret: never printed, never written to a file",
+                "dashboard_token": "a secret: never printed, never written to a file"}
 
 
 def json_ready(value: Any) -> Any:

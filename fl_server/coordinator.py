@@ -47,6 +47,7 @@ from fl_server.collector import (
 from fl_server.config import DEFAULTS, ServerConfig
 from fl_server.history import SessionHistory, utc_now
 from fl_server.inbox import Inbox
+from fl_server.observe import SessionObserver
 from fl_server.privacy.ledger import PrivacyLedger
 from fl_server.registry import NodeRegistry
 from fl_server.rounds import RoundState, round_record
@@ -118,6 +119,7 @@ class Coordinator:
         offsets: dict[int, int] | None = None,
         inbox: Inbox | None = None,
         privacy: PrivacyLedger | None = None,
+        observer: SessionObserver | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -144,6 +146,7 @@ class Coordinator:
         self.history = history
         self.inbox = inbox or Inbox()
         self.privacy = privacy
+        self.observer = observer or SessionObserver()  # the dashboard and metrics (read-only onlookers)
         self.stop_reason: str | None = None  # "budget_exhausted" when the privacy budget ended the session early
         self._current: tuple[StartRound, RoundCollector] | None = None
 
@@ -179,6 +182,7 @@ class Coordinator:
         settings = self.settings
         loop = asyncio.get_running_loop()
         self._digest = await loop.run_in_executor(None, weights_digest, self.weights)
+        self.observer.session_started(settings.session_id, settings.rounds, self.first_round)
         if self.first_round == 1:
             initial = await loop.run_in_executor(None, self._evaluate, 0, self.weights)
             self.history.set_initial_holdout(initial)
@@ -255,6 +259,7 @@ class Coordinator:
         logger.info("round %d: started with %d of %d connected node(s): %s", server_round, len(participants),
                     len(connected), ", ".join(state.participants))
         self._current = (start, collector)
+        self.observer.round_opened(server_round, state.participants, len(connected))
         for node in participants:
             await self._emit("start_round", start.to_wire(), node.sid)
         return state
@@ -290,6 +295,7 @@ class Coordinator:
                                        reason)
                 case InspectedRecord():
                     await self._take_record(state, item)
+            self.observer.round_progress(server_round, collector)
         state.collect_s = time.perf_counter() - state.t0
         state.timed_out = not collector.all_updates_in()
         state.missing_acks = sorted(set(collector.completed) - set(collector.acks))
@@ -305,6 +311,7 @@ class Coordinator:
                            ", ".join(state.missing_acks))
 
     async def _take_record(self, state: RoundState, item: InspectedRecord) -> None:
+        self.observer.record_taken(state.server_round, item.size_bytes)
         if item.partition >= 0:
             self.offsets[item.partition] = max(self.offsets.get(item.partition, 0), item.offset + 1)
         pending = state.collector.offer(item)
@@ -369,6 +376,7 @@ class Coordinator:
             await previous  # the history stays in round order
         record = round_record(state, holdout, evaluate_s)
         self.history.add_round(record)
+        self.observer.round_closed(record)
         if state.privacy_state is not None:
             self.history.set_privacy_state(state.privacy_state)
         await loop.run_in_executor(None, self._persist, state)

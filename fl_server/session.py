@@ -30,6 +30,7 @@ from fl_server.checkpoint import Checkpoint, checkpoint_path
 from fl_server.collector import InspectedRecord, inspect_record
 from fl_server.config import ServerConfig
 from fl_server.coordinator import Coordinator, EvaluateFn, GlobalModel, SessionSettings
+from fl_server.dashboard.onlookers import make_onlookers
 from fl_server.data import ServerData
 from fl_server.history import SessionHistory, utc_now
 from fl_server.inbox import Inbox
@@ -159,7 +160,11 @@ class ServerSession:
         self._kafka: KafkaTransport | None = None
         self._start_offsets: dict[int, int] = {}
         self._stopped = False
+        self._finished = False
         self.stop_reason: str | None = None
+        # The dashboard and /metrics (read-only onlookers of the round loop, served on the Socket.IO port).
+        self.onlookers = make_onlookers(self.config, plan.session_id, registry=self.registry, frontend=self.frontend,
+                                        inbox=self.inbox, files=self._files)
 
     async def __aenter__(self) -> ServerSession:
         await self.start()
@@ -167,7 +172,7 @@ class ServerSession:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, asyncio.CancelledError) and not self._finished:
             self.status = "interrupted"
             logger.warning("session %s interrupted", self.plan.session_id)
         await self.stop()
@@ -175,7 +180,10 @@ class ServerSession:
     async def start(self) -> None:
         """Bind the port and reach the broker (the cheap checks), then load TensorFlow and start Kafka."""
         config, loop = self.config, asyncio.get_running_loop()
-        self._runner = await serve_socketio(self.frontend, config.host, config.port, self.plan.tls)
+        self._runner = await serve_socketio(self.frontend, config.host, config.port, self.plan.tls,
+                                            routes=self.onlookers.add_routes)
+        self.onlookers.announce(config.host, self._runner.addresses[0][1] if self._runner.addresses else config.port,
+                                self.plan.tls is not None)
         try:
             await loop.run_in_executor(None, self.runtime.check_broker, config.kafka)
             logger.info("start-up: loading TensorFlow")
@@ -231,6 +239,7 @@ class ServerSession:
         model_path = final_model_path(history.path)
         await loop.run_in_executor(None, model.save, weights, model_path)
         history.set_final_model(model_path)
+        self.onlookers.live.set_link("model", True)
         self.status = self.stop_reason or "completed"
         logger.info("session %s %s; final model at %s", self.plan.session_id, self.status.replace("_", " "),
                     model_path)
@@ -255,6 +264,7 @@ class ServerSession:
             offsets=self._start_offsets,
             inbox=self.inbox,
             privacy=self._privacy_ledger(),
+            observer=self.onlookers.observer,
         )
 
     def _session_settings(self) -> SessionSettings:
@@ -276,13 +286,44 @@ class ServerSession:
             return
         self._stopped = True
         try:
-            if self.history is not None:
-                self.history.finish(self.status, self.summary())
+            self._finish()
         finally:
             if self._runner is not None:
                 await self._runner.cleanup()
             if self._kafka is not None:
                 await self._kafka.stop()
+
+    def _finish(self) -> None:
+        """Write the session's totals and status once, and tell the onlookers."""
+        if self._finished:
+            return
+        self._finished = True
+        if self.history is not None:
+            self.history.finish(self.status, self.summary())
+        self.onlookers.observer.session_ended(self.status)
+
+    async def linger(self) -> None:
+        """The session is over (history final): keep the dashboard and /metrics up ``--linger`` seconds, so that
+        Prometheus scrapes the last values and a browser sees the end. A signal ends the wait (not an error)."""
+        if self.config.linger <= 0:
+            return
+        self._finish()
+        logger.info("session %s over; the dashboard and /metrics stay up %.0fs more (--linger)", self.plan.session_id,
+                    self.config.linger)
+        try:
+            await asyncio.sleep(self.config.linger)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.uncancel() > 0:
+                raise
+            logger.info("linger ended by a signal")
+
+    def _files(self) -> dict[str, Path | None]:
+        """The session's files the dashboard links to (the final model once it is saved)."""
+        if self.history is None:
+            return {}
+        model = self.history.document.get("final_model")
+        return {"history": self.history.path, "model": Path(model) if isinstance(model, str) else None}
 
     def summary(self) -> SessionSummary:
         assert self.history is not None
@@ -301,4 +342,6 @@ class ServerSession:
 async def run_session(plan: SessionPlan, runtime: SessionRuntime | None = None) -> Path:
     """Run one session end to end; returns the history file's path."""
     async with ServerSession(plan, runtime) as session:
-        return await session.run()
+        path = await session.run()
+        await session.linger()
+        return path

@@ -10,6 +10,7 @@ import logging
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 import socketio
@@ -305,9 +306,13 @@ class SocketIOFrontend:
 
 
 async def serve_socketio(frontend: SocketIOFrontend, host: str, port: int,
-                         ssl_context: ssl.SSLContext | None = None) -> web.AppRunner:
+                         ssl_context: ssl.SSLContext | None = None,
+                         routes: Callable[[web.Application], None] | None = None) -> web.AppRunner:
+    """Serve Socket.IO (and ``routes``' own, e.g. the dashboard's) on ``host:port``."""
     app = web.Application()
     app.router.add_get(CHALLENGE_PATH, frontend.challenge)
+    if routes is not None:
+        routes(app)
     frontend.sio.attach(app)
     # A short shutdown: open websockets must not hold an exiting server for aiohttp's default minute.
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5.0)
