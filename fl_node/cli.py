@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--dp-noise-stddev", type=non_negative_float, default=0.0,
                help="with --dp-clip: add at least this much Gaussian noise (stddev per coordinate) to the clipped "
                "delta")
+    add_option(parser, "--metrics-port", type=int, default=None,
+               help="serve this node's Prometheus metrics (training time, records published, reconnects) at "
+               "http://<--metrics-host>:PORT/metrics (0 picks a free port; default: not served)")
+    add_option(parser, "--metrics-host", default="127.0.0.1",
+               help="address --metrics-port listens on (no token: expose it beyond loopback only on a trusted "
+               "network)")
     add_option(parser, "--max-model-params", type=positive_int, default=DEFAULT_MAX_MODEL_PARAMS,
                help="refuse (before building it) a model the server sends with more parameters than this")
     add_disclosure_options(parser, side="node")
@@ -130,6 +136,8 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
     check_node_id(node_id)
     if args.dp_noise_stddev > 0 and args.dp_clip == 0:
         raise UsageError("--dp-noise-stddev needs --dp-clip: noise on an unbounded update bounds nothing")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port {args.metrics_port}: a TCP port is 0..65535 (0 picks a free one)")
     return NodeSetup(
         args=args,
         node_id=node_id,
@@ -143,6 +151,7 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
 def build_node(setup: NodeSetup) -> FederatedNode:
     from common.ml.tf_setup import configure_tensorflow
     from fl_node.client import FederatedNode, NodeSettings
+    from fl_node.metrics import NodeMetrics
     from fl_node.trainer import LocalTrainer
 
     args, node_id = setup.args, setup.node_id
@@ -156,7 +165,7 @@ def build_node(setup: NodeSetup) -> FederatedNode:
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)
     kafka_io.log_crc32c_implementation()
     trainer = LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id, max_model_params=args.max_model_params)
-    return FederatedNode(settings, setup.data, trainer)
+    return FederatedNode(settings, setup.data, trainer, metrics=NodeMetrics(node_id))
 
 
 def run(setup: NodeSetup) -> int:
@@ -169,12 +178,16 @@ def run(setup: NodeSetup) -> int:
     from fl_node.client import EXIT_IDLE, ServerRefused
 
     node = build_node(setup)
+    if setup.args.metrics_port is not None:
+        node.metrics.serve(setup.args.metrics_host, setup.args.metrics_port)
     try:
         path = run_until_signal(node.run)
     except ServerRefused as exc:
         raise UsageError(str(exc)) from exc
     except SocketIOConnectionError as exc:
         raise ConnectionError(f"node {setup.node_id} could not connect to {setup.args.server}: {exc}") from exc
+    finally:
+        node.metrics.stop()
     if node.refused is not None:
         raise UsageError(f"node {setup.node_id} could not take part: {node.refused}")
     if node.idle_timed_out:

@@ -49,6 +49,7 @@ from fl_node.connection import (
 )
 from fl_node.data import LocalData
 from fl_node.kafka import NodeKafka
+from fl_node.metrics import NodeMetrics
 from fl_node.trainer import LocalTrainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -120,11 +121,12 @@ class FederatedNode:
     """Connects, trains when told, publishes updates, saves the final model on ``end_session``."""
 
     def __init__(self, settings: NodeSettings, data: LocalData, trainer: LocalTrainer,
-                 kafka: NodeKafka | None = None) -> None:
+                 kafka: NodeKafka | None = None, metrics: NodeMetrics | None = None) -> None:
         self.settings = settings
         self.data = data
         self.trainer = trainer
         self.kafka = kafka if kafka is not None else node_kafka(settings)
+        self.metrics = metrics or NodeMetrics(settings.node_id)  # served with fl-node --metrics-port
         self.refused: str | None = None
         self.connect_error: str | None = None
         self.connect_error_reason: str | None = None
@@ -242,6 +244,8 @@ class FederatedNode:
         task.add_done_callback(self._tasks.discard)
 
     async def _on_connect(self) -> None:
+        if self._ever_connected:
+            self.metrics.reconnected()
         self._ever_connected = True
         self._last_activity = time.monotonic()
         logger.info("node %s connected to %s", self.settings.node_id, self.settings.server_url)
@@ -398,6 +402,7 @@ class FederatedNode:
         chunks = await self._in_worker(partial(self._update_chunks, start, weights, result))
         await self.kafka.publish_update(chunks, server_round=start.server_round)
         publish_s = time.perf_counter() - t1
+        self.metrics.update_published(result.train_s, len(chunks))
         logger.info("node %s round %d: trained in %.2fs, published %d records in %.2fs (%s)", self.settings.node_id,
                     start.server_round, result.train_s, len(chunks), publish_s,
                     format_metrics(result.metrics))
