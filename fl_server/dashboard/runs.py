@@ -68,7 +68,7 @@ class PastRuns:
                 result = load_history(path)
             except HistoryFileError as exc:
                 logger.info("dashboard: skipped %s", exc)
-                result = str(exc).replace(str(self.history_dir), "")[:300]
+                result = str(exc).replace(f"{self.history_dir}/", "")[:300]  # no server paths to the page
         self._cache[name] = (key, result)
         while len(self._cache) > CACHE_ENTRIES:
             self._cache.popitem(last=False)
@@ -76,7 +76,8 @@ class PastRuns:
 
     def names(self) -> list[str]:
         try:
-            files = [p for p in self.history_dir.glob("*.json") if RUN_NAME.match(p.name) and p.is_file()]
+            files = [p for p in self.history_dir.glob("*.json")
+                     if RUN_NAME.match(p.name) and not p.is_symlink() and p.is_file()]
         except OSError:
             return []
         files.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
