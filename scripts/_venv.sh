@@ -64,3 +64,24 @@ stop_broker_if_started() {
     "$REPO_ROOT/scripts/kafka-local.sh" stop || true
   fi
 }
+
+# The browser the dashboard's test drives (Playwright on the system Chromium; Playwright downloads nothing).
+# Exports FL_CHROMIUM; installs Debian's chromium with apt-get when it is missing and we are root.
+ensure_chromium() {
+  local found
+  found=${FL_CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
+  if [[ -z $found || ! -x $found ]]; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+      echo "setup: installing Debian's chromium for the dashboard's browser test" >&2
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+      found=$(command -v chromium || true)
+    fi
+  fi
+  if [[ -z $found ]]; then
+    echo "error: no chromium for the dashboard's browser test: install it (Debian: sudo apt-get install chromium)" \
+         "or point FL_CHROMIUM at a Chromium binary" >&2
+    return 1
+  fi
+  export FL_CHROMIUM=$found
+}

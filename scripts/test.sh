@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Run every check: lint, types, unit tests and integration tests against a real Kafka broker.
-# Sets up .venv and the broker on its own. Extra arguments go to pytest (e.g. -k fedavg).
+# Sets up .venv, the broker and Chromium (for the dashboard's browser test) on its own.
+# Extra arguments go to pytest (e.g. -k fedavg).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$REPO_ROOT"
 
+ensure_chromium
 ensure_broker
 trap stop_broker_if_started EXIT
 
