@@ -10,6 +10,7 @@ Label values are bounded (``MAX_LABEL_VALUES`` per metric, the rest counted as `
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TypeGuard
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -35,6 +36,10 @@ def bounded_label(value: str, seen: set[str], limit: int = MAX_LABEL_VALUES) -> 
         return "other"
     seen.add(value)
     return value
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class LiveCounts(Collector):
@@ -89,7 +94,7 @@ class ServerMetrics(SessionObserver):
         self.holdout_loss = Gauge("fl_holdout_loss", "Holdout loss of the latest closed round", registry=r)
         self.holdout_accuracy = Gauge("fl_holdout_accuracy", "Holdout accuracy of the latest closed round",
                                       registry=r)
-        self.epsilon = Gauge("fl_privacy_epsilon", "Differential privacy: epsilon spent so far", registry=r)
+        self.epsilon: Gauge | None = None  # registered with the first round that spends privacy (absent without DP)
         self._reasons: dict[str, set[str]] = {"rejected": set(), "refusals": set()}
         for status in ("completed", "failed"):
             self.rounds.labels(status=status)  # both series exist from the start (0, not absent)
@@ -125,10 +130,15 @@ class ServerMetrics(SessionObserver):
             if isinstance(value, (int, float)) and value >= 0:
                 self.duration.labels(stage=stage).observe(value)
         for gauge, value in ((self.holdout_loss, record.holdout.get("loss")),
-                             (self.holdout_accuracy, record.holdout.get("accuracy")),
-                             (self.epsilon, (record.privacy or {}).get("epsilon"))):
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                             (self.holdout_accuracy, record.holdout.get("accuracy"))):
+            if _is_number(value):
                 gauge.set(value)
+        epsilon = (record.privacy or {}).get("epsilon")
+        if _is_number(epsilon):
+            if self.epsilon is None:
+                self.epsilon = Gauge("fl_privacy_epsilon", "Differential privacy: epsilon spent so far",
+                                     registry=self.registry)
+            self.epsilon.set(epsilon)
 
     def exposition(self) -> bytes:
         """The text format Prometheus scrapes (``CONTENT_TYPE_LATEST``)."""

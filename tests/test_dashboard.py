@@ -234,6 +234,7 @@ def test_server_metrics_count_what_the_round_records_say() -> None:
     assert samples[("fl_round_duration_seconds_sum", (("stage", "train"),))] == 3.0
     assert samples[("fl_session_info", (("session_id", "s1"), ("strategy", "fedavg")))] == 1
     assert b"fl_updates_accepted_total 0.0" in other.exposition()
+    assert b"fl_privacy_epsilon" not in other.exposition()  # no DP, no epsilon (not a misleading 0)
 
 
 def test_node_metrics_served_and_counted() -> None:

@@ -117,6 +117,8 @@ class Dashboard:
 
     async def _runs(self, request: web.Request) -> web.StreamResponse:
         rows = await asyncio.get_running_loop().run_in_executor(None, self.runs.listing)
+        own = f"{self.live.session_id}.json"
+        rows = [row for row in rows if row["name"] != own]  # this session is the live one, not a past one
         return web.json_response({"runs": rows}, headers={"Cache-Control": "no-store"})
 
     async def _run(self, request: web.Request) -> web.StreamResponse:

@@ -55,6 +55,8 @@ function renderSession(s) {
   status.className = "badge " + s.status;
   status.textContent = s.status.replace(/_/g, " ");
   document.title = `round ${s.round}/${s.rounds} · ${s.status} · fl-kafka`;
+  document.body.dataset.status = s.status;  // for scripts and tests that watch the page (CSS selectors)
+  document.body.dataset.round = s.round;
 }
 
 function renderNodes(nodes) {
@@ -244,11 +246,13 @@ function connect() {
   source.addEventListener("state", (event) => {
     live.className = "badge on";
     live.textContent = "live";
+    document.body.dataset.live = "on";
     render(JSON.parse(event.data));
   });
   source.addEventListener("error", () => {
     live.className = "badge off";
     live.textContent = "offline (retrying)";
+    document.body.dataset.live = "off";
   });
 }
 
