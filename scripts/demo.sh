@@ -2,7 +2,8 @@
 # The main job: a local federated session on scikit-learn's bundled digits data.
 # Starts the local Kafka broker (unless one answers at $KAFKA_BOOTSTRAP), the server and three nodes,
 # runs five rounds, prints the round table and where the history is, and stops what it started.
-# Tunables: FL_ROUNDS (5), FL_NODES (3), FL_PORT (5000), FL_EPOCHS (1), FL_HISTORY_DIR (history), FL_MODEL (mlp).
+# Tunables: FL_ROUNDS (5), FL_NODES (3), FL_PORT (5000), FL_EPOCHS (1), FL_HISTORY_DIR (history), FL_MODEL (mlp),
+# FL_LINGER (seconds the dashboard stays up after the last round, 0).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 cd "$REPO_ROOT"
@@ -40,6 +41,8 @@ for ((i = 0; i < nodes; i++)); do node_ids+=("node-$i"); done
 fl-keys create --registry "$keys/registry.json" --out-dir "$keys" "${node_ids[@]}" 2> "$logs/keys.log"
 
 echo "demo: server on port $FL_PORT, $nodes nodes, $FL_ROUNDS rounds; node logs in $logs/" >&2
+echo "demo: watch it live at http://127.0.0.1:$FL_PORT/dashboard/ (metrics: http://127.0.0.1:$FL_PORT/metrics;" \
+  "FL_LINGER=60 keeps them up a minute after the last round)" >&2
 fl-server --min-nodes "$nodes" --node-keys "$keys/registry.json" > "$logs/server.out" &
 server_pid=$!
 pids+=("$server_pid")

@@ -67,3 +67,29 @@ def test_every_node_has_the_key_the_registry_issues(compose):
     for i in range(3):
         env = services[f"node-{i}"]["environment"]
         assert env["FL_KEY_FILE"] == f"/app/keys/{env['FL_NODE_ID']}.key" and env["FL_NODE_ID"] in issued
+
+
+def test_prometheus_scrapes_the_servers_metrics_with_the_dashboard_token(compose):
+    services = compose["services"]
+    prometheus, server = services["prometheus"], services["server"]
+    assert prometheus["image"].startswith("prom/prometheus:")  # the official image
+    mounts = dict(volume.removesuffix(":ro").split(":", 1) for volume in prometheus["volumes"])  # host -> container
+    config_file = prometheus["command"][0].split("=", 1)[1]
+    assert {c: h for h, c in mounts.items()}[config_file] == "./prometheus.yml"
+    config = yaml.safe_load((ROOT / "prometheus.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"][0]["targets"] == [f"server:{server['environment']['FL_PORT']}"]
+    # The server listens beyond loopback, so /metrics needs the token: the one the keys service writes, which
+    # the server reads into FL_DASHBOARD_TOKEN and Prometheus presents as a bearer token.
+    assert server["environment"]["FL_HOST"] == "0.0.0.0"
+    token_in_container = job["authorization"]["credentials_file"]
+    assert job["authorization"]["type"] == "Bearer"
+    assert {c: h for h, c in mounts.items()}[token_in_container] == "./keys/dashboard.token"
+    assert "/app/keys/dashboard.token" in services["keys"]["command"][0]
+    assert "FL_DASHBOARD_TOKEN=$(cat /app/keys/dashboard.token) exec fl-server" == server["command"][0].replace(
+        "$$", "$")
+    assert env_name("--dashboard-token") == "FL_DASHBOARD_TOKEN" in known_env(server_parser)
+    assert prometheus["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+    assert int(server["environment"]["FL_LINGER"]) >= 2 * int(config["global"]["scrape_interval"].rstrip("s"))
+    assert "9090:9090" in prometheus["ports"]
