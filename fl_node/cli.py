@@ -31,6 +31,7 @@ from common.transport.tls import add_tls_client_options, tls_client_context_from
 from common.wire.integrity import read_key_file
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, check_node_id
 from fl_node.attacks import ATTACKS
+from fl_node.metrics import NodeMetrics
 
 if TYPE_CHECKING:
     from fl_node.client import FederatedNode
@@ -128,6 +129,7 @@ class NodeSetup:
     ssl_context: ssl.SSLContext | None
     kafka_config: dict[str, Any]
     data: Any  # fl_node.data.LocalData (imported with pandas only once the flags are good)
+    metrics: NodeMetrics  # served with --metrics-port
 
 
 def prepare(args: argparse.Namespace) -> NodeSetup:
@@ -145,13 +147,13 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
         ssl_context=tls_client_context_from_args(args),
         kafka_config=KafkaSecurity.from_args(args).to_client_config(),
         data=load_local_data(args),
+        metrics=NodeMetrics(node_id),
     )
 
 
 def build_node(setup: NodeSetup) -> FederatedNode:
     from common.ml.tf_setup import configure_tensorflow
     from fl_node.client import FederatedNode, NodeSettings
-    from fl_node.metrics import NodeMetrics
     from fl_node.trainer import LocalTrainer
 
     args, node_id = setup.args, setup.node_id
@@ -165,7 +167,7 @@ def build_node(setup: NodeSetup) -> FederatedNode:
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)
     kafka_io.log_crc32c_implementation()
     trainer = LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id, max_model_params=args.max_model_params)
-    return FederatedNode(settings, setup.data, trainer, metrics=NodeMetrics(node_id))
+    return FederatedNode(settings, setup.data, trainer, metrics=setup.metrics)
 
 
 def run(setup: NodeSetup) -> int:
@@ -177,17 +179,17 @@ def run(setup: NodeSetup) -> int:
 
     from fl_node.client import EXIT_IDLE, ServerRefused
 
-    node = build_node(setup)
     if setup.args.metrics_port is not None:
-        node.metrics.serve(setup.args.metrics_host, setup.args.metrics_port)
+        setup.metrics.serve(setup.args.metrics_host, setup.args.metrics_port)
     try:
+        node = build_node(setup)
         path = run_until_signal(node.run)
     except ServerRefused as exc:
         raise UsageError(str(exc)) from exc
     except SocketIOConnectionError as exc:
         raise ConnectionError(f"node {setup.node_id} could not connect to {setup.args.server}: {exc}") from exc
     finally:
-        node.metrics.stop()
+        setup.metrics.stop()
     if node.refused is not None:
         raise UsageError(f"node {setup.node_id} could not take part: {node.refused}")
     if node.idle_timed_out:

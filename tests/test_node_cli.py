@@ -70,3 +70,32 @@ def test_a_bad_setting_is_a_usage_error_before_the_node_starts(node_main, capsys
     assert node_main(started, *argv, "--quiet") == 2
     err = capsys.readouterr().err
     assert err.startswith("fl-node: error: ") and says in err and err.count("\n") == 1
+
+
+def test_metrics_port_serves_the_nodes_metrics_while_it_runs_and_stops_after(node_main, capsys, tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    scraped: list[str] = []
+
+    class Scraped(StandInNode):
+        async def run(self) -> Path | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                scraped.append(response.read().decode())
+            return tmp_path / "m.keras"
+
+    assert node_main(Scraped(None), "--quiet", "--metrics-port", str(port)) == 0
+    assert 'fl_node_info{node_id="n1"} 1.0' in scraped[0] and "fl_node_reconnects_total 0.0" in scraped[0]
+    with socket.socket() as sock:  # no longer listening once the node ended (TIME_WAIT aside)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+
+
+@pytest.mark.parametrize("port", ["-1", "65536"])
+def test_metrics_port_out_of_range_is_a_usage_error(node_main, capsys, port):
+    assert node_main(StandInNode(None), "--quiet", "--metrics-port", port) == 2
+    assert "--metrics-port" in capsys.readouterr().err
