@@ -197,6 +197,7 @@ class ServerSession:
         self._kafka = self.runtime.kafka(endpoints, self.plan.session_id, self.plan.kafka_client_config,
                                          checkpoint.offsets if checkpoint else None)
         self.history = self._open_history()
+        self.onlookers.replay(self.history.round_records())
         logger.info("start-up: creating topics and positioning the consumer on %s", config.updates_topic)
         inspect = partial(inspect_record, keys=self.plan.keys, max_record_bytes=config.max_record_bytes)
         self._start_offsets = await self._kafka.start(self.inbox, inspect)

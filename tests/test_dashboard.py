@@ -446,3 +446,20 @@ async def test_with_a_token_the_remote_peer_must_present_it(served: Served) -> N
             assert (await read_event(response.content))["session"]["id"] == "live"
         async with http.get(served.url + "/dashboard/") as response:
             assert response.status == 200  # the page itself holds no data; what it fetches is guarded
+
+
+def test_a_resumed_session_shows_its_earlier_rounds(tmp_path: Path) -> None:
+    from fl_server.config import ServerConfig
+    from fl_server.dashboard.onlookers import make_onlookers
+    from fl_server.inbox import Inbox
+
+    registry = NodeRegistry()
+    onlookers = make_onlookers(ServerConfig(rounds=5), "resumed", registry=registry,
+                               frontend=SocketIOFrontend(registry), inbox=Inbox(), files=dict)
+    onlookers.replay([record(1, participants=["a"], accepted=["a"], accuracy=0.5),
+                      record(2, participants=["a"], accepted=["a"], accuracy=0.6)])
+    onlookers.observer.session_started("resumed", 5, 3)
+    snap = onlookers.live.snapshot()
+    assert [r["holdout_accuracy"] for r in snap["rounds"]] == [0.5, 0.6]
+    assert snap["session"]["round"] == 2 and snap["session"]["rounds"] == 5
+    assert b"fl_updates_accepted_total 0.0" in onlookers.metrics.exposition()  # this process has counted nothing

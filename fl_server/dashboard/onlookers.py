@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,7 @@ from fl_server.dashboard.state import LiveSession
 from fl_server.inbox import Inbox
 from fl_server.metrics import LiveCounts, ServerMetrics
 from fl_server.observe import Observers
+from fl_server.records import RoundRecord
 from fl_server.registry import NodeRegistry
 from fl_server.transport.socketio import SocketIOFrontend
 
@@ -35,6 +36,12 @@ class Onlookers:
     def add_routes(self, app: web.Application) -> None:
         self.dashboard.add_routes(app)
         self.poller.add_to(app)
+
+    def replay(self, records: Iterable[RoundRecord]) -> None:
+        """A resumed session's earlier rounds, for the dashboard's table and curves (the metrics count only what
+        this process runs: Prometheus counters start again with the process)."""
+        for record in records:
+            self.live.round_closed(record)
 
     def announce(self, host: str, port: int, tls: bool) -> str:
         """Log where the dashboard is (and who may read it); returns its URL."""
