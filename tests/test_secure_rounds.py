@@ -1,0 +1,202 @@
+"""Secure aggregation through the real round loop: the real ``Coordinator`` and, as nodes, the real
+``NodeSecureRound`` (real X25519, Shamir, AES-GCM, masks), joined by a fake transport (no network, no Keras).
+
+The nodes behave as scripted per node: complete the round, drop after sharing keys, drop after publishing the
+masked vector, sign their advert with the wrong key, or publish their masked vector twice."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from common.secagg.messages import AdvertBroadcast, ShareDelivery, UnmaskRequest
+from common.secagg.round import SecureRoundSpec
+from common.wire.integrity import KeyRegistry, signed_headers
+from common.wire.protocol import KIND_UPDATE, ModelRef, RawRecord, StartRound, TrainConfig, UpdateAck, encode_chunk
+from common.wire.protocol import split_weights
+from fl_node.secure import SERVER_EVENTS, NodeSecureRound, check_spec
+from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
+from fl_server.history import SessionHistory
+from fl_server.registry import NodeInfo, NodeRegistry
+from fl_server.secure_round import SecAggInput, SecureAggregationSettings
+from fl_server.strategies import FedAvg
+
+INITIAL = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
+KEYS = {f"n{i}": bytes([i]) * 32 for i in range(1, 8)}
+
+
+def trained_weights(node_id: str, server_round: int) -> list[np.ndarray]:
+    """What node ``node_id`` "trained" in a round: a distinct, known delta per node and round."""
+    factor = int(node_id[1:]) * 0.01 + server_round * 0.001
+    return [np.full((2, 3), factor, np.float32), np.arange(3, dtype=np.float32) * factor]
+
+
+def samples_of(node_id: str) -> int:
+    return 10 * int(node_id[1:])
+
+
+class SecureFederation:
+    """Fake transport plus nodes that run the real node side of secure aggregation."""
+
+    def __init__(self, behaviour: dict[str, str]) -> None:
+        self.behaviour = behaviour
+        self.coordinator: Coordinator | None = None
+        self.rounds: dict[str, NodeSecureRound] = {}
+        self.starts: dict[str, StartRound] = {}
+        self.global_weights: list[np.ndarray] = [w.copy() for w in INITIAL]
+        self.node_refusals: dict[str, str] = {}
+
+    async def publish_model(self, server_round, weights, model_sha256):
+        self.global_weights = [np.array(w, copy=True) for w in weights]
+        return ModelRef("models", 0, server_round, server_round, 1)
+
+    def _send(self, node_id, message):
+        self.coordinator.on_secagg(SecAggInput(node_id, message))
+
+    async def emit(self, event, data, sid):
+        node_id = sid
+        mode = self.behaviour.get(node_id, "ok")
+        if event == "start_round":
+            start = StartRound.from_wire(data)
+            spec = SecureRoundSpec.from_wire(start.secure_aggregation)
+            check_spec(spec, node_id=node_id, session_id=start.session_id, server_round=start.server_round)
+            key = KEYS[node_id] if mode != "wrong_key" else b"\xee" * 32
+            secure = NodeSecureRound(spec, node_id, key)
+            self.rounds[node_id], self.starts[node_id] = secure, start
+            self._send(node_id, secure.advertise())
+            return
+        if event not in SERVER_EVENTS or node_id not in self.rounds:
+            return
+        message = SERVER_EVENTS[event].from_wire(data)
+        secure, start = self.rounds[node_id], self.starts[node_id]
+        if isinstance(message, AdvertBroadcast):
+            self._send(node_id, secure.share_keys(message))
+        elif isinstance(message, ShareDelivery):
+            if mode == "drop_after_shares":
+                return
+            secure.deliver(message)
+            self._publish_masked(node_id, secure, message, start)
+        elif isinstance(message, UnmaskRequest):
+            if mode == "drop_after_masked":
+                return
+            self._send(node_id, secure.unmask(message))
+
+    def _publish_masked(self, node_id, secure, delivery, start):
+        trained = trained_weights(node_id, start.server_round)
+        vector = secure.masked_update(delivery, self.global_weights, trained, samples_of(node_id))
+        records = []
+        for chunk in split_weights([vector], kind=KIND_UPDATE, session_id=start.session_id,
+                                   server_round=start.server_round, node_id=node_id, num_samples=samples_of(node_id),
+                                   chunk_bytes=16):
+            value = encode_chunk(chunk)
+            records.append(RawRecord(value, key=node_id.encode(), headers=tuple(signed_headers(KEYS[node_id], chunk,
+                                                                                                 value))))
+        copies = 2 if self.behaviour.get(node_id) == "replay" else 1
+        for _ in range(copies):
+            for record in records:
+                self.coordinator.on_record(record)
+        self.coordinator.on_ack(UpdateAck(start.session_id, start.server_round, node_id, samples_of(node_id),
+                                          len(records), {"loss": 0.5}, {"train": 0.01}))
+
+
+async def run_secure_session(tmp_path, behaviour, *, nodes=5, rounds=1, threshold=3, protocol="secagg",
+                             neighbours=None, stage_timeout_s=0.5):
+    registry = NodeRegistry()
+    node_ids = [f"n{i}" for i in range(1, nodes + 1)]
+    for node_id in node_ids:
+        await registry.add(NodeInfo(node_id, node_id, samples_of(node_id)))
+    fake = SecureFederation(behaviour)
+    secure = SecureAggregationSettings(protocol=protocol, threshold=threshold, neighbours=neighbours,
+                                       stage_timeout_s=stage_timeout_s, clip=1.0, bits=16)
+    settings = SessionSettings("s", rounds, nodes, 2.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1, secure=secure)
+    coordinator = Coordinator(settings=settings, registry=registry, strategy=FedAvg(),
+                              model=GlobalModel("{}", {}, INITIAL, {}), evaluate=lambda r, w: {"loss": 0.0},
+                              publish_model=fake.publish_model, emit=fake.emit,
+                              history=SessionHistory.create(tmp_path, "s", {}),
+                              keys=KeyRegistry({n: KEYS[n] for n in node_ids}))
+    fake.coordinator = coordinator
+    weights = await asyncio.wait_for(coordinator.run(), 30)
+    return weights, coordinator.history.document, fake
+
+
+def plain_fedavg(node_ids, server_round, reference):
+    total = sum(samples_of(n) for n in node_ids)
+    return [r + sum(samples_of(n) * (t - r) for n, t in ((n, trained_weights(n, server_round)[i]) for n in node_ids))
+            / total for i, r in enumerate(reference)]
+
+
+def assert_close_to(weights, expected, record):
+    bound = record["secure_aggregation"]["quantization_error_bound"]
+    assert 0 < bound < 1e-3
+    for got, want in zip(weights, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=bound + 1e-7, rtol=0)
+
+
+async def test_all_nodes_the_sum_is_fedavg_within_the_quantization_bound(tmp_path):
+    weights, history, _ = await run_secure_session(tmp_path, {}, rounds=2)
+    record = history["rounds"][-1]
+    survivors = [f"n{i}" for i in range(1, 6)]
+    round1 = plain_fedavg(survivors, 1, INITIAL)
+    assert_close_to(weights, plain_fedavg(survivors, 2, round1), record)
+    secure = record["secure_aggregation"]
+    assert secure["survivors"] == survivors and secure["dropped_by_stage"] == {}
+    assert secure["protocol"] == "secagg" and secure["threshold"] == 3 and secure["neighbours"] is None
+    assert secure["num_samples_total"] == sum(samples_of(n) for n in survivors)
+    assert set(secure["timings_s"]) >= {"advertise", "share_keys", "masked_input", "unmask"}
+    assert record["accepted"] == survivors and record["num_samples"] == {}  # no per-node counts in the clear
+
+
+async def test_dropouts_after_key_sharing_and_after_the_masked_input(tmp_path):
+    """n2 never sends its masked input (its masks are rebuilt from its key shares); n4 sends it and then never
+    answers the unmask request: its update still counts."""
+    weights, history, _ = await run_secure_session(tmp_path, {"n2": "drop_after_shares", "n4": "drop_after_masked"})
+    record = history["rounds"][0]
+    secure = record["secure_aggregation"]
+    assert secure["survivors"] == ["n1", "n3", "n4", "n5"]
+    assert secure["dropped_by_stage"] == {"masked_input": ["n2"], "unmask": ["n4"]}
+    assert secure["unmasked_dropped"] == ["n2"]
+    assert record["status"] == "completed" and record["accepted"] == ["n1", "n3", "n4", "n5"]
+    assert_close_to(weights, plain_fedavg(["n1", "n3", "n4", "n5"], 1, INITIAL), record)
+
+
+async def test_below_the_threshold_the_round_fails_and_the_model_stays(tmp_path):
+    behaviour = {"n1": "drop_after_shares", "n2": "drop_after_shares", "n3": "drop_after_shares"}
+    weights, history, _ = await run_secure_session(tmp_path, behaviour, threshold=3)
+    record = history["rounds"][0]
+    assert record["status"] == "failed" and "too_few_nodes" in record["failure_reason"]
+    assert record["secure_aggregation"]["failure"] == "too_few_nodes"
+    for got, initial in zip(weights, INITIAL, strict=True):
+        np.testing.assert_array_equal(got, initial)
+
+
+async def test_an_advert_signed_with_the_wrong_key_is_refused_and_the_node_drops_out(tmp_path):
+    weights, history, _ = await run_secure_session(tmp_path, {"n3": "wrong_key"})
+    record = history["rounds"][0]
+    secure = record["secure_aggregation"]
+    assert secure["rejected_by_reason"] == {"bad_signature": 1}
+    assert secure["dropped_by_stage"] == {"advertise": ["n3"]}
+    assert record["accepted"] == ["n1", "n2", "n4", "n5"]
+    assert_close_to(weights, plain_fedavg(["n1", "n2", "n4", "n5"], 1, INITIAL), record)
+
+
+async def test_a_replayed_masked_vector_counts_once(tmp_path):
+    weights, history, _ = await run_secure_session(tmp_path, {"n1": "replay"})
+    record = history["rounds"][0]
+    assert record["duplicates"] > 0
+    assert_close_to(weights, plain_fedavg([f"n{i}" for i in range(1, 6)], 1, INITIAL), record)
+
+
+async def test_secagg_plus_with_neighbours(tmp_path):
+    weights, history, _ = await run_secure_session(tmp_path, {"n5": "drop_after_shares"}, nodes=7, threshold=3,
+                                                   protocol="secagg+", neighbours=4)
+    record = history["rounds"][0]
+    assert record["secure_aggregation"]["neighbours"] == 4
+    assert_close_to(weights, plain_fedavg(["n1", "n2", "n3", "n4", "n6", "n7"], 1, INITIAL), record)
+
+
+@pytest.mark.parametrize(("nodes", "threshold"), [(1, None), (3, 4)])
+async def test_too_few_participants_for_the_threshold_fail_the_round_before_it_starts(tmp_path, nodes, threshold):
+    weights, history, fake = await run_secure_session(tmp_path, {}, nodes=nodes, threshold=threshold)
+    record = history["rounds"][0]
+    assert record["status"] == "failed" and "secure aggregation cannot run" in record["failure_reason"]
+    assert fake.starts == {}  # no node was asked to train
