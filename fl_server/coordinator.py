@@ -328,8 +328,8 @@ class Coordinator:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            if state.secure is not None:
-                self._drop_disconnected(state, collector.participants - set(collector.completed))
+            if state.secure is not None:  # who is gone: not waited for now, nor at the unmask stage
+                self._drop_disconnected(state, collector.participants - set(collector.failed) - set(collector.acks))
                 remaining = min(remaining, DROPOUT_POLL_S)
             try:
                 item = await asyncio.wait_for(self.inbox.get(), remaining)
@@ -378,14 +378,15 @@ class Coordinator:
         assert secure is not None
         loop, t0 = asyncio.get_running_loop(), time.perf_counter()
         deadline = loop.time() + timeout_s
-        while (waiting := secure.missing(collector.failed)) and (remaining := deadline - loop.time()) > 0:
+        while (waiting := secure.missing(state.gone | set(collector.failed))) and (
+                remaining := deadline - loop.time()) > 0:
             self._drop_disconnected(state, waiting)
             try:
                 item = await asyncio.wait_for(self.inbox.get(), min(remaining, DROPOUT_POLL_S))
             except TimeoutError:
                 continue
             await self._dispatch(state, item)
-        missing = secure.missing(collector.failed)
+        missing = secure.missing(state.gone | set(collector.failed))
         if missing:
             logger.warning("round %d: secure aggregation stage %s closed without %s", state.server_round, secure.stage,
                            ", ".join(sorted(missing)))
@@ -393,15 +394,18 @@ class Coordinator:
 
     def _drop_disconnected(self, state: RoundState, waiting: set[str] | frozenset[str]) -> None:
         """Secure rounds wait for stages in turn, so a node gone for good (not reconnected within
-        ``DROPOUT_GRACE_S``) drops out now rather than at the stage's deadline."""
+        ``DROPOUT_GRACE_S``) drops out now rather than at the stage's deadline. A node whose masked input is in
+        stays in the sum; its absence only counts at the unmask stage."""
         now = time.monotonic()
         for node_id in waiting:
             if self.registry.info(node_id) is not None:
                 state.away_since.pop(node_id, None)
-            elif now - state.away_since.setdefault(node_id, now) >= DROPOUT_GRACE_S:
-                state.collector.failed.setdefault(node_id, "secagg_disconnected")
-                logger.warning("round %d: node %s disconnected %.0fs ago; it drops out of secure aggregation",
-                               state.server_round, node_id, DROPOUT_GRACE_S)
+            elif now - state.away_since.setdefault(node_id, now) >= DROPOUT_GRACE_S and node_id not in state.gone:
+                state.gone.add(node_id)
+                if node_id not in state.collector.completed:
+                    state.collector.failed.setdefault(node_id, "secagg_disconnected")
+                logger.warning("round %d: node %s disconnected over %.0fs ago; secure aggregation goes on without "
+                               "it", state.server_round, node_id, DROPOUT_GRACE_S)
 
     async def _close_secure_stage(self, state: RoundState, elapsed_s: float) -> bool:
         """End the stage, send its results; False (the round failed) when too few nodes are left."""

@@ -37,6 +37,7 @@ class RoundState:
     updates_s: float = 0.0  # of collect_s, spent waiting for the updates (after secure aggregation's key stages)
     secure: SecureRound | None = None  # --secure-aggregation: this round's stages
     away_since: dict[str, float] = field(default_factory=dict)  # secure rounds: participants not connected now
+    gone: set[str] = field(default_factory=set)  # secure rounds: away past the grace; later stages skip them
     last_delivery_s: float = 0.0  # when the last update or acknowledgement that counted arrived
     aggregate_s: float = 0.0
     total_s: float = 0.0

@@ -12,8 +12,16 @@ import pytest
 from common.secagg.messages import AdvertBroadcast, ShareDelivery, UnmaskRequest
 from common.secagg.round import SecureRoundSpec
 from common.wire.integrity import KeyRegistry, signed_headers
-from common.wire.protocol import KIND_UPDATE, ModelRef, RawRecord, StartRound, TrainConfig, UpdateAck, encode_chunk
-from common.wire.protocol import split_weights
+from common.wire.protocol import (
+    KIND_UPDATE,
+    ModelRef,
+    RawRecord,
+    StartRound,
+    TrainConfig,
+    UpdateAck,
+    encode_chunk,
+    split_weights,
+)
 from fl_node.secure import SERVER_EVENTS, NodeSecureRound, check_spec
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
 from fl_server.history import SessionHistory
@@ -196,7 +204,7 @@ async def test_secagg_plus_with_neighbours(tmp_path):
 
 @pytest.mark.parametrize(("nodes", "threshold"), [(1, None), (3, 4)])
 async def test_too_few_participants_for_the_threshold_fail_the_round_before_it_starts(tmp_path, nodes, threshold):
-    weights, history, fake = await run_secure_session(tmp_path, {}, nodes=nodes, threshold=threshold)
+    _weights, history, fake = await run_secure_session(tmp_path, {}, nodes=nodes, threshold=threshold)
     record = history["rounds"][0]
     assert record["status"] == "failed" and "secure aggregation cannot run" in record["failure_reason"]
     assert fake.starts == {}  # no node was asked to train
