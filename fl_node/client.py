@@ -98,7 +98,7 @@ class LocalFailure(RuntimeError):
         """Turn any exception of this stage into a ``LocalFailure(reason)`` that keeps the original as cause."""
         try:
             yield
-        except SchemaError:
+        except (SchemaError, LocalFailure):
             raise
         except ModelTooLarge as exc:
             raise LocalFailure("model_too_large", str(exc)) from exc
@@ -462,8 +462,12 @@ class FederatedNode:
                 server_round=start.server_round, session_id=start.session_id))
         delivery = None
         if secure is not None:
-            with LocalFailure.stage("secagg_no_shares"):  # the key stages end well before training usually does
+            try:  # the key stages end well before training usually does
                 delivery = await asyncio.wait_for(asyncio.shield(secure.delivery), self.settings.publish_timeout_s)
+            except ProtocolError as exc:
+                raise LocalFailure(f"secagg_{exc.reason}", str(exc)) from exc
+            except TimeoutError as exc:
+                raise LocalFailure("secagg_no_shares", "the server sent no shares for this node") from exc
         with LocalFailure.stage("publish_failed"):
             return await self._publish(start, weights, result, fetch_s, secure, delivery)
 
@@ -516,8 +520,10 @@ class FederatedNode:
                         stddev, config.dp_clip_norm, config.dp_noise_stddev)
         if secure is not None and delivery is not None:
             dump_clear_update(settings.node_id, start.server_round, weights, published, self.trainer.num_samples)
-            with LocalFailure.stage("secagg_mask_failed"):
+            try:  # a share that does not decrypt (tampered, moved) stops this node's round: it sends nothing
                 published = [secure.masked_update(delivery, weights, published, self.trainer.num_samples)]
+            except ProtocolError as exc:
+                raise LocalFailure(f"secagg_{exc.reason}", str(exc)) from exc
         return list(split_weights(published, kind=KIND_UPDATE, session_id=start.session_id,
                                   server_round=start.server_round, node_id=self.settings.node_id,
                                   num_samples=self._reported_samples(secure), chunk_bytes=self.settings.chunk_bytes))

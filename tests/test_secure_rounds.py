@@ -9,7 +9,9 @@ import asyncio
 import numpy as np
 import pytest
 
-from common.secagg.messages import AdvertBroadcast, ShareDelivery, UnmaskRequest
+from common.secagg.crypto import HmacAdvertVerifier
+from common.secagg.messages import AdvertBroadcast, KeyAdvert, SecAggConfig, ShareDelivery, SharePackage, UnmaskRequest
+from common.secagg.protocol import SecAggServer
 from common.secagg.round import SecureRoundSpec
 from common.wire.integrity import KeyRegistry, signed_headers
 from common.wire.protocol import (
@@ -208,3 +210,80 @@ async def test_too_few_participants_for_the_threshold_fail_the_round_before_it_s
     record = history["rounds"][0]
     assert record["status"] == "failed" and "secure aggregation cannot run" in record["failure_reason"]
     assert fake.starts == {}  # no node was asked to train
+
+
+# ------------------------------------------------------------------ the node process's side (FederatedNode)
+
+
+def node_under_test(tmp_path):
+    """A real ``FederatedNode`` n1 (fake trainer, Kafka and Socket.IO client) in a 3-node secure round."""
+    from unittest.mock import AsyncMock
+
+    from common.data.dataspec import DataSpec
+    from common.wire.protocol import ModelMessage
+    from fl_node.client import FederatedNode, NodeSettings
+    from fl_node.data import LocalData
+    from fl_node.kafka import NodeKafka
+    from tests.test_node_client import IMAGES, FakeTrainer
+
+    settings = NodeSettings(node_id="n1", server_url="http://127.0.0.1:1", kafka="127.0.0.1:1", updates_topic="u",
+                            out_dir=tmp_path, chunk_bytes=1 << 20, key=KEYS["n1"])
+    kafka = AsyncMock(spec=NodeKafka)
+    kafka.fetch_model.return_value = [np.zeros(3, np.float32)]
+    kafka.publish_update.return_value = [(0, 7)]
+    trainer = FakeTrainer()
+    trainer.num_samples = 5  # trained on fewer rows than it declared (6): only the masked sum carries the 5
+    node = FederatedNode(settings, LocalData(x=IMAGES[0], y=IMAGES[1]), trainer, kafka)
+    node.sio = AsyncMock()
+    node.sio.call.return_value = {"accepted": True, "received": True}
+    config = SecAggConfig(session_id="s", server_round=3, node_ids=("n1", "n2", "n3"), threshold=2,
+                          vector_length=4)
+    spec = SecureRoundSpec(protocol="secagg", config=config, clip=1.0, bits=16, max_examples=100)
+    model = ModelMessage("{}", {}, ModelRef("models", 0, 0, 0, 1), DataSpec.image((4,), 2).to_wire())
+    start = StartRound("s", 3, TrainConfig(1, 8, 0.1), model, secure_aggregation=spec.to_wire())
+    return node, spec, start
+
+
+def sent(node, event):
+    return [call.args[1] for call in node.sio.call.await_args_list if call.args[0] == event]
+
+
+async def wait_sent(node, event):
+    for _ in range(500):
+        if sent(node, event):
+            return sent(node, event)[-1]
+        await asyncio.sleep(0.01)  # polls the mock's calls, made by the node's own tasks
+    raise AssertionError(f"the node never sent {event}")
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+async def test_the_node_masks_after_the_key_stages_and_refuses_a_tampered_share(tmp_path, tamper):
+    node, spec, start = node_under_test(tmp_path)
+    server = SecAggServer(spec.config, verifier=HmacAdvertVerifier(KEYS))
+    peers = {n: NodeSecureRound(spec, n, KEYS[n]) for n in ("n2", "n3")}
+    round_task = asyncio.create_task(node._run_round(start))
+    server.receive_advert(KeyAdvert.from_wire(await wait_sent(node, "secagg_advert")))
+    for peer in peers.values():
+        server.receive_advert(peer.advertise())
+    broadcasts = server.close_adverts()
+    await node._on_secagg("secagg_adverts", broadcasts["n1"].to_wire())
+    server.receive_shares(SharePackage.from_wire(await wait_sent(node, "secagg_shares")))
+    for node_id, peer in peers.items():
+        server.receive_shares(peer.share_keys(broadcasts[node_id]))
+    delivery = server.close_shares()["n1"]
+    if tamper:  # the server (or someone in its place) flips one bit of n2's ciphertext to n1
+        raw = bytearray(delivery.ciphertexts["n2"])
+        raw[-1] ^= 1
+        delivery = ShareDelivery("s", 3, "n1", {**delivery.ciphertexts, "n2": bytes(raw)})
+    await node._on_secagg("secagg_delivery", delivery.to_wire())
+    await asyncio.wait_for(round_task, 10)
+    if tamper:
+        (refusal,) = sent(node, "fl_refuse")
+        assert refusal["reason"] == "secagg_bad_ciphertext"
+        node.kafka.publish_update.assert_not_awaited()  # nothing left the node
+    else:
+        assert not sent(node, "fl_refuse")
+        chunks = node.kafka.publish_update.await_args.args[0]
+        assert {(c.spec.dtype, c.spec.shape) for c in chunks} == {("uint32", (4,))}
+        assert sent(node, "fl_update")[0]["num_samples"] == 6  # declared, not trained, samples
+    await node.close()
