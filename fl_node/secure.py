@@ -77,7 +77,7 @@ class NodeSecureRound:
         if expected != self.spec.config.vector_length:
             raise ProtocolError("bad_config", f"the round's vector length {self.spec.config.vector_length} does not "
                                               f"fit the model ({expected})")
-        encoded = encode_update(self.spec, reference, trained, num_examples)
+        encoded = encode_update(self.spec, reference, trained, self.spec.weight_of(num_examples))
         return self.client.mask_input(delivery, encoded).vector
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:

@@ -270,7 +270,9 @@ class Coordinator:
             try:
                 state.secure = SecureRound(settings.secure, session_id=settings.session_id, server_round=server_round,
                                            participants=state.participants, declared_samples=collector.declared_samples,
-                                           specs=self._specs, verifier=self._advert_verifier)
+                                           specs=self._specs, verifier=self._advert_verifier,
+                                           equal_weights=self.privacy is not None
+                                           and self.privacy.settings.mode == "local")  # DP-FedAvg's mean
             except ProtocolError as exc:  # e.g. fewer participants than the threshold
                 state.failure = f"secure aggregation cannot run with {len(participants)} node(s): {exc}"
                 logger.error("round %d: %s", server_round, state.failure)

@@ -131,8 +131,10 @@ def check_secure_aggregation(config: ServerConfig) -> None:
     if config.strategy not in MEAN_STRATEGIES:
         raise UsageError(f"--strategy {config.strategy} cannot run with --secure-aggregation: it needs each update, "
                          f"the server only learns their sum (use one of {', '.join(MEAN_STRATEGIES)})")
-    refused = {"dp": "differential privacy on masked updates (distributed DP) is not built yet",
-               "max_update_norm": "a norm bound on masked updates needs zero-knowledge proofs",
+    if config.dp == "central":
+        raise UsageError("--dp central cannot run with --secure-aggregation: the server cannot clip updates it "
+                         "cannot see; use --dp local (each node clips and adds its share of the noise: distributed DP)")
+    refused = {"max_update_norm": "a norm bound on masked updates needs zero-knowledge proofs",
                "max_node_weight": "the server does not see a node's weight"}
     for name, why in refused.items():
         if getattr(config, name) is not None:

@@ -73,7 +73,7 @@ class SecureRound:
 
     def __init__(self, settings: SecureAggregationSettings, *, session_id: str, server_round: int,
                  participants: Sequence[str], declared_samples: Mapping[str, int], specs: Sequence[ArraySpec],
-                 verifier: AdvertVerifier) -> None:
+                 verifier: AdvertVerifier, equal_weights: bool = False) -> None:
         degree, threshold = settings.plan(len(participants))
         length = sum(math.prod(spec.shape) for spec in specs) + 1
         self.settings = settings
@@ -83,7 +83,8 @@ class SecureRound:
                                 node_ids=tuple(sorted(participants)), threshold=threshold, vector_length=length,
                                 neighbours=degree, graph_seed=secrets.token_bytes(32)),
             clip=settings.clip, bits=min(settings.bits, MAX_BITS),
-            max_examples=max([1, *(declared_samples.get(n, 1) for n in participants)]))
+            max_examples=1 if equal_weights else max([1, *(declared_samples.get(n, 1) for n in participants)]),
+            weighting="equal" if equal_weights else "samples")
         self.server = SecAggServer(self.spec.config, verifier=verifier)
         self.stage = STAGES[0]
         self.timings_s: dict[str, float] = {}
@@ -181,6 +182,7 @@ class SecureRound:
         config = self.spec.config
         return {"protocol": self.spec.protocol, "threshold": config.threshold, "neighbours": config.neighbours,
                 "nodes": len(config.node_ids), "clip": self.spec.clip, "bits": self.spec.bits,
+                "weighting": self.spec.weighting,
                 "vector_length": config.vector_length,
                 "dropped_by_stage": {stage: nodes for stage, nodes in self.dropped_by_stage.items() if nodes},
                 "timings_s": dict(self.timings_s), "rejected_by_reason": dict(sorted(self.rejected.items())),

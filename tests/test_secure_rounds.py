@@ -5,10 +5,14 @@ The nodes behave as scripted per node: complete the round, drop after sharing ke
 masked vector, sign their advert with the wrong key, or publish their masked vector twice."""
 
 import asyncio
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from common.cli import UsageError
+from common.privacy.local import privatize_update
 from common.secagg.crypto import HmacAdvertVerifier
 from common.secagg.messages import AdvertBroadcast, KeyAdvert, SecAggConfig, ShareDelivery, SharePackage, UnmaskRequest
 from common.secagg.protocol import SecAggServer
@@ -25,11 +29,16 @@ from common.wire.protocol import (
     split_weights,
 )
 from fl_node.secure import SERVER_EVENTS, NodeSecureRound, check_spec
+from fl_server.config import ServerConfig
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
 from fl_server.history import SessionHistory
+from fl_server.plan import check_secure_aggregation
+from fl_server.privacy.aggregation import DPAggregation
+from fl_server.privacy.ledger import PrivacyLedger, PrivacySettings
 from fl_server.registry import NodeInfo, NodeRegistry
 from fl_server.secure_round import SecAggInput, SecureAggregationSettings
 from fl_server.strategies import FedAvg
+from tests.test_privacy_session import library_epsilon
 
 INITIAL = [np.zeros((2, 3), np.float32), np.zeros(3, np.float32)]
 KEYS = {f"n{i}": bytes([i]) * 32 for i in range(1, 8)}
@@ -55,6 +64,7 @@ class SecureFederation:
         self.starts: dict[str, StartRound] = {}
         self.global_weights: list[np.ndarray] = [w.copy() for w in INITIAL]
         self.node_refusals: dict[str, str] = {}
+        self.published: dict[str, list[np.ndarray]] = {}  # what each node masked: its update after local DP
 
     async def publish_model(self, server_round, weights, model_sha256):
         self.global_weights = [np.array(w, copy=True) for w in weights]
@@ -93,6 +103,10 @@ class SecureFederation:
 
     def _publish_masked(self, node_id, secure, delivery, start):
         trained = trained_weights(node_id, start.server_round)
+        if start.config.dp_clip_norm > 0:  # as FederatedNode does: clip and noise before masking
+            trained, _ = privatize_update(self.global_weights, trained, clip_norm=start.config.dp_clip_norm,
+                                          noise_stddev=start.config.dp_noise_stddev)
+        self.published[node_id] = [np.asarray(w) for w in trained]
         vector = secure.masked_update(delivery, self.global_weights, trained, samples_of(node_id))
         records = []
         for chunk in split_weights([vector], kind=KIND_UPDATE, session_id=start.session_id,
@@ -110,7 +124,7 @@ class SecureFederation:
 
 
 async def run_secure_session(tmp_path, behaviour, *, nodes=5, rounds=1, threshold=3, protocol="secagg",
-                             neighbours=None, stage_timeout_s=0.5):
+                             neighbours=None, stage_timeout_s=0.5, strategy=None, privacy=None):
     registry = NodeRegistry()
     node_ids = [f"n{i}" for i in range(1, nodes + 1)]
     for node_id in node_ids:
@@ -119,7 +133,7 @@ async def run_secure_session(tmp_path, behaviour, *, nodes=5, rounds=1, threshol
     secure = SecureAggregationSettings(protocol=protocol, threshold=threshold, neighbours=neighbours,
                                        stage_timeout_s=stage_timeout_s, clip=1.0, bits=16)
     settings = SessionSettings("s", rounds, nodes, 2.0, TrainConfig(1, 8, 0.1), end_grace_s=0.1, secure=secure)
-    coordinator = Coordinator(settings=settings, registry=registry, strategy=FedAvg(),
+    coordinator = Coordinator(settings=settings, registry=registry, strategy=strategy or FedAvg(), privacy=privacy,
                               model=GlobalModel("{}", {}, INITIAL, {}), evaluate=lambda r, w: {"loss": 0.0},
                               publish_model=fake.publish_model, emit=fake.emit,
                               history=SessionHistory.create(tmp_path, "s", {}),
@@ -212,6 +226,22 @@ async def test_too_few_participants_for_the_threshold_fail_the_round_before_it_s
     assert fake.starts == {}  # no node was asked to train
 
 
+async def test_distributed_dp_nodes_noise_their_share_and_the_server_accounts_the_sum(tmp_path):
+    """--dp local with secure aggregation: every node clips its delta and adds N(0, (zC)^2/n) before masking; the
+    server unmasks the equal-weight mean (the noise of the sum is z*C) and books epsilon as the accountant does."""
+    clip, z = 0.05, 1.0
+    ledger = PrivacyLedger(PrivacySettings("local", z, 1e-5, None, clip_norm=clip))
+    weights, history, fake = await run_secure_session(
+        tmp_path, {}, strategy=DPAggregation(FedAvg(), mode="local", clip_norm=clip, noise_multiplier=z),
+        privacy=ledger)
+    record = history["rounds"][0]
+    assert record["secure_aggregation"]["weighting"] == "equal"
+    assert record["privacy"]["epsilon"] == pytest.approx(library_epsilon(z, 1), rel=1e-9)
+    assert fake.starts["n1"].config.dp_noise_stddev == pytest.approx(z * clip / np.sqrt(5))
+    equal_mean = [np.mean([fake.published[n][i] for n in sorted(fake.published)], axis=0) for i in range(2)]
+    assert_close_to(weights, equal_mean, record)
+
+
 # ------------------------------------------------------------------ the node process's side (FederatedNode)
 
 
@@ -287,3 +317,36 @@ async def test_the_node_masks_after_the_key_stages_and_refuses_a_tampered_share(
         assert {(c.spec.dtype, c.spec.shape) for c in chunks} == {("uint32", (4,))}
         assert sent(node, "fl_update")[0]["num_samples"] == 6  # declared, not trained, samples
     await node.close()
+
+
+# ------------------------------------------------------------------ what cannot run on masked updates
+
+SECURE = {"secure_aggregation": "secagg", "node_keys": Path("keys/registry.json")}
+
+
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"strategy": "median"}, "--strategy median cannot run with --secure-aggregation"),
+    ({"strategy": "krum"}, "--strategy krum cannot run"),
+    ({"dp": "central", "dp_clip": "1.0"}, "--dp central cannot run with --secure-aggregation"),
+    ({"max_update_norm": 5.0}, "zero-knowledge"),
+    ({"max_node_weight": 0.5}, "does not see a node's weight"),
+    ({"node_keys": None, "allow_unauthenticated": True}, "needs --node-keys"),
+    ({"secagg_neighbours": 4}, "needs --secure-aggregation secagg+"),
+    ({"secure_aggregation": "secagg+", "secagg_neighbours": 3}, "must be even"),
+    ({"secagg_bits": 30}, "--secagg-bits must be in 1..24"),
+    ({"secure_aggregation": "off", "secagg_threshold": 3}, "--secagg-threshold needs --secure-aggregation"),
+])
+def test_what_secure_aggregation_refuses_and_why(settings, says):
+    with pytest.raises(UsageError, match=re.escape(says)):
+        check_secure_aggregation(ServerConfig(**{**SECURE, **settings}))
+
+
+@pytest.mark.parametrize("settings", [{}, {"strategy": "fedadam"}, {"dp": "local", "dp_clip": "0.1"},
+                                      {"secure_aggregation": "secagg+", "secagg_neighbours": 4}])
+def test_what_runs_with_secure_aggregation(settings):
+    check_secure_aggregation(ServerConfig(**{**SECURE, **settings}))
+
+
+@pytest.mark.parametrize(("nodes", "expected"), [(3, (None, 2)), (5, (None, 4)), (20, (10, 8)), (100, (14, 10))])
+def test_secagg_plus_defaults_to_log_neighbours_and_a_two_thirds_threshold(nodes, expected):
+    assert SecureAggregationSettings(protocol="secagg+").plan(nodes) == expected

@@ -3,13 +3,14 @@
 ``SecureRoundSpec`` travels as the optional ``secure_aggregation`` object of ``start_round``::
 
     {"protocol": "secagg" | "secagg+", "config": <secagg/config>, "clip": float, "bits": int,
-     "max_examples": int}
+     "max_examples": int, "weighting": "samples" | "equal"}
 
 ``config`` fixes who takes part, the threshold, the neighbour graph and the vector length; ``clip``, ``bits`` and
 ``max_examples`` fix the fixed-point encoding (``common.secagg.quantize``). ``clip`` bounds each entry of the
 update's *delta* (trained minus global weights): the encoded entries are ``delta * n`` clipped to
 ``clip * max_examples``, so that the sum decodes to ``Σ n_k·delta_k`` and ``Σ n_k`` (the last entry), and FedAvg
-is ``global + Σ n_k·delta_k / Σ n_k``. The server never needs a node's own ``n_k``.
+is ``global + Σ n_k·delta_k / Σ n_k``. The server never needs a node's own ``n_k``. With ``weighting`` "equal"
+every node encodes ``n = 1`` (DP-FedAvg's equal-weight mean, for distributed differential privacy).
 
 Everything here is pure (numpy only).
 """
@@ -30,6 +31,7 @@ from common.wire.codec import ArraySpec
 from common.wire.errors import ProtocolError
 
 PROTOCOLS = ("secagg", "secagg+")
+WEIGHTINGS = ("samples", "equal")
 MAX_BITS = 24  # more precision than float32 deltas carry is wasted, and fewer nodes fit the ring
 
 logger = logging.getLogger(__name__)
@@ -44,8 +46,11 @@ class SecureRoundSpec:
     clip: float  # largest |delta| per entry that is encoded exactly (larger entries are clipped)
     bits: int
     max_examples: int
+    weighting: str = "samples"
 
     def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ProtocolError("bad_config", f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r:.40}")
         if self.protocol not in PROTOCOLS:
             raise ProtocolError("bad_config", f"protocol must be one of {PROTOCOLS}, got {self.protocol!r:.40}")
         if not (math.isfinite(self.clip) and 0 < self.clip <= 1e6):
@@ -59,6 +64,10 @@ class SecureRoundSpec:
         except ValueError as exc:
             raise ProtocolError("bad_config", str(exc)) from None
 
+    def weight_of(self, num_examples: int) -> int:
+        """What a node that trained on ``num_examples`` encodes as its weight."""
+        return 1 if self.weighting == "equal" else num_examples
+
     @property
     def quantizer(self) -> Quantizer:
         return Quantizer(max_abs_value=self.clip * self.max_examples, bits=self.bits,
@@ -70,29 +79,29 @@ class SecureRoundSpec:
 
     def to_wire(self) -> dict[str, Any]:
         return {"protocol": self.protocol, "config": self.config.to_wire(), "clip": self.clip, "bits": self.bits,
-                "max_examples": self.max_examples}
+                "max_examples": self.max_examples, "weighting": self.weighting}
 
     @classmethod
     def from_wire(cls, document: object) -> SecureRoundSpec:
         if not isinstance(document, dict) or set(document) != {"protocol", "config", "clip", "bits",
-                                                                 "max_examples"}:
+                                                                 "max_examples", "weighting"}:
             raise ProtocolError("bad_schema", "secure_aggregation must be an object with exactly protocol, config, "
-                                              "clip, bits and max_examples")
+                                              "clip, bits, max_examples and weighting")
         clip, bits, most = document["clip"], document["bits"], document["max_examples"]
         if not isinstance(clip, (int, float)) or isinstance(clip, bool):
             raise ProtocolError("bad_schema", "secure_aggregation.clip must be a number")
         for name, value in (("bits", bits), ("max_examples", most)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ProtocolError("bad_schema", f"secure_aggregation.{name} must be an integer")
-        protocol = document["protocol"]
-        if not isinstance(protocol, str):
-            raise ProtocolError("bad_schema", "secure_aggregation.protocol must be a string")
+        protocol, weighting = document["protocol"], document["weighting"]
+        if not isinstance(protocol, str) or not isinstance(weighting, str):
+            raise ProtocolError("bad_schema", "secure_aggregation.protocol and weighting must be strings")
         try:
             clip = float(clip)
         except OverflowError:
             raise ProtocolError("bad_config", "secure_aggregation.clip is out of range") from None
         return cls(protocol=protocol, config=SecAggConfig.from_wire(document["config"]), clip=clip, bits=bits,
-                   max_examples=most)
+                   max_examples=most, weighting=weighting)
 
 
 def vector_length(specs: Sequence[ArraySpec]) -> int:
