@@ -204,6 +204,10 @@ class RoundCollector:
         self.ignored = 0
         self._counted: set[tuple[str, str, int]] = set()
 
+    def expect_specs(self, specs: Sequence[ArraySpec]) -> None:
+        """The layout updates must have (before any record is offered): secure rounds take one masked vector."""
+        self._expected = list(specs)
+
     @property
     def partial_uploads(self) -> int:
         """Participants with some, but not all, of their chunks in (bounded by the participants)."""

@@ -68,6 +68,7 @@ class RoundRecord:
     ignored_records: int = 0
     capped_weights: dict[str, dict[str, int | None]] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None  # epsilon, delta, noise_multiplier, clip, sampling_rate, mechanism
+    secure_aggregation: dict[str, Any] | None = None  # protocol, threshold, survivors, dropped_by_stage, timings
 
     @property
     def rejected_updates(self) -> int:
@@ -101,6 +102,7 @@ class RoundRecord:
             "ignored_records": self.ignored_records,
             "capped_weights": dict(self.capped_weights),
             "privacy": self.privacy,
+            "secure_aggregation": self.secure_aggregation,
         }
 
     @classmethod
@@ -134,6 +136,7 @@ class RoundRecord:
             ignored_records=int(data.get("ignored_records", 0)),
             capped_weights=dict(data.get("capped_weights", {})),
             privacy=data.get("privacy"),
+            secure_aggregation=data.get("secure_aggregation"),
         )
 
 

@@ -107,6 +107,8 @@ class Dashboard:
     def _static_response(self, name: str) -> web.Response:
         return web.Response(body=self._static[name], content_type=STATIC_FILES[name], charset="utf-8",
                             headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff",
+                                     "Referrer-Policy": "no-referrer",  # links may carry ?token=
+                                     "X-Frame-Options": "DENY",
                                      "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
                                      "style-src 'self'; script-src 'self'; connect-src 'self'"})
 
