@@ -437,7 +437,7 @@ async def test_beyond_loopback_without_a_token_this_machine_may_read(served: Ser
 async def test_with_a_token_the_remote_peer_must_present_it(served: Served) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.get(served.url + "/metrics") as response:
-            assert response.status == 401
+            assert response.status == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
         async with http.get(served.url + "/metrics", headers={"Authorization": "Bearer wrong"}) as response:
             assert response.status == 401 and (await response.json())["error"] == BAD_TOKEN
         async with http.get(served.url + "/metrics", headers={"Authorization": "Bearer s3cret-token"}) as response:

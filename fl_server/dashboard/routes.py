@@ -85,7 +85,10 @@ class Dashboard:
                                   request.path, request.remote, reason)
                 hint = ("set --dashboard-token on the server and present it (Authorization: Bearer, or ?token=)"
                         if self._token is None else "present the server's --dashboard-token")
-                return web.json_response({"error": reason, "hint": hint}, status=401 if self._token else 403)
+                if self._token is None:
+                    return web.json_response({"error": reason, "hint": hint}, status=403)
+                return web.json_response({"error": reason, "hint": hint}, status=401,
+                                         headers={"WWW-Authenticate": 'Bearer realm="fl-server"'})
             return await handler(request)
 
         return guarded
