@@ -83,6 +83,7 @@ class ServerConfig:
     inbox_bytes: int = DEFAULT_KAFKA_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     node_keys: Path | None = None
+    server_key: Path | None = None  # the server's Ed25519 private key: signs global models and round records
     allow_unauthenticated: bool = False
     resume: Path | None = None
     history_dir: Path = Path("history")
@@ -149,7 +150,7 @@ SESSION_SETTINGS = (
     "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS,
 )
 OPERATIONAL_SETTINGS = (
-    "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "allow_unauthenticated",
+    "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "server_key", "allow_unauthenticated",
     "resume", "history_dir", "session_id", "kafka", "updates_topic", "models_topic", "tf_threads", "tls_cert",
     "tls_key", "kafka_security_protocol", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
     "kafka_ssl_no_check_hostname", "kafka_sasl_mechanism", "kafka_sasl_username", "config", "log_level", "quiet",
