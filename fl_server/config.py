@@ -150,10 +150,11 @@ SESSION_SETTINGS = (
     "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS,
 )
 OPERATIONAL_SETTINGS = (
-    "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "server_key", "allow_unauthenticated",
+    "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "allow_unauthenticated",
     "resume", "history_dir", "session_id", "kafka", "updates_topic", "models_topic", "tf_threads", "tls_cert",
     "tls_key", "kafka_security_protocol", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
     "kafka_ssl_no_check_hostname", "kafka_sasl_mechanism", "kafka_sasl_username", "config", "log_level", "quiet",
+    "server_key",
 )
 HISTORY_SETTINGS = SESSION_SETTINGS + OPERATIONAL_SETTINGS
 NOT_RECORDED = {"kafka_sasl_password": "a secret: never printed, never written to a file"}

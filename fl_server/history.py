@@ -117,7 +117,7 @@ class SessionHistory:
         """Append a round (in memory: the caller saves, after its checkpoint), chained to the round before it
         (``fl_server.chain``) and signed with the server key if there is one."""
         wire = record.to_wire()
-        if not wire["strategy"] and "strategy" in self.config:  # the session's strategy, as its settings name it: part of what is signed
+        if not wire["strategy"] and "strategy" in self.config:  # the session's, as its settings name it: signed
             wire["strategy"] = {"name": self.config.get("strategy"), "params": self.config.get("strategy_params")}
         previous = self.rounds[-1].get("round_digest") if self.rounds else None
         prev_digest = previous if isinstance(previous, str) and previous else genesis_digest(self.session_id,
