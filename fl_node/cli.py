@@ -132,8 +132,8 @@ class NodeSetup:
 def server_public_key(path: Path | None) -> ServerPublicKey | None:
     """The key global models must be signed with (``--server-public-key``), or None (logged: models unchecked)."""
     if path is None:
-        logger.warning("no --server-public-key: this node trains on whatever model the start_round reference names, "
-                       "without checking the server's signature")
+        logger.info("no --server-public-key: global models are taken by the digests start_round lists, without "
+                    "checking a server signature")
         return None
     try:
         key = ServerPublicKey.load(path)
