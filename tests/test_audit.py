@@ -102,10 +102,10 @@ def play(tmp_path: Path, how: Play | None = None) -> tuple[dict[str, Any], Topic
     topics = Topics()
     settings = ServerConfig(rounds=how.rounds, strategy=how.strategy, updates_topic="updates",
                             models_topic="models").history_settings()
-    settings.update(session_id=SESSION, strategy_params=how.strategy_params, authenticated=True)
+    strategy = make_strategy(how.strategy, **how.strategy_params)
+    settings.update(session_id=SESSION, strategy_params=strategy.params(), authenticated=True)  # as session.py does
     history = SessionHistory.create(tmp_path, SESSION, settings)
     history.sign_with(SIGNER)
-    strategy = make_strategy(how.strategy, **how.strategy_params)
     weights, seen, rng = START, {}, np.random.default_rng(0)
     offsets = topics.offsets()
     for server_round in range(1, how.rounds + 1):
@@ -320,3 +320,19 @@ def test_without_node_keys_only_the_accepted_updates_are_re_read(tmp_path):
 ])
 def test_offset_problems(previous, current, expected):
     assert offset_problems(previous, current, what="x") == expected
+
+
+def test_a_round_naming_another_strategy_is_caught(tmp_path):
+    document, topics = play(tmp_path, Play(strategy="fedavgm"))
+    document["rounds"][1]["strategy"]["params"]["server_momentum"] = 0.0
+    resign(document, SIGNER)
+    report = audit(document, topics)
+    assert verdicts(report) == [OK, MISMATCH, OK] and "strategy: the round names" in problems_of(report, 2)
+
+
+@pytest.mark.parametrize("garbage", [{"from": {"0": "x"}, "to": {"0": 3}}, {"from": [], "to": 5}, "offsets"])
+def test_a_hostile_round_record_is_a_named_mismatch_not_a_crash(tmp_path, garbage):
+    document, topics = play(tmp_path)
+    document["rounds"][1]["update_offsets"] = garbage
+    report = audit(document, topics)
+    assert report.rounds[1].verdict == MISMATCH and report.rounds[0].verdict == OK

@@ -43,7 +43,7 @@ from fl_server.audit.replay import (
     session_config,
     weights_difference,
 )
-from fl_server.chain import chain_problems
+from fl_server.chain import canonical_json, chain_problems
 from fl_server.config import ServerConfig
 from fl_server.strategies import AggregationError, Strategy
 
@@ -126,9 +126,17 @@ class _Auditor:
         by_round = {v.server_round: v for v in verdicts}
         self._check_chain(by_round)
         config, strategy = self._session_strategy()
+        self._check_strategy_params(strategy, verdicts)
+        resumed_after = {m.get("after_round") for m in self.document.get("resumes") or [] if isinstance(m, dict)}
         previous: dict[str, Any] | None = None
         for index, (record, verdict) in enumerate(zip(self.rounds, verdicts, strict=True)):
-            self._audit_round(index, record, previous, verdict, config, strategy)
+            if verdict.server_round - 1 in resumed_after:
+                self._seen = {}  # a resumed server process starts with no memory of the records taken before
+            try:
+                self._audit_round(index, record, previous, verdict, config, strategy)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:  # a hostile history
+                verdict.problems.append(f"unreadable round record ({exc!r:.200})")
+                self._state_known = False
             previous = record
         if checkpoint is not None:
             self._check_checkpoint(checkpoint, by_round)
@@ -143,6 +151,17 @@ class _Auditor:
             verdict = by_round.get(problem.server_round)
             if verdict is not None:
                 verdict.problems.append(f"chain ({problem.kind}): {problem.detail}")
+
+    def _check_strategy_params(self, strategy: Strategy | None, verdicts: list[RoundVerdict]) -> None:
+        """Each round names the strategy the session's settings build (a strategy edited in one round is named)."""
+        if strategy is None:
+            return
+        want = canonical_json({"name": self.recorded_config.get("strategy"), "params": strategy.params()})
+        for record, verdict in zip(self.rounds, verdicts, strict=True):
+            said = record.get("strategy")
+            if said and canonical_json(said) != want:
+                verdict.problems.append(f"strategy: the round names {said!r:.200}, the session's settings build "
+                                        f"{want.decode()[:200]}")
 
     def _session_strategy(self) -> tuple[ServerConfig | None, Strategy | None]:
         try:
