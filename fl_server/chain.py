@@ -22,15 +22,15 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.wire.safe_json import finite_or_null
-from common.wire.server_key import ServerPublicKey, ServerSigner
-from fl_server.config import SESSION_SETTINGS
+
+if TYPE_CHECKING:  # fl-history reads histories without loading the cryptography package
+    from common.wire.server_key import ServerPublicKey, ServerSigner
 
 CHAIN_FORMAT = "fl-chain/1"
 UNSIGNED_FIELDS = ("round_digest", "server_signature")  # what the digest cannot cover: itself and its signature
-GENESIS_SETTINGS = (*SESSION_SETTINGS, "strategy_params")
 
 
 def canonical_json(value: Any) -> bytes:
@@ -47,7 +47,9 @@ def sha256_hex(data: bytes) -> str:
 
 def genesis_digest(session_id: str, config: dict[str, Any]) -> str:
     """The ``prev_round_digest`` of a session's first round."""
-    settings = {name: config.get(name) for name in GENESIS_SETTINGS}
+    from fl_server.config import SESSION_SETTINGS  # the settings pull in the privacy planner: not for fl-history
+
+    settings = {name: config.get(name) for name in (*SESSION_SETTINGS, "strategy_params")}
     return sha256_hex(canonical_json({"format": CHAIN_FORMAT, "session_id": session_id, "settings": settings}))
 
 

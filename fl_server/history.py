@@ -12,14 +12,16 @@ import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.atomic import OWNER_ONLY, atomic_text_file
 from common.wire.errors import ProtocolError
 from common.wire.safe_json import finite_or_null, read_json_file
-from common.wire.server_key import ServerSigner
 from fl_server.chain import genesis_digest, link_round
 from fl_server.records import ResumeMark, RoundRecord, SessionSummary
+
+if TYPE_CHECKING:
+    from common.wire.server_key import ServerSigner
 
 HISTORY_FORMAT = "fl-history/1"
 MAX_HISTORY_BYTES = 512 * 1024 * 1024
