@@ -336,3 +336,21 @@ def test_a_hostile_round_record_is_a_named_mismatch_not_a_crash(tmp_path, garbag
     document["rounds"][1]["update_offsets"] = garbage
     report = audit(document, topics)
     assert report.rounds[1].verdict == MISMATCH and report.rounds[0].verdict == OK
+
+
+def test_a_resumed_history_continues_the_chain(tmp_path):
+    from dataclasses import replace
+
+    from fl_server.chain import chain_problems
+    from fl_server.records import ResumeMark
+    from tests.test_records import RECORD
+
+    history = SessionHistory.create(tmp_path, "s1", {"strategy": "fedavg", "strategy_params": {}})
+    history.sign_with(SIGNER)
+    history.add_round(replace(RECORD, server_round=1))
+    checkpointed = json.loads(json.dumps(history.document))  # as the checkpoint keeps it
+    again = SessionHistory.resumed(history.path, checkpointed, ResumeMark("t", 1, "ab", {}))
+    again.sign_with(SIGNER)
+    again.add_round(replace(RECORD, server_round=2))
+    assert chain_problems(again.rounds, session_id="s1", config=again.config, key=SIGNER.public) == []
+    assert again.rounds[1]["prev_round_digest"] == again.rounds[0]["round_digest"]
