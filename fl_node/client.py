@@ -25,6 +25,8 @@ from common.data.tabular import SchemaError
 from common.metrics_format import format_metrics
 from common.ml.model_budget import ModelTooLarge
 from common.privacy.local import privatize_update, strictest_local_dp
+from common.secagg.messages import AdvertBroadcast, ShareDelivery
+from common.secagg.round import SecureRoundSpec
 from common.transport.tls import CertificateProblem, async_client_options, check_server_certificate
 from common.wire.integrity import connect_proof
 from common.wire.protocol import (
@@ -50,6 +52,8 @@ from fl_node.connection import (
 )
 from fl_node.data import LocalData
 from fl_node.kafka import NodeKafka
+from fl_node.secure import SERVER_EVENTS, NodeSecureRound, check_spec, parse_server_message
+from fl_node.testing import dump_clear_update, test_exit_point
 from fl_node.trainer import LocalTrainer, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -79,6 +83,7 @@ class NodeSettings:
 
 
 EXIT_IDLE = 3
+MAX_SECURE_ROUNDS = 4  # secure rounds a node keeps state for at once (the server runs one at a time)
 
 
 class LocalFailure(RuntimeError):
@@ -95,7 +100,7 @@ class LocalFailure(RuntimeError):
         """Turn any exception of this stage into a ``LocalFailure(reason)`` that keeps the original as cause."""
         try:
             yield
-        except SchemaError:
+        except (SchemaError, LocalFailure):
             raise
         except ModelTooLarge as exc:
             raise LocalFailure("model_too_large", str(exc)) from exc
@@ -135,6 +140,7 @@ class FederatedNode:
         self.final_model_path: Path | None = None
         self._in_progress: set[tuple[str, int]] = set()
         self._acks: dict[tuple[str, int], UpdateAck] = {}
+        self._secure: dict[tuple[str, int], NodeSecureRound] = {}  # rounds with secure aggregation, in progress
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-worker")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finished = asyncio.Event()
@@ -155,6 +161,8 @@ class FederatedNode:
         sio.on("fl_stats", self._on_stats)
         sio.on("fl_ping", self._on_ping)
         sio.on("fl_replaced", self._on_replaced)
+        for event in SERVER_EVENTS:
+            sio.on(event, partial(self._on_secagg, event))
         return sio
 
     # ------------------------------------------------------------ lifecycle
@@ -347,8 +355,18 @@ class FederatedNode:
     # ------------------------------------------------------------ work
 
     async def _run_round(self, start: StartRound) -> None:
+        secure: NodeSecureRound | None = None
+        if start.secure_aggregation is not None:
+            try:
+                secure = self._join_secure_round(start)
+            except ProtocolError as exc:
+                self._in_progress.discard((start.session_id, start.server_round))
+                await self._refuse(start, f"secagg_{exc.reason}", str(exc), leave=False)
+                return
+            # The keys go out at once: the key stages run while this node trains.
+            self._spawn(self._send_secagg("secagg_advert", secure.advertise().to_wire(), start.server_round))
         try:
-            ack = await self._train_and_publish(start)
+            ack = await self._train_and_publish(start, secure)
         except SchemaError as exc:
             await self._refuse(start, "schema_mismatch", str(exc), leave=True)
             return
@@ -372,7 +390,64 @@ class FederatedNode:
             logger.warning("node %s: server refused acknowledgement of round %d: %s", self.settings.node_id,
                            ack.server_round, reply)
 
-    async def _train_and_publish(self, start: StartRound) -> UpdateAck:
+    def _join_secure_round(self, start: StartRound) -> NodeSecureRound:
+        """This node's state for a secure-aggregation round (``ProtocolError`` if it cannot or will not take part)."""
+        if self.settings.key is None:
+            raise ProtocolError("no_key", "secure aggregation needs this node's key (--key-file) to sign its adverts")
+        spec = SecureRoundSpec.from_wire(start.secure_aggregation)
+        check_spec(spec, node_id=self.settings.node_id, session_id=start.session_id, server_round=start.server_round)
+        secure = NodeSecureRound(spec, self.settings.node_id, self.settings.key)
+        while len(self._secure) >= MAX_SECURE_ROUNDS:  # rounds the server never finished: forget the oldest
+            del self._secure[next(iter(self._secure))]
+        self._secure[(start.session_id, start.server_round)] = secure
+        return secure
+
+    async def _send_secagg(self, event: str, payload: dict[str, Any], server_round: int) -> bool:
+        try:
+            reply = await self.sio.call(event, payload, timeout=self.settings.ack_timeout_s)
+        except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
+            logger.warning("node %s round %d: %s not confirmed (%s)", self.settings.node_id, server_round, event, exc)
+            return False
+        if not isinstance(reply, dict) or not reply.get("accepted"):
+            logger.warning("node %s round %d: the server refused %s: %.200s", self.settings.node_id, server_round,
+                           event, reply)
+            return False
+        return True
+
+    async def _on_secagg(self, event: str, data: Any = None) -> None:
+        """The server's advert broadcast, share delivery or unmask request for a secure round in progress."""
+        self._last_activity = time.monotonic()
+        try:
+            message = parse_server_message(event, data)
+        except ProtocolError as exc:
+            logger.error("node %s: ignored malformed %s: %s", self.settings.node_id, event, exc)
+            return
+        key = (message.session_id, message.server_round)
+        secure = self._secure.get(key)
+        if secure is None:
+            logger.warning("node %s: ignored %s for round %d (no secure round of this node)", self.settings.node_id,
+                           event, message.server_round)
+            return
+        try:
+            if isinstance(message, AdvertBroadcast):
+                # Shamir splits and one encryption per neighbour: off the loop, and not on the (busy) training thread.
+                package = await asyncio.get_running_loop().run_in_executor(None, secure.share_keys, message)
+                if await self._send_secagg("secagg_shares", package.to_wire(), message.server_round):
+                    test_exit_point("shares")
+            elif isinstance(message, ShareDelivery):
+                secure.deliver(message)
+            else:
+                response = secure.unmask(message)
+                self._secure.pop(key, None)
+                await self._send_secagg("secagg_unmasked", response.to_wire(), message.server_round)
+        except ProtocolError as exc:  # the server (or someone in its place) broke the protocol: this node drops out
+            logger.error("node %s round %d: secure aggregation stopped (%s): %s", self.settings.node_id,
+                         message.server_round, exc.reason, exc)
+            self._secure.pop(key, None)
+            if not secure.delivery.done():
+                secure.delivery.set_exception(exc)
+
+    async def _train_and_publish(self, start: StartRound, secure: NodeSecureRound | None = None) -> UpdateAck:
         """Prepare the data, fetch the global model, train, publish the update; returns the acknowledgement.
         Raises ``SchemaError`` if our data does not fit, ``LocalFailure`` for any other failure."""
         t0 = time.perf_counter()
@@ -389,19 +464,30 @@ class FederatedNode:
             result = await self._in_worker(partial(
                 self.trainer.train, start.model.architecture, start.model.compile, weights, start.config,
                 server_round=start.server_round, session_id=start.session_id))
+        delivery = None
+        if secure is not None:
+            try:  # the key stages end well before training usually does
+                delivery = await asyncio.wait_for(asyncio.shield(secure.delivery), self.settings.publish_timeout_s)
+            except ProtocolError as exc:
+                raise LocalFailure(f"secagg_{exc.reason}", str(exc)) from exc
+            except TimeoutError as exc:
+                raise LocalFailure("secagg_no_shares", "the server sent no shares for this node") from exc
         with LocalFailure.stage("publish_failed"):
-            return await self._publish(start, weights, result, fetch_s)
+            return await self._publish(start, weights, result, fetch_s, secure, delivery)
 
     def _prepare_data(self, model: ModelMessage) -> None:
         """Worker thread: encode the local data under the federation's data spec (O(rows))."""
         x, y = self.data.prepare(DataSpec.from_wire(model.data))
         self.trainer.set_data(x, y)
 
-    async def _publish(self, start: StartRound, weights: list[Any], result: TrainResult, fetch_s: float) -> UpdateAck:
+    async def _publish(self, start: StartRound, weights: list[Any], result: TrainResult, fetch_s: float,
+                       secure: NodeSecureRound | None = None, delivery: ShareDelivery | None = None) -> UpdateAck:
         t1 = time.perf_counter()
-        chunks = await self._in_worker(partial(self._update_chunks, start, weights, result))
+        chunks = await self._in_worker(partial(self._update_chunks, start, weights, result, secure, delivery))
         await self.kafka.publish_update(chunks, server_round=start.server_round)
         publish_s = time.perf_counter() - t1
+        if secure is not None:
+            test_exit_point("masked")
         logger.info("node %s round %d: trained in %.2fs, published %d records in %.2fs (%s)", self.settings.node_id,
                     start.server_round, result.train_s, len(chunks), publish_s,
                     format_metrics(result.metrics))
@@ -409,14 +495,20 @@ class FederatedNode:
             session_id=start.session_id,
             server_round=start.server_round,
             node_id=self.settings.node_id,
-            num_samples=self.trainer.num_samples,
+            num_samples=self._reported_samples(secure),
             num_records=len(chunks),
             metrics=dict(result.metrics),
             timings_s={"fetch": round(fetch_s, 4), "train": round(result.train_s, 4),
                        "publish": round(publish_s, 4)},
         )
 
-    def _update_chunks(self, start: StartRound, weights: list[Any], result: TrainResult) -> list[WeightChunk]:
+    def _reported_samples(self, secure: NodeSecureRound | None) -> int:
+        """Secure rounds: what the hello declared (the true count travels inside the masked sum only)."""
+        return max(self.data.num_rows, 1) if secure is not None else self.trainer.num_samples
+
+    def _update_chunks(self, start: StartRound, weights: list[Any], result: TrainResult,
+                       secure: NodeSecureRound | None = None, delivery: ShareDelivery | None = None
+                       ) -> list[WeightChunk]:
         """Worker thread: the trained weights (poisoned in robustness experiments) cut into Kafka records."""
         published = apply_attack(self.settings.attack, weights, result.weights, scale=self.settings.attack_scale)
         if self.settings.attack != "none":
@@ -430,9 +522,15 @@ class FederatedNode:
             logger.info("node %s round %d: local DP applied: delta norm %.4g clipped to %.4g, Gaussian noise stddev "
                         "%.4g (the round asked for %.4g and %.4g)", settings.node_id, start.server_round, norm, clip,
                         stddev, config.dp_clip_norm, config.dp_noise_stddev)
+        if secure is not None and delivery is not None:
+            dump_clear_update(settings.node_id, start.server_round, weights, published, self.trainer.num_samples)
+            try:  # a share that does not decrypt (tampered, moved) stops this node's round: it sends nothing
+                published = [secure.masked_update(delivery, weights, published, self.trainer.num_samples)]
+            except ProtocolError as exc:
+                raise LocalFailure(f"secagg_{exc.reason}", str(exc)) from exc
         return list(split_weights(published, kind=KIND_UPDATE, session_id=start.session_id,
                                   server_round=start.server_round, node_id=self.settings.node_id,
-                                  num_samples=self.trainer.num_samples, chunk_bytes=self.settings.chunk_bytes))
+                                  num_samples=self._reported_samples(secure), chunk_bytes=self.settings.chunk_bytes))
 
     async def _fetch_model(self, model: ModelMessage, session_id: str, server_round: int) -> list[Any]:
         return await self.kafka.fetch_model(model.weights, session_id=session_id, server_round=server_round,

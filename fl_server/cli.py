@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_options(parser)
     add_round_options(parser)
     add_privacy_options(parser)
+    add_secure_aggregation_options(parser)
     add_session_options(parser)
     add_common_options(parser)
     add_tls_server_options(parser)
@@ -121,6 +122,25 @@ def add_privacy_options(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--dp-budget-stop",
              help="with z and a budget: run until the next round would cross --dp-target-epsilon, then stop "
              "(status budget_exhausted), even before --rounds")
+
+
+def add_secure_aggregation_options(parser: argparse.ArgumentParser) -> None:
+    """Secure aggregation (README "Secure aggregation"): the server learns only the sum of the updates."""
+    add_option(parser, "--secure-aggregation", default=D.secure_aggregation, choices=["off", "secagg", "secagg+"],
+               help="mask every update so the server can only recover their sum: secagg (Bonawitz et al. 2017, "
+               "every pair of nodes masks) or secagg+ (Bell et al. 2020, each node masks with k neighbours)")
+    add_option(parser, "--secagg-threshold", type=positive_int, default=None,
+               help="t: shares that rebuild a node's secrets, and the fewest nodes a round may continue with "
+               "(default: 2/3 of a node's neighbours and itself, per round)")
+    add_option(parser, "--secagg-neighbours", type=positive_int, default=None,
+               help="secagg+: k, the even number of neighbours each node masks with (default 2*ceil(log2 n))")
+    add_option(parser, "--secagg-clip", type=positive_float, default=D.secagg_clip,
+               help="largest |w_node - w_global| per weight that is encoded exactly; larger entries are clipped")
+    add_option(parser, "--secagg-bits", type=positive_int, default=D.secagg_bits,
+               help="fixed-point bits per weight (1-24); n nodes need n*(2^bits - 1) < 2^32")
+    add_option(parser, "--secagg-stage-timeout", type=positive_float, default=D.secagg_stage_timeout,
+               help="seconds each key stage (advertise, share keys, unmask) waits for the nodes; masked inputs "
+               "wait up to --round-timeout")
 
 
 def add_session_options(parser: argparse.ArgumentParser) -> None:

@@ -221,6 +221,10 @@ class RoundCollector:
         self._positions: dict[str, list[tuple[int, int]]] = {}  # node -> (partition, offset) of chunks taken
         self.accepted_updates: list[AcceptedUpdate] = []  # in the order concluded (the strategy's fold order)
 
+    def expect_specs(self, specs: Sequence[ArraySpec]) -> None:
+        """The layout updates must have (before any record is offered): secure rounds take one masked vector."""
+        self._expected = list(specs)
+
     @property
     def partial_uploads(self) -> int:
         """Participants with some, but not all, of their chunks in (bounded by the participants)."""

@@ -23,6 +23,7 @@ from common.transport.kafka_security import Secret
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, TrainConfig
 from fl_server.inbox import DEFAULT_KAFKA_BYTES
 from fl_server.privacy.plan import PrivacyOptions
+from fl_server.secure_round import SecureAggregationSettings
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,12 @@ class ServerConfig:
     dp_clip_learning_rate: float = PrivacyOptions.clip_learning_rate
     dp_count_stddev: float | None = None
     dp_budget_stop: bool = False
+    secure_aggregation: str = "off"  # "secagg" (all pairs) or "secagg+" (k neighbours)
+    secagg_threshold: int | None = None  # None: 2/3 of a node's holders, per round
+    secagg_neighbours: int | None = None  # secagg+ degree k; None: 2*ceil(log2 n)
+    secagg_clip: float = 1.0
+    secagg_bits: int = 16
+    secagg_stage_timeout: float = 30.0
     # -- how this process runs it (the command line's, also on --resume)
     host: str = "127.0.0.1"
     port: int = 5000
@@ -131,6 +138,13 @@ class ServerConfig:
                               clip_learning_rate=self.dp_clip_learning_rate, count_stddev=self.dp_count_stddev,
                               budget_stop=self.dp_budget_stop)
 
+    def secure_settings(self) -> SecureAggregationSettings | None:
+        if self.secure_aggregation == "off":
+            return None
+        return SecureAggregationSettings(protocol=self.secure_aggregation, threshold=self.secagg_threshold,
+                                         neighbours=self.secagg_neighbours, clip=self.secagg_clip,
+                                         bits=self.secagg_bits, stage_timeout_s=self.secagg_stage_timeout)
+
     def history_settings(self) -> dict[str, Any]:
         """The allow-listed settings, JSON-ready, for the history's ``config`` (and a resume's)."""
         return {name: json_ready(getattr(self, name)) for name in HISTORY_SETTINGS}
@@ -142,12 +156,14 @@ STRATEGY_KEYWORDS = ("server_lr", "server_momentum", "beta1", "beta2", "tau", "p
                      "num_byzantine", "num_selected")
 DP_SETTINGS = ("dp", "dp_clip", "dp_initial_clip", "dp_noise_multiplier", "dp_target_epsilon", "dp_delta",
                "dp_target_quantile", "dp_clip_learning_rate", "dp_count_stddev", "dp_budget_stop")
+SECAGG_SETTINGS = ("secure_aggregation", "secagg_threshold", "secagg_neighbours", "secagg_clip", "secagg_bits",
+                   "secagg_stage_timeout")
 # What defines a session: on --resume these come from the checkpoint, not the command line.
 SESSION_SETTINGS = (
     "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "strategy_param",
     "epochs", "batch_size", "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction",
     "max_update_norm", "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes",
-    "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS,
+    "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS, *SECAGG_SETTINGS,
 )
 OPERATIONAL_SETTINGS = (
     "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "allow_unauthenticated",

@@ -23,7 +23,11 @@ from typing import Any
 import numpy as np
 
 from common.metrics_format import format_metrics
+from common.ratelog import RateLimitedLog
+from common.secagg.crypto import HmacAdvertVerifier
+from common.secagg.protocol import SecAggFailure
 from common.wire.codec import ArraySpec, weights_digest
+from common.wire.errors import ProtocolError
 from common.wire.integrity import KeyRegistry
 from common.wire.protocol import (
     EndSession,
@@ -51,11 +55,18 @@ from fl_server.privacy.ledger import PrivacyLedger
 from fl_server.registry import NodeRegistry
 from fl_server.rounds import RoundState, round_record
 from fl_server.sampling import required_updates, sample_participants
+from fl_server.secure_round import SecAggInput, SecureAggregationSettings, SecureRound
 from fl_server.strategies import AggregationError, Strategy
 
 logger = logging.getLogger(__name__)
+secure_log = RateLimitedLog(logger)  # secure-aggregation refusals: a node can repeat them
+SECURE_SUM_ID = "secure-aggregate"  # the strategy's one "update" of a secure round: the survivors' mean
+# Refusals that do not make a node drop out (a late or repeated message, not a broken one).
+HARMLESS_SECAGG_REFUSALS = frozenset({"wrong_round", "wrong_session", "duplicate", "out_of_stage"})
 
 Weights = list[np.ndarray]
+DROPOUT_GRACE_S = 5.0  # secure rounds: how long a disconnected participant may take to come back
+DROPOUT_POLL_S = 1.0
 ACK_GRACE_S = 5.0  # how long a round whose updates are all in waits for missing acknowledgements
 EvaluateFn = Callable[[int, Sequence[np.ndarray]], dict[str, float]]
 PublishModelFn = Callable[[int, Sequence[np.ndarray], str], Awaitable[ModelRef]]  # round, weights, their digest
@@ -79,6 +90,7 @@ class SessionSettings:
     max_record_bytes: int = DEFAULTS.max_record_bytes
     min_round_nodes: int = 1  # connected nodes each round needs to start (ServerConfig: --min-nodes when unset)
     max_node_weight: float | None = DEFAULTS.max_node_weight  # cap on a node's samples, as a share of the round's
+    secure: SecureAggregationSettings | None = None  # --secure-aggregation: the server sees only the sum
 
     @classmethod
     def from_config(cls, config: ServerConfig, session_id: str) -> SessionSettings:
@@ -86,7 +98,8 @@ class SessionSettings:
                    round_timeout_s=config.round_timeout, train=config.train, end_grace_s=config.end_grace,
                    fraction_fit=config.fraction_fit, min_fit=config.min_fit, min_fit_fraction=config.min_fit_fraction,
                    seed=config.seed, max_update_norm=config.max_update_norm, max_record_bytes=config.max_record_bytes,
-                   min_round_nodes=config.effective_min_round_nodes, max_node_weight=config.max_node_weight)
+                   min_round_nodes=config.effective_min_round_nodes, max_node_weight=config.max_node_weight,
+                   secure=config.secure_settings())
 
 
 @dataclass(frozen=True)
@@ -134,6 +147,10 @@ class Coordinator:
         if [ArraySpec.of(w) for w in model.weights] != self._specs:
             raise ValueError("the checkpoint's weights do not fit the model")
         self._keys = keys
+        if settings.secure is not None and keys is None:
+            raise ValueError("secure aggregation needs node keys: the nodes sign their key adverts")
+        self._advert_verifier = HmacAdvertVerifier(
+            {node: key for node in keys.node_ids() if (key := keys.key_of(node)) is not None}) if keys else None
         self._checkpoint_file = checkpoint_file
         self._commit = commit
         self.offsets: dict[int, int] = dict(offsets or {})  # partition -> next offset, as consumed by rounds
@@ -163,6 +180,10 @@ class Coordinator:
         if not self.inbox.put_nowait(refusal):
             logger.warning("inbox full: dropped the refusal of %s for round %d", refusal.node_id,
                            refusal.server_round)
+
+    def on_secagg(self, item: SecAggInput) -> None:
+        if not self.inbox.put_nowait(item):
+            logger.warning("inbox full: dropped a secure-aggregation message from %s", item.node_id)
 
     def pending_start(self, node_id: str) -> StartRound | None:
         """The open round's ``start_round`` if ``node_id`` takes part and has not delivered yet (for reconnects)."""
@@ -244,6 +265,19 @@ class Coordinator:
                            required_updates(len(participants), min_fit=settings.min_fit,
                                             min_fit_fraction=settings.min_fit_fraction),
                            self._digest, collector)
+        if settings.secure is not None:
+            assert self._advert_verifier is not None  # the constructor refuses secure aggregation without keys
+            try:
+                state.secure = SecureRound(settings.secure, session_id=settings.session_id, server_round=server_round,
+                                           participants=state.participants, declared_samples=collector.declared_samples,
+                                           specs=self._specs, verifier=self._advert_verifier,
+                                           equal_weights=self.privacy is not None
+                                           and self.privacy.settings.mode == "local")  # DP-FedAvg's mean
+            except ProtocolError as exc:  # e.g. fewer participants than the threshold
+                state.failure = f"secure aggregation cannot run with {len(participants)} node(s): {exc}"
+                logger.error("round %d: %s", server_round, state.failure)
+                return state
+            collector.expect_specs([state.secure.vector_spec])
         if settings.max_node_weight is not None:
             declared = sum(n.num_samples for n in participants)
             state.sample_cap = max(1, int(settings.max_node_weight * declared))
@@ -252,7 +286,8 @@ class Coordinator:
         state.start_model_ref, state.offsets_from = ref.to_wire(), dict(self.offsets)  # for fl-audit
         private: dict[str, Any] = self.privacy.node_config(len(participants)) if self.privacy is not None else {}
         train = replace(self.settings.train, **self.strategy.train_config(server_round), **private)
-        start = StartRound(self.settings.session_id, server_round, train, self._message(ref))
+        start = StartRound(self.settings.session_id, server_round, train, self._message(ref),
+                           secure_aggregation=state.secure.spec.to_wire() if state.secure is not None else None)
         logger.info("round %d: started with %d of %d connected node(s): %s", server_round, len(participants),
                     len(connected), ", ".join(state.participants))
         self._current = (start, collector)
@@ -261,38 +296,15 @@ class Coordinator:
         return state
 
     async def _collect(self, state: RoundState) -> None:
-        """Take inbox items until every participant delivered or refused, or the round times out."""
-        loop = asyncio.get_running_loop()
+        """Take inbox items until every participant delivered or refused, or the round times out (after the key
+        stages of secure aggregation, which may fail the round first)."""
         collector, server_round = state.collector, state.server_round
-        deadline = loop.time() + self.settings.round_timeout_s
-        ack_deadline: float | None = None
-        while not collector.done():
-            if ack_deadline is None and collector.all_updates_in():
-                # Every update is in; only acknowledgements are missing (a node may have sent its ack to a server
-                # that died since, and will not resend it): wait for them a little, not for the round's timeout.
-                ack_deadline = loop.time() + ACK_GRACE_S
-                deadline = min(deadline, ack_deadline)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                item = await asyncio.wait_for(self.inbox.get(), remaining)
-            except TimeoutError:
-                break
-            match item:
-                case NodeRefusal():
-                    collector.offer_refusal(item)
-                case UpdateAck():
-                    reason = collector.offer_ack(item)
-                    if not reason:
-                        state.last_delivery_s = time.perf_counter() - state.t0
-                    else:
-                        logger.warning("round %d: ignored acknowledgement from %s (%s)", server_round, item.node_id,
-                                       reason)
-                case InspectedRecord():
-                    await self._take_record(state, item)
+        if state.failure is None and (state.secure is None or await self._secure_key_stages(state)):
+            t_updates = time.perf_counter()
+            await self._collect_updates(state)
+            state.updates_s = time.perf_counter() - t_updates
         state.collect_s = time.perf_counter() - state.t0
-        state.timed_out = not collector.all_updates_in()
+        state.timed_out = state.failure is None and not collector.all_updates_in()
         state.missing_acks = sorted(set(collector.completed) - set(collector.acks))
         state.incomplete = collector.incomplete()  # their partial chunks are dropped with the collector
         self._current = None
@@ -304,6 +316,147 @@ class Coordinator:
         elif state.missing_acks:
             logger.warning("round %d: every update is in; closed without the acknowledgement of %s", server_round,
                            ", ".join(state.missing_acks))
+
+    async def _collect_updates(self, state: RoundState) -> None:
+        loop = asyncio.get_running_loop()
+        collector = state.collector
+        deadline = loop.time() + self.settings.round_timeout_s
+        ack_deadline: float | None = None
+        while not collector.done():
+            if ack_deadline is None and collector.all_updates_in():
+                # Every update is in; only acknowledgements are missing (a node may have sent its ack to a server
+                # that died since, and will not resend it): wait for them a little, not for the round's timeout.
+                ack_deadline = loop.time() + ACK_GRACE_S
+                deadline = min(deadline, ack_deadline)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            if state.secure is not None:  # who is gone: not waited for now, nor at the unmask stage
+                self._drop_disconnected(state, collector.participants - set(collector.failed) - set(collector.acks))
+                remaining = min(remaining, DROPOUT_POLL_S)
+            try:
+                item = await asyncio.wait_for(self.inbox.get(), remaining)
+            except TimeoutError:
+                continue
+            await self._dispatch(state, item)
+
+    async def _dispatch(self, state: RoundState, item: object) -> None:
+        """One inbox item, whatever stage the round is at."""
+        collector = state.collector
+        match item:
+            case NodeRefusal():
+                collector.offer_refusal(item)
+            case UpdateAck():
+                reason = collector.offer_ack(item)
+                if not reason:
+                    state.last_delivery_s = time.perf_counter() - state.t0
+                else:
+                    logger.warning("round %d: ignored acknowledgement from %s (%s)", state.server_round, item.node_id,
+                                   reason)
+            case InspectedRecord():
+                await self._take_record(state, item)
+            case SecAggInput():
+                self._take_secure(state, item)
+
+    def _take_secure(self, state: RoundState, item: SecAggInput) -> None:
+        secure, node_id = state.secure, item.node_id
+        if secure is None:
+            secure_log.warning("no_secure_round", "round %d: ignored a secure-aggregation message from %s (this round "
+                               "does not use secure aggregation)", state.server_round, node_id)
+            return
+        try:
+            secure.offer(item)
+        except SecAggFailure:
+            return  # the round already failed; its reason is recorded
+        except ProtocolError as exc:
+            secure.refuse(exc.reason)
+            secure_log.warning(exc.reason, "round %d: refused a secure-aggregation message from %s (%s): %s",
+                               state.server_round, node_id, exc.reason, exc)
+            if exc.reason not in HARMLESS_SECAGG_REFUSALS and node_id in state.collector.participants:
+                state.collector.failed.setdefault(node_id, f"secagg_{exc.reason}")  # it drops out of the round
+
+    async def _secure_stage(self, state: RoundState, timeout_s: float) -> float:
+        """Take inbox items until the secure stage has what it waits for, or ``timeout_s``; returns the time taken."""
+        secure, collector = state.secure, state.collector
+        assert secure is not None
+        loop, t0 = asyncio.get_running_loop(), time.perf_counter()
+        deadline = loop.time() + timeout_s
+        while (waiting := secure.missing(state.gone | set(collector.failed))) and (
+                remaining := deadline - loop.time()) > 0:
+            self._drop_disconnected(state, waiting)
+            try:
+                item = await asyncio.wait_for(self.inbox.get(), min(remaining, DROPOUT_POLL_S))
+            except TimeoutError:
+                continue
+            await self._dispatch(state, item)
+        missing = secure.missing(state.gone | set(collector.failed))
+        if missing:
+            logger.warning("round %d: secure aggregation stage %s closed without %s", state.server_round, secure.stage,
+                           ", ".join(sorted(missing)))
+        return time.perf_counter() - t0
+
+    def _drop_disconnected(self, state: RoundState, waiting: set[str] | frozenset[str]) -> None:
+        """Secure rounds wait for stages in turn, so a node gone for good (not reconnected within
+        ``DROPOUT_GRACE_S``) drops out now rather than at the stage's deadline. A node whose masked input is in
+        stays in the sum; its absence only counts at the unmask stage."""
+        now = time.monotonic()
+        for node_id in waiting:
+            if self.registry.info(node_id) is not None:
+                state.away_since.pop(node_id, None)
+            elif now - state.away_since.setdefault(node_id, now) >= DROPOUT_GRACE_S and node_id not in state.gone:
+                state.gone.add(node_id)
+                if node_id not in state.collector.completed:
+                    state.collector.failed.setdefault(node_id, "secagg_disconnected")
+                logger.warning("round %d: node %s disconnected over %.0fs ago; secure aggregation goes on without "
+                               "it", state.server_round, node_id, DROPOUT_GRACE_S)
+
+    async def _close_secure_stage(self, state: RoundState, elapsed_s: float) -> bool:
+        """End the stage, send its results; False (the round failed) when too few nodes are left."""
+        secure = state.secure
+        assert secure is not None
+        stage = secure.stage
+        try:
+            outgoing = secure.close_stage(elapsed_s)
+        except SecAggFailure as failure:
+            state.failure = secure.fail(failure)
+            return False
+        for node_id in state.collector.participants - set(outgoing) - set(state.collector.completed):
+            state.collector.failed.setdefault(node_id, f"secagg_dropped_at_{stage}")
+        for node_id, (event, payload) in sorted(outgoing.items()):
+            info = self.registry.info(node_id)
+            if info is not None:  # a node away now misses the stage and drops out: the protocol allows that
+                await self._emit(event, payload, info.sid)
+        return True
+
+    async def _secure_key_stages(self, state: RoundState) -> bool:
+        """Advertise keys, then share keys; False if the round failed at either."""
+        assert state.secure is not None
+        for _ in ("advertise", "share_keys"):
+            elapsed_s = await self._secure_stage(state, state.secure.settings.stage_timeout_s)
+            if not await self._close_secure_stage(state, elapsed_s):
+                return False
+        return True
+
+    async def _secure_unmask(self, state: RoundState) -> None:
+        """Ask the survivors for their shares, rebuild the masks and fold the unmasked mean into the strategy."""
+        secure = state.secure
+        assert secure is not None
+        if not await self._close_secure_stage(state, state.updates_s):
+            return
+        elapsed_s = await self._secure_stage(state, secure.settings.stage_timeout_s)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._unmask_and_fold, secure, elapsed_s)
+        except SecAggFailure as failure:
+            state.failure = secure.fail(failure)
+        except ValueError as exc:  # a sum no honest inputs produce
+            state.failure = secure.fail(SecAggFailure("bad_sum", str(exc)))
+
+    def _unmask_and_fold(self, secure: SecureRound, elapsed_s: float) -> None:
+        """Worker thread: remove the masks; the strategy gets the survivors' FedAvg as the round's one update."""
+        t0 = time.perf_counter()
+        weights, num_samples = secure.finish(elapsed_s, self.weights)
+        secure.timings_s["unmask_cpu"] = round(time.perf_counter() - t0, 4)
+        self.strategy.accumulate(SECURE_SUM_ID, weights, num_samples)
 
     async def _take_record(self, state: RoundState, item: InspectedRecord) -> None:
         if item.partition >= 0:
@@ -325,9 +478,11 @@ class Coordinator:
         """The round's new global model, or the reason it has none (the model then stays)."""
         t_agg = time.perf_counter()
         accepted = len(state.collector.completed)
-        if accepted < state.required:
+        if state.failure is None and accepted < state.required:
             state.failure = f"{accepted} update(s) accepted, the round needs {state.required} (--min-fit)"
-        else:
+        if state.failure is None and state.secure is not None:
+            await self._secure_unmask(state)
+        if state.failure is None:
             try:
                 new_weights, new_digest = await asyncio.get_running_loop().run_in_executor(
                     None, self._aggregate_and_digest)
@@ -382,7 +537,14 @@ class Coordinator:
         """Worker thread: rebuild and check a node's update, and fold it into the strategy if it passes."""
         collector = state.collector
         outcome = assemble_update(pending, reference=collector.reference, max_update_norm=collector.max_update_norm)
-        if outcome.update is not None:
+        if outcome.update is not None and state.secure is not None:
+            try:
+                state.secure.take_masked(outcome.update.node_id, outcome.update.weights[0])
+            except (ProtocolError, SecAggFailure) as exc:
+                reason = exc.reason if isinstance(exc, ProtocolError) else "round_failed"
+                return AssembledUpdate(None, (f"secagg_{reason}", str(exc)))
+            outcome = AssembledUpdate(replace(outcome.update, weights=[]))
+        elif outcome.update is not None:
             update = outcome.update
             weight = update.num_samples
             if state.sample_cap is not None and weight > state.sample_cap:

@@ -200,6 +200,8 @@ def round_problem(record: Any) -> str | None:
             return f".{name} must be a list"
     if not isinstance(record.get("rejected_updates", 0), int):
         return ".rejected_updates must be an integer"
+    if not isinstance(record.get("secure_aggregation") or {}, dict):
+        return ".secure_aggregation must be an object or null"
     for name in ("train", "holdout", "timings_s", "privacy"):
         section = record.get(name, {}) if name != "privacy" else record.get(name) or {}
         if not isinstance(section, dict):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common.cli import UsageError
+from common.secagg.round import MAX_BITS
 from common.transport.kafka_security import KafkaSecurity
 from common.transport.tls import server_ssl_context
 from common.wire.integrity import KeyRegistry
@@ -113,9 +114,45 @@ def check_combinations(config: ServerConfig) -> None:
         raise UsageError(f"--holdout {config.holdout}: no such file")
     if config.schema is not None and not config.schema.is_file():
         raise UsageError(f"--schema {config.schema}: no such file")
+    check_secure_aggregation(config)
     if config.min_round_nodes is not None and config.min_round_nodes > config.min_nodes:
         logger.warning("--min-round-nodes %d is more than --min-nodes %d: round 2 may wait for nodes round 1 did "
                        "not need", config.min_round_nodes, config.min_nodes)
+
+
+# Strategies that only need the weighted mean of the updates: the one thing secure aggregation reveals.
+MEAN_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+
+
+def check_secure_aggregation(config: ServerConfig) -> None:
+    """What cannot run on masked updates (the server never sees one update, only their sum)."""
+    if config.secure_aggregation == "off":
+        for name in ("secagg_threshold", "secagg_neighbours"):
+            if getattr(config, name) is not None:
+                raise UsageError(f"--{name.replace('_', '-')} needs --secure-aggregation")
+        return
+    if config.strategy not in MEAN_STRATEGIES:
+        raise UsageError(f"--strategy {config.strategy} cannot run with --secure-aggregation: it needs each update, "
+                         f"the server only learns their sum (use one of {', '.join(MEAN_STRATEGIES)})")
+    if config.dp == "central":
+        raise UsageError("--dp central cannot run with --secure-aggregation: the server cannot clip updates it "
+                         "cannot see; use --dp local (each node clips and adds its share of the noise: distributed DP)")
+    refused = {"max_update_norm": "a norm bound on masked updates needs zero-knowledge proofs",
+               "max_node_weight": "the server does not see a node's weight"}
+    for name, why in refused.items():
+        if getattr(config, name) is not None:
+            raise UsageError(f"--{name.replace('_', '-')} cannot run with --secure-aggregation: {why}")
+    if config.node_keys is None:
+        raise UsageError("--secure-aggregation needs --node-keys: nodes sign their key adverts with their node key")
+    if config.secagg_neighbours is not None:
+        if config.secure_aggregation != "secagg+":
+            raise UsageError("--secagg-neighbours needs --secure-aggregation secagg+ (secagg masks every pair)")
+        if config.secagg_neighbours < 2 or config.secagg_neighbours % 2:
+            raise UsageError(f"--secagg-neighbours must be even and at least 2, got {config.secagg_neighbours}")
+    if config.secagg_threshold is not None and config.secagg_threshold < 2:
+        raise UsageError("--secagg-threshold must be at least 2")
+    if not 1 <= config.secagg_bits <= MAX_BITS:
+        raise UsageError(f"--secagg-bits must be in 1..{MAX_BITS}, got {config.secagg_bits}")
 
 
 def node_keys(config: ServerConfig) -> KeyRegistry | None:

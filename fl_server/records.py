@@ -68,6 +68,7 @@ class RoundRecord:
     ignored_records: int = 0
     capped_weights: dict[str, dict[str, int | None]] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None  # epsilon, delta, noise_multiplier, clip, sampling_rate, mechanism
+    secure_aggregation: dict[str, Any] | None = None  # protocol, threshold, survivors, dropped_by_stage, timings
     # What fl-audit replays the round from (the hash chain's fields are added by SessionHistory.add_round):
     strategy: dict[str, Any] = field(default_factory=dict)  # {"name": ..., "params": {...}}
     accepted_updates: list[dict[str, Any]] = field(default_factory=list)  # in the order the strategy folded them
@@ -108,6 +109,7 @@ class RoundRecord:
             "ignored_records": self.ignored_records,
             "capped_weights": dict(self.capped_weights),
             "privacy": self.privacy,
+            "secure_aggregation": self.secure_aggregation,
             "strategy": dict(self.strategy),
             "accepted_updates": list(self.accepted_updates),
             "declared_samples": dict(self.declared_samples),
@@ -147,6 +149,7 @@ class RoundRecord:
             ignored_records=int(data.get("ignored_records", 0)),
             capped_weights=dict(data.get("capped_weights", {})),
             privacy=data.get("privacy"),
+            secure_aggregation=data.get("secure_aggregation"),
             strategy=dict(data.get("strategy") or {}),
             accepted_updates=list(data.get("accepted_updates") or []),
             declared_samples=dict(data.get("declared_samples") or {}),

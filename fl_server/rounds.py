@@ -11,6 +11,7 @@ import numpy as np
 from fl_server.collector import RoundCollector
 from fl_server.history import utc_now
 from fl_server.records import RoundRecord, RoundTimings
+from fl_server.secure_round import SecureRound
 
 Weights = list[np.ndarray]
 
@@ -33,6 +34,10 @@ class RoundState:
     missing_acks: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
     collect_s: float = 0.0
+    updates_s: float = 0.0  # of collect_s, spent waiting for the updates (after secure aggregation's key stages)
+    secure: SecureRound | None = None  # --secure-aggregation: this round's stages
+    away_since: dict[str, float] = field(default_factory=dict)  # secure rounds: participants not connected now
+    gone: set[str] = field(default_factory=set)  # secure rounds: away past the grace; later stages skip them
     last_delivery_s: float = 0.0  # when the last update or acknowledgement that counted arrived
     aggregate_s: float = 0.0
     total_s: float = 0.0
@@ -67,7 +72,8 @@ def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float
         ended_at=utc_now(),
         participants=state.participants,
         accepted=sorted(accepted),
-        num_samples={n: accepted[n].num_samples for n in sorted(accepted)},
+        # Secure rounds: the records carry what nodes declared at connect; the true counts are inside the sum.
+        num_samples={} if state.secure is not None else {n: accepted[n].num_samples for n in sorted(accepted)},
         train_loss=train_loss,
         train_per_node=per_node,
         holdout=holdout,
@@ -94,6 +100,7 @@ def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float
         ignored_records=collector.ignored,
         capped_weights={n: {"claimed": c, "used": state.sample_cap} for n, c in sorted(state.capped.items())},
         privacy=state.privacy,
+        secure_aggregation=state.secure.record() if state.secure is not None else None,
         accepted_updates=[_with_weight(u.to_wire(), state) for u in collector.accepted_updates],
         declared_samples=dict(sorted(collector.declared_samples.items())),
         update_offsets={"from": _offsets_wire(state.offsets_from), "to": _offsets_wire(state.offsets)},

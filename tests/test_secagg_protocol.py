@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from hypothesis import event, given, settings
+from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
 from common.secagg.crypto import Ed25519AdvertSigner, Ed25519AdvertVerifier, HmacAdvertSigner, HmacAdvertVerifier
@@ -97,7 +97,7 @@ def make_config(count: int, threshold: int, neighbours: int | None = None, serve
 
 @st.composite
 def rounds(draw: st.DrawFn) -> tuple[SecAggConfig, dict[str, int]]:
-    count = draw(st.integers(3, 12))
+    count = draw(st.integers(3, 20))
     sparse = st.integers(1, max(1, (count - 2) // 2)).map(lambda half: 2 * half)
     neighbours = draw(st.none() if count < 4 else st.one_of(st.none(), sparse))
     config_holders = count if neighbours is None else neighbours + 1
@@ -109,6 +109,8 @@ def rounds(draw: st.DrawFn) -> tuple[SecAggConfig, dict[str, int]]:
 
 @settings(max_examples=50)
 @given(rounds())
+@example((make_config(20, 14, None), {"node-00": 1, "node-05": 2, "node-10": 3, "node-15": 4}))  # a drop per stage
+@example((make_config(20, 5, 6), {"node-01": 2, "node-02": 3, "node-03": 4, "node-04": 4}))
 def test_sum_is_exact_or_fails_cleanly(case: tuple[SecAggConfig, dict[str, int]]) -> None:
     config, drop_at = case
     game = Round(config, drop_at)

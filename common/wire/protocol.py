@@ -414,20 +414,27 @@ OPTIONAL_TRAIN_FIELDS = ("proximal_mu", "dp_clip_norm", "dp_noise_stddev", "dp_s
 
 @dataclass(frozen=True)
 class StartRound:
-    """Server -> node: train on this model for this round."""
+    """Server -> node: train on this model for this round.
+
+    ``secure_aggregation`` (absent on the wire when None) is the round's secure-aggregation spec; it is only
+    checked to be an object here and parsed by the node (``common.secagg.round.SecureRoundSpec``)."""
 
     session_id: str
     server_round: int
     config: TrainConfig
     model: ModelMessage
+    secure_aggregation: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "session_id": self.session_id,
             "round": self.server_round,
             "config": self.config.to_wire(),
             "model": self.model.to_wire(),
         }
+        if self.secure_aggregation is not None:
+            wire["secure_aggregation"] = self.secure_aggregation
+        return wire
 
     @classmethod
     def from_wire(cls, obj: object) -> StartRound:
@@ -438,7 +445,15 @@ class StartRound:
             server_round=_int_in(obj, "round", 1, 1_000_000, where="start_round"),
             config=TrainConfig.from_wire(obj.get("config")),
             model=ModelMessage.from_wire(obj.get("model")),
+            secure_aggregation=_optional_object(obj, "secure_aggregation", where="start_round"),
         )
+
+
+def _optional_object(obj: dict[str, Any], name: str, *, where: str) -> dict[str, Any] | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, dict):
+        raise ProtocolError("bad_schema", f"{where}: {name} must be an object")
+    return value
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import logging
 import ssl
 import time
 from collections import Counter
+from functools import partial
 from typing import Any, NoReturn, Protocol
 
 import socketio
@@ -21,6 +22,7 @@ from common.wire.protocol import Hello, NodeRefusal, ProtocolError, StartRound, 
 from common.wire.safe_json import MALFORMED_EVENT, SocketIOJson
 from fl_server.admission import DEFAULT_HANDSHAKE_TIMEOUT_S, Admission
 from fl_server.registry import NodeInfo, NodeRegistry
+from fl_server.secure_round import NODE_EVENTS, SecAggInput
 
 logger = logging.getLogger(__name__)
 REFUSED_CLOSE_DELAY_S = 0.5
@@ -36,6 +38,8 @@ class RoundInputs(Protocol):
     def on_refusal(self, refusal: NodeRefusal) -> None: ...
 
     def pending_start(self, node_id: str) -> StartRound | None: ...
+
+    def on_secagg(self, item: SecAggInput) -> None: ...
 
 
 def peer_address(environ: Any) -> str:
@@ -95,6 +99,8 @@ class SocketIOFrontend:
         self.sio.on("disconnect", self.on_disconnect)
         self.sio.on("fl_update", self.on_update)
         self.sio.on("fl_refuse", self.on_refuse)
+        for event in NODE_EVENTS:
+            self.sio.on(event, partial(self.on_secagg, event))
         self.sio.on(MALFORMED_EVENT, self.on_malformed)
         self.sio.on("*", self.on_unknown)
 
@@ -266,6 +272,23 @@ class SocketIOFrontend:
         if self.coordinator is not None:
             self.coordinator.on_refusal(refusal)
         return {"received": True}
+
+    async def on_secagg(self, event: str, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
+        """A secure-aggregation message (key advert, encrypted shares, unmask shares) from a registered node."""
+        node_id = self.registry.node_for_sid(sid)
+        if node_id is None:
+            return {"accepted": False, "reason": "not_registered"}
+        if extra:
+            return {"accepted": False, "reason": "bad_schema"}
+        try:
+            message = NODE_EVENTS[event].from_wire(data)
+        except ProtocolError as exc:
+            self._log.warning(f"bad_{event}", "bad %s from %s: %s", event, node_id, exc)
+            return {"accepted": False, "reason": exc.reason}
+        if self.coordinator is None:
+            return {"accepted": False, "reason": "no_session"}
+        self.coordinator.on_secagg(SecAggInput(node_id, message))  # the round loop checks it names this node
+        return {"accepted": True}
 
     async def gather_statistics(self, request: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """Ask every connected node for its column statistics (``fl_stats``); failures are logged and skipped."""

@@ -141,9 +141,9 @@ class Federation:
                    FL_MODELS_TOPIC=self.models_topic, TF_CPP_MIN_LOG_LEVEL="3")
         return env
 
-    def _start(self, name: str, module: str, args: list[str]) -> Proc:
-        proc = Proc(name, [sys.executable, "-m", module, *args], self.tmp_path / f"{name}.log", self.env(),
-                    self.tmp_path)
+    def _start(self, name: str, module: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(name, [sys.executable, "-m", module, *args], self.tmp_path / f"{name}.log",
+                    {**self.env(), **(env or {})}, self.tmp_path)
         self.procs.append(proc)
         return proc
 
@@ -153,12 +153,13 @@ class Federation:
                                                       "--node-keys", str(self.registry_path), *args])
         return self.server
 
-    def start_node(self, node_id: str, *args: str, name: str | None = None, scheme: str = "http") -> Proc:
+    def start_node(self, node_id: str, *args: str, name: str | None = None, scheme: str = "http",
+                   env: dict[str, str] | None = None) -> Proc:
         key = self.keys_dir / f"{node_id}.key"
         key_args = ["--key-file", str(key)] if key.exists() else []
         return self._start(name or node_id, "fl_node", ["--server", f"{scheme}://127.0.0.1:{self.port}", "--node-id",
                                                         node_id, "--out-dir", str(self.tmp_path / "models"),
-                                                        *key_args, *args])
+                                                        *key_args, *args], env)
 
     def start_nodes(self, count: int, *args: str) -> list[Proc]:
         """Nodes n0..n<count-1>, node i training on partition i/count of the built-in data."""
