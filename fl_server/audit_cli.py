@@ -128,8 +128,8 @@ def format_report(report: AuditReport, plan: AuditPlan) -> str:
     counts = {"ok": 0, "MISMATCH": 0, "not checked": 0}
     for verdict in report.rounds:
         counts["MISMATCH" if verdict.problems else "not checked" if verdict.not_checked else "ok"] += 1
-    lines.append(f"{'AUDIT PASSED' if report.ok else 'AUDIT FAILED'}: " + ", ".join(f"{n} {k}" for k, n in
-                                                                                       counts.items()))
+    outcome = "AUDIT FAILED" if not report.ok else "AUDIT INCOMPLETE" if counts["not checked"] else "AUDIT PASSED"
+    lines.append(f"{outcome}: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     return "\n".join(lines) + "\n"
 
 
