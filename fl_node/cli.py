@@ -30,6 +30,7 @@ from common.transport.kafka_security import KafkaSecurity, add_kafka_security_op
 from common.transport.tls import add_tls_client_options, tls_client_context_from_args
 from common.wire.integrity import read_key_file
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, check_node_id
+from common.wire.server_key import ServerPublicKey
 from fl_node.attacks import ATTACKS
 from fl_node.metrics import NodeMetrics
 
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--key-file", type=Path, default=None,
                help="this node's secret key (from fl-keys); signs its connection and every update record. "
                "Without it the server must run with --allow-unauthenticated")
+    add_option(parser, "--server-public-key", type=Path, default=None,
+               help="the server's public key (server.pub from fl-keys create --server): train only on global models "
+               "the server signed; refuse (untrusted_model) an unsigned, forged or tampered one")
     add_option(parser, "--attack", default="none", choices=list(ATTACKS),
                help="FOR ROBUSTNESS EXPERIMENTS ONLY: poison this node's published update; sign-flip publishes "
                "w_global - S * (w_local - w_global)")
@@ -126,10 +130,25 @@ class NodeSetup:
     args: argparse.Namespace
     node_id: str
     key: bytes | None
+    server_public_key: ServerPublicKey | None
     ssl_context: ssl.SSLContext | None
     kafka_config: dict[str, Any]
     data: Any  # fl_node.data.LocalData (imported with pandas only once the flags are good)
     metrics: NodeMetrics  # served with --metrics-port
+
+
+def server_public_key(path: Path | None) -> ServerPublicKey | None:
+    """The key global models must be signed with (``--server-public-key``), or None (logged: models unchecked)."""
+    if path is None:
+        logger.info("no --server-public-key: global models are taken by the digests start_round lists, without "
+                    "checking a server signature")
+        return None
+    try:
+        key = ServerPublicKey.load(path)
+    except ValueError as exc:
+        raise UsageError(f"--server-public-key: {exc}") from None
+    logger.info("global models must be signed by server key %s", key.key_id)
+    return key
 
 
 def prepare(args: argparse.Namespace) -> NodeSetup:
@@ -144,6 +163,7 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
         args=args,
         node_id=node_id,
         key=read_key_file(args.key_file) if args.key_file is not None else None,
+        server_public_key=server_public_key(args.server_public_key),
         ssl_context=tls_client_context_from_args(args),
         kafka_config=KafkaSecurity.from_args(args).to_client_config(),
         data=load_local_data(args),
@@ -163,7 +183,8 @@ def build_node(setup: NodeSetup) -> FederatedNode:
                             fetch_timeout_s=args.fetch_timeout, publish_timeout_s=args.publish_timeout,
                             attack=args.attack, attack_scale=args.attack_scale, key=setup.key,
                             kafka_config=setup.kafka_config, ssl_context=setup.ssl_context, max_idle_s=args.max_idle,
-                            dp_clip_norm=args.dp_clip, dp_noise_stddev=args.dp_noise_stddev)
+                            dp_clip_norm=args.dp_clip, dp_noise_stddev=args.dp_noise_stddev,
+                            server_public_key=setup.server_public_key)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)
     kafka_io.log_crc32c_implementation()
     trainer = LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id, max_model_params=args.max_model_params)

@@ -41,6 +41,7 @@ from common.wire.protocol import (
     WeightChunk,
     split_weights,
 )
+from common.wire.server_key import ServerPublicKey, UntrustedModel
 from fl_node.attacks import apply_attack
 from fl_node.connection import (
     NON_HEALING_REFUSALS,
@@ -79,6 +80,7 @@ class NodeSettings:
     max_idle_s: float = 1800.0  # exit after this long without session traffic
     dp_clip_norm: float = 0.0  # this node's own local-DP floor: it never publishes a delta clipped less ...
     dp_noise_stddev: float = 0.0  # ... or noised less than this, whatever the round asks
+    server_public_key: ServerPublicKey | None = None  # when set: train only on models the server signed
 
 
 EXIT_IDLE = 3
@@ -103,6 +105,8 @@ class LocalFailure(RuntimeError):
             raise
         except ModelTooLarge as exc:
             raise LocalFailure("model_too_large", str(exc)) from exc
+        except UntrustedModel as exc:
+            raise LocalFailure("untrusted_model", str(exc)) from exc
         except Exception as exc:
             raise LocalFailure(reason, f"{type(exc).__name__}: {exc}"[:500]) from exc
 
@@ -119,7 +123,7 @@ def node_kafka(settings: NodeSettings) -> NodeKafka:
     """The node's Kafka clients as its settings describe them."""
     return NodeKafka(settings.kafka, node_id=settings.node_id, updates_topic=settings.updates_topic,
                      fetch_timeout_s=settings.fetch_timeout_s, publish_timeout_s=settings.publish_timeout_s,
-                     key=settings.key, config=settings.kafka_config)
+                     key=settings.key, config=settings.kafka_config, server_key=settings.server_public_key)
 
 
 class FederatedNode:

@@ -19,6 +19,7 @@ import numpy as np
 from common.transport import kafka_io
 from common.wire.integrity import signed_headers
 from common.wire.protocol import ModelRef, WeightChunk
+from common.wire.server_key import ServerPublicKey
 
 logger = logging.getLogger(__name__)
 Result = TypeVar("Result")
@@ -28,11 +29,12 @@ class NodeKafka:
     """A node's Kafka clients: ``fetch_model`` reads a global model, ``publish_update`` sends an update.
 
     ``start()`` opens the two threads, ``stop()`` closes the clients on their threads (idempotent); or use
-    ``async with``. ``key`` signs every update record."""
+    ``async with``. ``key`` signs every update record; with ``server_key`` only global models the server signed
+    are taken (``UntrustedModel`` otherwise)."""
 
     def __init__(self, bootstrap: str, *, node_id: str, updates_topic: str, fetch_timeout_s: float = 120.0,
                  publish_timeout_s: float = 300.0, key: bytes | None = None,
-                 config: kafka_io.ClientConfig | None = None) -> None:
+                 config: kafka_io.ClientConfig | None = None, server_key: ServerPublicKey | None = None) -> None:
         self.bootstrap = bootstrap
         self.node_id = node_id
         self.updates_topic = updates_topic
@@ -40,6 +42,7 @@ class NodeKafka:
         self.publish_timeout_s = publish_timeout_s
         self.config = config or {}
         self._key = key
+        self.server_key = server_key
         self._producer: Any = None
         self._consumer: Any = None
         self._fetch_thread: ThreadPoolExecutor | None = None  # owns the consumer
@@ -99,7 +102,8 @@ class NodeKafka:
         if self._consumer is None:
             self._consumer = kafka_io.make_consumer(self.bootstrap, self.client_id, self.config)
         return kafka_io.fetch_weights(self._consumer, ref, session_id=session_id, server_round=server_round,
-                                      timeout_s=self.fetch_timeout_s, max_elements=max_elements)
+                                      timeout_s=self.fetch_timeout_s, max_elements=max_elements,
+                                      server_key=self.server_key)
 
     def _publish(self, chunks: Sequence[WeightChunk]) -> list[tuple[int, int]]:
         if self._producer is None:

@@ -149,6 +149,9 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--node-keys", type=Path, default=None,
                help="registry of node keys (JSON made by fl-keys): nodes must prove their key to connect, "
                "and every update record must carry its HMAC")
+    add_option(parser, "--server-key", type=Path, default=None,
+               help="the server's private key (fl-keys create --server): signs every global-model record and every "
+               "round of the history; give its public key to the nodes and auditors")
     add_flag(parser, "--allow-unauthenticated",
              help="DEMOS ONLY: without --node-keys, let any client join and accept unsigned updates")
     add_option(parser, "--resume", type=Path, default=None,

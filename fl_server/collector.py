@@ -43,7 +43,7 @@ import numpy as np
 
 from common.ratelog import RateLimitedLog
 from common.wire.assembly import WeightAssembler
-from common.wire.codec import ArraySpec
+from common.wire.codec import ArraySpec, weights_digest
 from common.wire.integrity import KeyRegistry, check_headers_match, value_digest
 from common.wire.protocol import (
     KIND_UPDATE,
@@ -65,6 +65,21 @@ class CompletedUpdate:
     node_id: str
     num_samples: int
     weights: list[np.ndarray]
+    sha256: str = ""  # weights_digest of the update, for the history (fl-audit re-reads it from Kafka)
+
+
+@dataclass(frozen=True)
+class AcceptedUpdate:
+    """An update the round took, as the history records it: which records made it and what they added up to."""
+
+    node_id: str
+    num_samples: int
+    sha256: str
+    records: tuple[tuple[int, int], ...]  # (partition, offset) of each chunk taken, in the order taken
+
+    def to_wire(self) -> dict[str, object]:
+        return {"node": self.node_id, "num_samples": self.num_samples, "sha256": self.sha256,
+                "records": [list(position) for position in self.records]}
 
 
 def update_norm(weights: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
@@ -161,7 +176,7 @@ def assemble_update(pending: PendingUpdate, *, reference: Sequence[np.ndarray] |
         if norm > max_update_norm:
             return AssembledUpdate(None, ("norm_exceeded", f"update norm {norm:.4g} exceeds --max-update-norm "
                                                            f"{max_update_norm:g}"))
-    return AssembledUpdate(CompletedUpdate(pending.node_id, pending.num_samples, weights))
+    return AssembledUpdate(CompletedUpdate(pending.node_id, pending.num_samples, weights, weights_digest(weights)))
 
 
 class RoundCollector:
@@ -203,6 +218,8 @@ class RoundCollector:
         self.duplicates = 0
         self.ignored = 0
         self._counted: set[tuple[str, str, int]] = set()
+        self._positions: dict[str, list[tuple[int, int]]] = {}  # node -> (partition, offset) of chunks taken
+        self.accepted_updates: list[AcceptedUpdate] = []  # in the order concluded (the strategy's fold order)
 
     def expect_specs(self, specs: Sequence[ArraySpec]) -> None:
         """The layout updates must have (before any record is offered): secure rounds take one masked vector."""
@@ -305,6 +322,7 @@ class RoundCollector:
             self.reject(exc.reason, f"node {node_id}: {exc}", update_key=(node_id, chunk.server_round))
             return None
         self.seen[item.digest] = self.server_round
+        self._positions.setdefault(node_id, []).append((item.partition, item.offset))
         if not assembler.complete:
             return None
         del self._assemblers[node_id]
@@ -323,6 +341,8 @@ class RoundCollector:
         # The weights go to the caller (the strategy folds them in); the collector keeps only the bookkeeping,
         # so a round does not hold one model per node.
         self.completed[node_id] = CompletedUpdate(node_id=node_id, num_samples=pending.num_samples, weights=[])
+        self.accepted_updates.append(AcceptedUpdate(node_id, pending.num_samples, outcome.update.sha256,
+                                                    tuple(self._positions.pop(node_id, ()))))
         return outcome.update
 
     def _reject_signed(self, reason: str, detail: str, signer: str | None,

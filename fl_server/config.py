@@ -90,6 +90,7 @@ class ServerConfig:
     inbox_bytes: int = DEFAULT_KAFKA_BYTES
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     node_keys: Path | None = None
+    server_key: Path | None = None  # the server's Ed25519 private key: signs global models and round records
     allow_unauthenticated: bool = False
     resume: Path | None = None
     history_dir: Path = Path("history")
@@ -172,6 +173,7 @@ OPERATIONAL_SETTINGS = (
     "tls_key", "kafka_security_protocol", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
     "kafka_ssl_no_check_hostname", "kafka_sasl_mechanism", "kafka_sasl_username", "config", "log_level", "quiet",
     "linger",
+    "server_key",
 )
 HISTORY_SETTINGS = SESSION_SETTINGS + OPERATIONAL_SETTINGS
 NOT_RECORDED = {"kafka_sasl_password": "a secret: never printed, never written to a file",

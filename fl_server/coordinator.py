@@ -287,6 +287,7 @@ class Coordinator:
             state.sample_cap = max(1, int(settings.max_node_weight * declared))
         self.strategy.begin_round(server_round, self.weights)
         ref = await self._publish_model(server_round, self.weights, self._digest)
+        state.start_model_ref, state.offsets_from = ref.to_wire(), dict(self.offsets)  # for fl-audit
         private: dict[str, Any] = self.privacy.node_config(len(participants)) if self.privacy is not None else {}
         train = replace(self.settings.train, **self.strategy.train_config(server_round), **private)
         start = StartRound(self.settings.session_id, server_round, train, self._message(ref),
@@ -588,6 +589,7 @@ class Coordinator:
         rounds = self.settings.rounds
         ref = await self._publish_model(rounds + 1, self.weights, self._digest)
         end = EndSession(self.settings.session_id, rounds, self._message(ref))
+        self.history.set_final_model_ref(ref.to_wire())
         nodes = self.registry.snapshot()
         for node in nodes:
             await self._emit("end_session", end.to_wire(), node.sid)

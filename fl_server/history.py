@@ -9,18 +9,25 @@ that reads them), checking the structure first so that a damaged or hostile file
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.atomic import OWNER_ONLY, atomic_text_file
 from common.wire.errors import ProtocolError
 from common.wire.safe_json import finite_or_null, read_json_file
+from fl_server.chain import genesis_digest, link_round
 from fl_server.records import ResumeMark, RoundRecord, SessionSummary
+
+if TYPE_CHECKING:
+    from common.wire.server_key import ServerSigner
 
 HISTORY_FORMAT = "fl-history/1"
 MAX_HISTORY_BYTES = 512 * 1024 * 1024
 PRIVACY_NUMBERS = ("epsilon", "delta", "noise_multiplier", "clip", "sampling_rate")
+
+logger = logging.getLogger(__name__)
 
 
 class HistoryFileError(ValueError):
@@ -50,6 +57,17 @@ class SessionHistory:
     def __init__(self, path: Path, document: dict[str, Any]) -> None:
         self.path = Path(path)
         self.document = document
+        self._signer: ServerSigner | None = None
+
+    def sign_with(self, signer: ServerSigner | None) -> None:
+        """Sign every round added from now on with the server key (``--server-key``), and name its public key."""
+        self._signer = signer
+        if signer is not None:
+            self.document["server_public_key"] = signer.public.to_pem()
+            self.document["server_key_id"] = signer.key_id
+        else:
+            logger.warning("no --server-key: round records are hash-chained but NOT signed, and global models are "
+                           "published unsigned (fl-keys create --server makes a key)")
 
     @classmethod
     def create(cls, directory: Path, session_id: str, config: dict[str, Any]) -> SessionHistory:
@@ -98,8 +116,19 @@ class SessionHistory:
         self.document["initial_holdout"] = metrics
 
     def add_round(self, record: RoundRecord) -> None:
-        """Append a round (in memory: the caller saves, after its checkpoint)."""
-        self.rounds.append(record.to_wire())
+        """Append a round (in memory: the caller saves, after its checkpoint), chained to the round before it
+        (``fl_server.chain``) and signed with the server key if there is one."""
+        wire = record.to_wire()
+        if not wire["strategy"] and "strategy" in self.config:  # the session's, as its settings name it: signed
+            wire["strategy"] = {"name": self.config.get("strategy"), "params": self.config.get("strategy_params")}
+        previous = self.rounds[-1].get("round_digest") if self.rounds else None
+        prev_digest = previous if isinstance(previous, str) and previous else genesis_digest(self.session_id,
+                                                                                              self.config)
+        self.rounds.append(link_round(wire, prev_digest, self._signer))
+
+    def set_final_model_ref(self, ref: dict[str, Any]) -> None:
+        """Where the model ``end_session`` announced sits in Kafka (fl-audit checks the last round against it)."""
+        self.document["final_model_ref"] = ref
 
     def set_privacy_state(self, state: dict[str, Any]) -> None:
         """The privacy accountant after the last recorded round (``--resume`` continues from it)."""

@@ -1,4 +1,5 @@
-"""``fl-keys``: issue the per-node secret keys the server's registry and each node hold."""
+"""``fl-keys``: issue the per-node secret keys the server's registry and each node hold, and the server's own
+signing key pair (``create --server``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from common.cli import command_main
 from common.config import add_flag, add_logging_options
 from common.wire.integrity import KeyRegistry, new_key, write_secret
 from common.wire.protocol import check_node_id
+from common.wire.server_key import ServerSigner
 
 logger = logging.getLogger("fl_keys")
 
@@ -22,14 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fl-keys",
         description="Create node keys: adds each node to the server's registry (JSON, give it to fl-server "
         "--node-keys) and writes <out-dir>/<node>.key (give it to that node's fl-node --key-file). "
-        "Both files are created readable by their owner only.",
+        "Both files are created readable by their owner only. `create --server` makes the server's signing key "
+        "pair: <out-dir>/server.key (fl-server --server-key) and <out-dir>/server.pub (give it to every node, "
+        "fl-node --server-public-key, and to auditors, fl-audit --server-key).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="issue keys for new nodes (or --rotate existing ones)")
-    create.add_argument("node_ids", nargs="+", help="node ids (letters, digits, . _ -)")
+    create.add_argument("node_ids", nargs="*", help="node ids (letters, digits, . _ -)")
     create.add_argument("--registry", type=Path, default=Path("keys/registry.json"), help="server-side registry")
     create.add_argument("--out-dir", type=Path, default=Path("keys"), help="where <node>.key files go")
-    add_flag(create, "--rotate", help="replace the key of a node that already has one", env="FL_KEYS_ROTATE")
+    add_flag(create, "--rotate", help="replace the key of a node (or the server) that already has one",
+             env="FL_KEYS_ROTATE")
+    add_flag(create, "--server", help="also make the server's Ed25519 key pair: <out-dir>/server.key (private, "
+             "mode 0600) and <out-dir>/server.pub (public)", env="FL_KEYS_SERVER")
     show = sub.add_parser("list", help="list the node ids in a registry (never the keys)")
     show.add_argument("--registry", type=Path, default=Path("keys/registry.json"))
     add_logging_options(parser)
@@ -68,6 +75,11 @@ def create_keys(registry_path: Path, out_dir: Path, node_ids: list[str], *, rota
     return write_keys(registry_path, out_dir, node_ids, planned_keys(registry_path, node_ids, rotate=rotate))
 
 
+def server_key_paths(out_dir: Path) -> tuple[Path, Path]:
+    """Where ``create --server`` writes the server's private and public key."""
+    return out_dir / "server.key", out_dir / "server.pub"
+
+
 def prepare(args: argparse.Namespace) -> Callable[[], None]:
     """Read and check everything the command needs; the returned step does the writing."""
     if args.command == "list":
@@ -77,12 +89,24 @@ def prepare(args: argparse.Namespace) -> Callable[[], None]:
             sys.stdout.write("\n".join(node_ids) + "\n")
 
         return show
-    keys = planned_keys(args.registry, args.node_ids, rotate=args.rotate)
+    if not args.node_ids and not args.server:
+        raise ValueError("name the nodes to create keys for, or --server for the server's key pair")
+    keys = planned_keys(args.registry, args.node_ids, rotate=args.rotate) if args.node_ids else {}
+    server_paths = server_key_paths(args.out_dir)
+    if args.server and server_paths[0].exists() and not args.rotate:
+        raise ValueError(f"{server_paths[0]} exists already (use --rotate to replace the server key; nodes and "
+                         "auditors then need the new server.pub)")
 
     def create() -> None:
-        for path in write_keys(args.registry, args.out_dir, args.node_ids, keys):
-            logger.info("wrote %s", path)
-        logger.info("registry %s now lists: %s", args.registry, ", ".join(KeyRegistry.load(args.registry).node_ids()))
+        if args.server:
+            signer = ServerSigner.generate()
+            signer.save(*server_paths)
+            logger.info("wrote %s and %s (server key %s)", *server_paths, signer.key_id)
+        if args.node_ids:
+            for path in write_keys(args.registry, args.out_dir, args.node_ids, keys):
+                logger.info("wrote %s", path)
+            logger.info("registry %s now lists: %s", args.registry,
+                        ", ".join(KeyRegistry.load(args.registry).node_ids()))
 
     return create
 

@@ -21,6 +21,7 @@ from common.transport.kafka_security import KafkaSecurity
 from common.transport.tls import server_ssl_context
 from common.wire.integrity import KeyRegistry
 from common.wire.protocol import SESSION_ID_PATTERN
+from common.wire.server_key import ServerSigner
 from fl_server.checkpoint import Checkpoint, CheckpointError, load_checkpoint_for
 from fl_server.config import ServerConfig, resume_config
 from fl_server.privacy.aggregation import DPAggregation
@@ -44,6 +45,7 @@ class SessionPlan:
     tls: ssl.SSLContext | None
     kafka_client_config: dict[str, Any]
     privacy: PrivacyPlan | None = None
+    server_key: ServerSigner | None = None
 
 
 def new_session_id() -> str:
@@ -80,6 +82,7 @@ def plan_session(config: ServerConfig) -> SessionPlan:
         strategy=strategy,
         privacy=privacy,
         keys=node_keys(config),
+        server_key=server_key(config),
         tls=server_tls(config),
         kafka_client_config=KafkaSecurity.from_args(config).to_client_config(),  # type: ignore[arg-type]
     )
@@ -164,6 +167,18 @@ def node_keys(config: ServerConfig) -> KeyRegistry | None:
     logger.warning("*** --allow-unauthenticated: ANY client that reaches this server can join, and ANY writer "
                    "to the updates topic can submit updates in a node's name. Use --node-keys outside demos. ***")
     return None
+
+
+def server_key(config: ServerConfig) -> ServerSigner | None:
+    """The server's signing key (``--server-key``), or None: models and rounds then go out unsigned."""
+    if config.server_key is None:
+        return None
+    try:
+        signer = ServerSigner.load(config.server_key)
+    except ValueError as exc:
+        raise UsageError(f"--server-key: {exc}") from None
+    logger.info("server key %s (%s): global models and round records are signed", signer.key_id, config.server_key)
+    return signer
 
 
 def server_tls(config: ServerConfig) -> ssl.SSLContext | None:

@@ -69,6 +69,13 @@ class RoundRecord:
     capped_weights: dict[str, dict[str, int | None]] = field(default_factory=dict)
     privacy: dict[str, Any] | None = None  # epsilon, delta, noise_multiplier, clip, sampling_rate, mechanism
     secure_aggregation: dict[str, Any] | None = None  # protocol, threshold, survivors, dropped_by_stage, timings
+    # What fl-audit replays the round from (the hash chain's fields are added by SessionHistory.add_round):
+    strategy: dict[str, Any] = field(default_factory=dict)  # {"name": ..., "params": {...}}
+    accepted_updates: list[dict[str, Any]] = field(default_factory=list)  # in the order the strategy folded them
+    declared_samples: dict[str, int] = field(default_factory=dict)  # participant -> samples declared at connect
+    update_offsets: dict[str, dict[str, int]] = field(default_factory=dict)  # {"from"/"to": {partition: offset}}
+    start_model_ref: dict[str, Any] = field(default_factory=dict)  # where the round's start model is in Kafka
+    prev_round_digest: str = ""
 
     @property
     def rejected_updates(self) -> int:
@@ -103,6 +110,12 @@ class RoundRecord:
             "capped_weights": dict(self.capped_weights),
             "privacy": self.privacy,
             "secure_aggregation": self.secure_aggregation,
+            "strategy": dict(self.strategy),
+            "accepted_updates": list(self.accepted_updates),
+            "declared_samples": dict(self.declared_samples),
+            "update_offsets": dict(self.update_offsets),
+            "start_model_ref": dict(self.start_model_ref),
+            "prev_round_digest": self.prev_round_digest,
         }
 
     @classmethod
@@ -137,6 +150,12 @@ class RoundRecord:
             capped_weights=dict(data.get("capped_weights", {})),
             privacy=data.get("privacy"),
             secure_aggregation=data.get("secure_aggregation"),
+            strategy=dict(data.get("strategy") or {}),
+            accepted_updates=list(data.get("accepted_updates") or []),
+            declared_samples=dict(data.get("declared_samples") or {}),
+            update_offsets=dict(data.get("update_offsets") or {}),
+            start_model_ref=dict(data.get("start_model_ref") or {}),
+            prev_round_digest=str(data.get("prev_round_digest", "")),
         )
 
 

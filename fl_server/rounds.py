@@ -50,6 +50,9 @@ class RoundState:
     model_digest: str = ""
     strategy_state: dict[str, list[np.ndarray]] = field(default_factory=dict)
     offsets: dict[int, int] = field(default_factory=dict)
+    # Set once the round's model is published: where it is, and the update offsets the round reads from.
+    start_model_ref: dict[str, Any] = field(default_factory=dict)
+    offsets_from: dict[int, int] = field(default_factory=dict)
 
 
 def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float) -> RoundRecord:
@@ -98,5 +101,19 @@ def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float
         capped_weights={n: {"claimed": c, "used": state.sample_cap} for n, c in sorted(state.capped.items())},
         privacy=state.privacy,
         secure_aggregation=state.secure.record() if state.secure is not None else None,
+        accepted_updates=[_with_weight(u.to_wire(), state) for u in collector.accepted_updates],
+        declared_samples=dict(sorted(collector.declared_samples.items())),
+        update_offsets={"from": _offsets_wire(state.offsets_from), "to": _offsets_wire(state.offsets)},
+        start_model_ref=state.start_model_ref,
     )
+
+
+def _with_weight(update: dict[str, Any], state: RoundState) -> dict[str, Any]:
+    """The weight the strategy gave the update: its samples, or ``--max-node-weight``'s cap where it was capped."""
+    capped = update["node"] in state.capped and state.sample_cap is not None
+    return {**update, "weight": state.sample_cap if capped else update["num_samples"]}
+
+
+def _offsets_wire(offsets: dict[int, int]) -> dict[str, int]:
+    return {str(partition): offset for partition, offset in sorted(offsets.items())}
 

@@ -192,11 +192,12 @@ class ServerSession:
             await self.stop()
             raise
         endpoints = Endpoints(config.host, config.port, config.kafka, config.updates_topic, config.models_topic,
-                              chunk_bytes=config.chunk_bytes)
+                              chunk_bytes=config.chunk_bytes, server_key=self.plan.server_key)
         checkpoint = self.plan.checkpoint
         self._kafka = self.runtime.kafka(endpoints, self.plan.session_id, self.plan.kafka_client_config,
                                          checkpoint.offsets if checkpoint else None)
         self.history = self._open_history()
+        self.history.sign_with(self.plan.server_key)
         self.onlookers.replay(self.history.round_records())
         logger.info("start-up: creating topics and positioning the consumer on %s", config.updates_topic)
         inspect = partial(inspect_record, keys=self.plan.keys, max_record_bytes=config.max_record_bytes)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from fl_server.chain import UNSIGNED_FIELDS, genesis_digest
 from fl_server.history import HISTORY_FORMAT, HistoryFileError, SessionHistory, load_history
 from fl_server.records import ResumeMark, RoundRecord, RoundTimings, SessionSummary
 
@@ -33,12 +34,14 @@ def test_the_history_is_written_only_through_session_history(tmp_path):
     history.set_initial_holdout({"accuracy": 0.1})
     history.add_round(RECORD)
     history.save()
-    assert load_history(history.path)["rounds"][0] == RECORD.to_wire()
+    written = load_history(history.path)["rounds"][0]
+    chained = {**RECORD.to_wire(), "prev_round_digest": genesis_digest("s1", {"rounds": 2})}
+    assert {k: v for k, v in written.items() if k not in UNSIGNED_FIELDS} == chained
     history.finish("completed", SessionSummary({"late": 1}, {"unknown_node": 2}, {"b": "statistics: no"}, {}, {}))
     document = load_history(history.path)
     assert document["format"] == HISTORY_FORMAT and document["status"] == "completed"
     assert document["refused_connections"] == 2 and document["node_refusals"] == {"b": "statistics: no"}
-    assert [r.to_wire() for r in history.round_records()] == [RECORD.to_wire()]  # timings kept to 4 digits
+    assert [r.to_wire() for r in history.round_records()] == [chained]  # timings kept to 4 digits
 
 
 def test_a_resume_is_appended_and_the_session_runs_again(tmp_path):

@@ -8,6 +8,7 @@ import math
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ from common.ratelog import RateLimitedLog
 from common.wire.assembly import WeightAssembler
 from common.wire.codec import weights_digest
 from common.wire.protocol import ModelRef, ProtocolError, RawRecord, WeightChunk, decode_chunk, encode_chunk
+from common.wire.server_key import ServerPublicKey, UntrustedModel
 
 logger = logging.getLogger(__name__)
 foreign_records_log = RateLimitedLog(logger)  # anyone who can write the models topic can repeat these
@@ -165,8 +167,12 @@ def fetch_weights(
     server_round: int,
     timeout_s: float,
     max_elements: int | None = None,
+    server_key: ServerPublicKey | None = None,
 ) -> list[np.ndarray]:
-    """Read the model chunks a ``ModelRef`` points at (assign + seek; no consumer group)."""
+    """Read the model chunks a ``ModelRef`` points at (assign + seek; no consumer group).
+
+    With ``server_key`` only records the server signed count; when they do not make up the announced model
+    (unsigned, signed by another key, tampered with, not the digest announced) it raises ``UntrustedModel``."""
     partition = TopicPartition(ref.topic, ref.partition)
     consumer.assign([partition])
     consumer.seek(partition, ref.start_offset)
@@ -175,6 +181,7 @@ def fetch_weights(
     expected = {bytes.fromhex(d) for d in ref.record_digests}  # the server's own records, when it listed them
     taken: set[bytes] = set()
     skipped = 0
+    untrusted: Counter[str] = Counter()  # records refused for their server signature, by reason
     deadline = time.monotonic() + timeout_s
     while not assembler.complete:
         if time.monotonic() > deadline:
@@ -183,6 +190,14 @@ def fetch_weights(
             for record in records:
                 if record.offset > ref.end_offset:
                     continue
+                if server_key is not None:
+                    try:
+                        server_key.verify_model_record(record.key, dict(record.headers or ()), record.value or b"")
+                    except ProtocolError as exc:
+                        untrusted[exc.reason] += 1
+                        foreign_records_log.warning(exc.reason, "skipping a model record at offset %d: %s",
+                                                    record.offset, exc)
+                        continue
                 if expected:
                     digest = hashlib.sha256(record.value or b"").digest()
                     if digest not in expected or digest in taken:
@@ -203,10 +218,16 @@ def fetch_weights(
                         check_parameter_budget(sum(layer_sizes.values()), max_elements, "the global model's weights")
                     assembler.add(chunk)
         if consumer.position(partition) > ref.end_offset and not assembler.complete:
+            if untrusted:
+                reason, count = untrusted.most_common(1)[0]
+                raise UntrustedModel(reason, f"model for round {server_round}: {sum(untrusted.values())} record(s) "
+                                             f"refused ({count} {reason}); no complete model signed by server key "
+                                             f"{server_key.key_id if server_key else ''}")
             raise ProtocolError("incomplete_model", f"model for round {server_round} is incomplete in Kafka")
     weights = assembler.result()
     if ref.model_sha256 and weights_digest(weights) != ref.model_sha256:
-        raise ProtocolError("model_digest_mismatch", f"model for round {server_round} is not the one announced")
+        error = UntrustedModel if server_key is not None else ProtocolError
+        raise error("model_digest_mismatch", f"model for round {server_round} is not the one announced")
     if skipped:
         logger.info("round %d: skipped %d foreign record(s) in the model's range", server_round, skipped)
     return weights

@@ -55,6 +55,9 @@ def _encode_fields(*fields: bytes) -> bytes:
     return b"".join(len(f).to_bytes(8, "big") + f for f in fields)
 
 
+encode_fields = _encode_fields  # the server key's signatures use the same framing
+
+
 def record_mac(key: bytes, *, kind: str, session_id: str, server_round: int, node_id: str, record_key: bytes | None,
                value: bytes) -> bytes:
     message = _encode_fields(_MAC_CONTEXT, kind.encode(), session_id.encode(), str(server_round).encode(),

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -16,6 +16,7 @@ import numpy as np
 from common.ratelog import RateLimitedLog
 from common.transport import kafka_io
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, KIND_MODEL, SERVER_SENDER_ID, ModelRef, RawRecord, split_weights
+from common.wire.server_key import ServerSigner
 from fl_server.collector import InspectedRecord
 from fl_server.inbox import Inbox
 
@@ -33,6 +34,7 @@ class Endpoints:
     update_partitions: int = 3
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     publish_timeout_s: float = 300.0
+    server_key: ServerSigner | None = field(default=None, repr=False)  # signs every model record when given
 
 
 class KafkaPlane:
@@ -99,7 +101,9 @@ class KafkaPlane:
             chunks = split_weights(weights, kind=KIND_MODEL, session_id=self.session_id, server_round=server_round,
                                    node_id=SERVER_SENDER_ID, num_samples=0, chunk_bytes=self.endpoints.chunk_bytes)
             digests.clear()  # a retry publishes (and lists) the records again
-            return kafka_io.publish_chunks(self._producer, topic, chunks, digests=digests)
+            key = self.endpoints.server_key
+            return kafka_io.publish_chunks(self._producer, topic, chunks, digests=digests,
+                                           sign=key.model_headers if key is not None else None)
 
         loop = asyncio.get_running_loop()
         positions = await loop.run_in_executor(
