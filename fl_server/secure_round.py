@@ -169,7 +169,10 @@ class SecureRound:
         self.result_info = {"survivors": list(result.survivors), "unmasked_dropped": list(result.dropped),
                             "num_samples_total": weighted.num_examples,
                             "quantization_error_bound": self.spec.error_bound(len(result.survivors),
-                                                                              weighted.num_examples)}
+                                                                              weighted.num_examples),
+                            # What fl-audit redoes the unmasking from (with the masked records in Kafka): the
+                            # adverts, partners and revealed shares, which let anyone rebuild the sum and no more.
+                            "transcript": self.server.transcript().to_wire()}
         return weights, weighted.num_examples
 
     def fail(self, failure: SecAggFailure) -> str:
@@ -182,7 +185,7 @@ class SecureRound:
         config = self.spec.config
         return {"protocol": self.spec.protocol, "threshold": config.threshold, "neighbours": config.neighbours,
                 "nodes": len(config.node_ids), "clip": self.spec.clip, "bits": self.spec.bits,
-                "weighting": self.spec.weighting,
+                "weighting": self.spec.weighting, "max_examples": self.spec.max_examples,
                 "vector_length": config.vector_length,
                 "dropped_by_stage": {stage: nodes for stage, nodes in self.dropped_by_stage.items() if nodes},
                 "timings_s": dict(self.timings_s), "rejected_by_reason": dict(sorted(self.rejected.items())),

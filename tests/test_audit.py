@@ -299,12 +299,12 @@ def test_records_gone_from_kafka_fail_the_round(tmp_path):
     assert report.rounds[2].verdict == MISMATCH and "updates:" in problems_of(report, 3)
 
 
-def test_secure_aggregation_rounds_are_reported_not_checked(tmp_path):
+def test_a_round_claiming_secure_aggregation_without_its_transcript_is_a_mismatch(tmp_path):
     document, topics = play(tmp_path)
-    document["rounds"][1]["secure_aggregation"] = {"threshold": 2}
+    document["rounds"][1]["secure_aggregation"] = {"threshold": 2}  # no vector length, no transcript
     resign(document, SIGNER)
     report = audit(document, topics)
-    assert report.rounds[1].verdict == "not_checked: secure aggregation" and report.ok
+    assert report.rounds[1].verdict == MISMATCH and "vector_length" in problems_of(report, 2)
 
 
 def test_without_node_keys_only_the_accepted_updates_are_re_read(tmp_path):

@@ -5,6 +5,8 @@ The nodes behave as scripted per node: complete the round, drop after sharing ke
 masked vector, sign their advert with the wrong key, or publish their masked vector twice."""
 
 import asyncio
+import base64
+import json
 import re
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from common.wire.protocol import (
     split_weights,
 )
 from fl_node.secure import SERVER_EVENTS, NodeSecureRound, check_spec
+from fl_server.audit.replay import unmask_round
 from fl_server.config import ServerConfig
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
 from fl_server.history import SessionHistory
@@ -65,6 +68,7 @@ class SecureFederation:
         self.global_weights: list[np.ndarray] = [w.copy() for w in INITIAL]
         self.node_refusals: dict[str, str] = {}
         self.published: dict[str, list[np.ndarray]] = {}  # what each node masked: its update after local DP
+        self.masked: dict[str, np.ndarray] = {}  # the masked vectors as published
 
     async def publish_model(self, server_round, weights, model_sha256):
         self.global_weights = [np.array(w, copy=True) for w in weights]
@@ -108,6 +112,7 @@ class SecureFederation:
                                           noise_stddev=start.config.dp_noise_stddev)
         self.published[node_id] = [np.asarray(w) for w in trained]
         vector = secure.masked_update(delivery, self.global_weights, trained, samples_of(node_id))
+        self.masked[node_id] = vector
         records = []
         for chunk in split_weights([vector], kind=KIND_UPDATE, session_id=start.session_id,
                                    server_round=start.server_round, node_id=node_id, num_samples=samples_of(node_id),
@@ -240,6 +245,40 @@ async def test_distributed_dp_nodes_noise_their_share_and_the_server_accounts_th
     assert fake.starts["n1"].config.dp_noise_stddev == pytest.approx(z * clip / np.sqrt(5))
     equal_mean = [np.mean([fake.published[n][i] for n in sorted(fake.published)], axis=0) for i in range(2)]
     assert_close_to(weights, equal_mean, record)
+
+
+async def test_the_recorded_transcript_redoes_the_unmasking_and_catches_tampering(tmp_path):
+    """What fl-audit does with a secure round: the masked vectors and the history's transcript give the model the
+    server computed, bit for bit; a changed share, a forged advert or a missing vector do not."""
+    weights, history, fake = await run_secure_session(tmp_path, {"n2": "drop_after_shares", "n4": "drop_after_masked"})
+    secure = history["rounds"][0]["secure_aggregation"]
+    survivors = {n: fake.masked[n] for n in secure["survivors"]}
+    keys = KeyRegistry({n: KEYS[n] for n in fake.rounds})
+    mean, total = unmask_round(secure, INITIAL, survivors, keys=keys)
+    assert total == secure["num_samples_total"]
+    for got, want in zip(mean, weights, strict=True):
+        np.testing.assert_array_equal(got, want)  # FedAvg of one update (the mean) is the mean itself
+
+    def tampered(change):
+        copy = json.loads(json.dumps(secure))
+        change(copy["transcript"])
+        return copy
+
+    def flip_share(transcript):
+        shares = transcript["responses"][0]["seed_shares"]
+        owner = sorted(shares)[0]
+        raw = bytearray(base64.b64decode(shares[owner]))
+        raw[0] ^= 1
+        shares[owner] = base64.b64encode(bytes(raw)).decode()
+
+    def forge_advert(transcript):
+        transcript["adverts"][0]["signature"] = base64.b64encode(b"\x00" * 32).decode()
+
+    for change, says in ((flip_share, "cannot produce|combine"), (forge_advert, "does not verify")):
+        with pytest.raises(ValueError, match=says):
+            unmask_round(tampered(change), INITIAL, survivors, keys=keys)
+    with pytest.raises(ValueError, match="survivors"):
+        unmask_round(secure, INITIAL, {n: v for n, v in survivors.items() if n != "n4"}, keys=keys)
 
 
 # ------------------------------------------------------------------ the node process's side (FederatedNode)

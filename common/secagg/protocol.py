@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -369,31 +369,113 @@ class SecAggServer:
                 self.revealed.setdefault(owner, set()).add(kind)
         self._responses[sender] = response
 
-    def _reconstruct(self, owner: str, pick: Callable[[UnmaskResponse], Mapping[str, bytes]]) -> bytes:
-        shares = {self.config.share_index(owner, holder): pick(response)[owner]
-                  for holder, response in self._responses.items() if owner in pick(response)}
-        if len(shares) < self.config.threshold:
-            self._fail("too_few_shares", f"{len(shares)} shares of node {owner}'s secret, threshold is "
-                                         f"{self.config.threshold}")
-        return combine_shares(shares, threshold=self.config.threshold)
-
     def finish(self) -> SecAggResult:
         """Reconstruct the secrets, remove the masks and return the sum of the survivors' inputs."""
         self._require(Stage.UNMASK)
         self._enough(len(self._responses), "answered the unmask request")
-        total = np.zeros(self.config.vector_length, dtype=np.uint32)
-        for node in self._survivors:
-            total = total + self._masked[node]
-        for node in self._survivors:
-            total = total - prg_uint32(self._reconstruct(node, lambda r: r.seed_shares), self.config.vector_length)
-        for dropped in self._dropped:
-            masking = KeyPair.from_private_bytes(self._reconstruct(dropped, lambda r: r.key_shares))
-            if masking.public != self._adverts[dropped].masking_public:
-                self._fail("bad_reconstruction", f"the shares of node {dropped}'s key do not match its advert")
-            for survivor in self._survivors:
-                if dropped in self._partners[survivor]:
-                    mask = pairwise_mask(masking, self._adverts[survivor].masking_public, self.config)
-                    # The survivor added the mask if its id sorts first, else subtracted it: undo that.
-                    total = total - mask if survivor < dropped else total + mask
+        try:
+            total = unmask_sum(self.transcript(), self._masked)
+        except SecAggFailure as failure:
+            self._fail(failure.reason, str(failure).partition(": ")[2])
         self.stage = Stage.DONE
         return SecAggResult(total, self._survivors, self._dropped)
+
+    def transcript(self) -> UnmaskTranscript:
+        """Everything the unmasking uses besides the masked vectors: an auditor with the masked vectors (from
+        Kafka) and this can redo it, and learns no more than the server did (the sum)."""
+        involved = set(self._survivors) | set(self._dropped)
+        return UnmaskTranscript(self.config, {node: self._adverts[node] for node in sorted(involved)},
+                                self._survivors, self._dropped,
+                                {node: self._partners[node] for node in self._survivors},
+                                dict(sorted(self._responses.items())))
+
+
+@dataclass(frozen=True)
+class UnmaskTranscript:
+    """The public record of one round's unmasking: the config, the adverts of the nodes involved, survivors,
+    dropped nodes, whose masks each survivor applied (``partners``) and the shares the survivors revealed."""
+
+    config: SecAggConfig
+    adverts: Mapping[str, KeyAdvert]
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    partners: Mapping[str, frozenset[str]]
+    responses: Mapping[str, UnmaskResponse]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"config": self.config.to_wire(), "adverts": [a.to_wire() for a in self.adverts.values()],
+                "survivors": list(self.survivors), "dropped": list(self.dropped),
+                "partners": {node: sorted(nodes) for node, nodes in self.partners.items()},
+                "responses": [r.to_wire() for r in self.responses.values()]}
+
+    @classmethod
+    def from_wire(cls, document: object) -> UnmaskTranscript:
+        """Strict reading of a transcript (an auditor's input: untrusted). ``ProtocolError`` if malformed."""
+        if not isinstance(document, dict) or set(document) != {"config", "adverts", "survivors", "dropped",
+                                                                 "partners", "responses"}:
+            raise ProtocolError("bad_schema", "an unmask transcript has exactly config, adverts, survivors, dropped, "
+                                              "partners and responses")
+        config = SecAggConfig.from_wire(document["config"])
+        for name in ("adverts", "survivors", "dropped", "responses"):
+            if not isinstance(document[name], list) or len(document[name]) > len(config.node_ids):
+                raise ProtocolError("bad_schema", f"transcript {name} must be a list of at most one per node")
+        adverts = {a.node_id: a for a in map(KeyAdvert.from_wire, document["adverts"])}
+        responses = {r.node_id: r for r in map(UnmaskResponse.from_wire, document["responses"])}
+        partners = document["partners"]
+        if not isinstance(partners, dict) or not all(isinstance(v, list) for v in partners.values()):
+            raise ProtocolError("bad_schema", "transcript partners must map nodes to lists of nodes")
+        members = set(config.node_ids)
+        survivors = tuple(str(n) for n in document["survivors"])
+        dropped = tuple(str(n) for n in document["dropped"])
+        named = set(survivors) | set(dropped) | set(adverts) | set(responses) | set(partners)
+        named |= {str(n) for nodes in partners.values() for n in nodes}
+        if not named <= members:
+            raise ProtocolError("bad_schema", f"the transcript names nodes outside the round: "
+                                              f"{sorted(named - members)}")
+        return cls(config, adverts, survivors, dropped,
+                   {str(node): frozenset(map(str, nodes)) for node, nodes in partners.items()}, responses)
+
+
+def _reconstruct(transcript: UnmaskTranscript, owner: str, kind: str) -> bytes:
+    config = transcript.config
+    shares = {}
+    for holder, response in transcript.responses.items():
+        revealed = response.seed_shares if kind == "seed" else response.key_shares
+        if owner in revealed and holder in config.holders(owner):
+            shares[config.share_index(owner, holder)] = revealed[owner]
+    if len(shares) < config.threshold:
+        raise SecAggFailure("too_few_shares", f"{len(shares)} shares of node {owner}'s secret, threshold is "
+                                              f"{config.threshold}")
+    try:
+        return combine_shares(shares, threshold=config.threshold)
+    except ValueError as exc:
+        raise SecAggFailure("bad_reconstruction", f"the shares of node {owner}'s secret do not combine: "
+                                                  f"{exc}") from None
+
+
+def unmask_sum(transcript: UnmaskTranscript, masked: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Σ of the survivors' inputs mod 2^32: their masked vectors, minus the self masks rebuilt from the seed shares,
+    and minus (or plus) the pairwise masks they applied with dropped nodes, rebuilt from those nodes' key shares.
+    Raises ``SecAggFailure`` when a secret cannot be rebuilt or a rebuilt key is not the advertised one."""
+    config = transcript.config
+    missing = [node for node in transcript.survivors if node not in masked or node not in transcript.partners]
+    if missing:
+        raise SecAggFailure("missing_input", f"no masked vector or partners for survivors {missing}")
+    total = np.zeros(config.vector_length, dtype=np.uint32)
+    for node in transcript.survivors:
+        if masked[node].dtype != np.uint32 or masked[node].shape != (config.vector_length,):
+            raise SecAggFailure("bad_length", f"the masked vector of {node} is not {config.vector_length} uint32")
+        total = total + masked[node]
+    for node in transcript.survivors:
+        total = total - prg_uint32(_reconstruct(transcript, node, "seed"), config.vector_length)
+    for dropped in transcript.dropped:
+        masking = KeyPair.from_private_bytes(_reconstruct(transcript, dropped, "key"))
+        advert = transcript.adverts.get(dropped)
+        if advert is None or masking.public != advert.masking_public:
+            raise SecAggFailure("bad_reconstruction", f"the shares of node {dropped}'s key do not match its advert")
+        for survivor in transcript.survivors:
+            if dropped in transcript.partners[survivor]:
+                mask = pairwise_mask(masking, transcript.adverts[survivor].masking_public, config)
+                # The survivor added the mask if its id sorts first, else subtracted it: undo that.
+                total = total - mask if survivor < dropped else total + mask
+    return total

@@ -40,11 +40,15 @@ from fl_server.audit.replay import (
     offset_problems,
     reaggregate,
     replay_collection,
+    secure_vector_spec,
     session_config,
+    unmask_round,
     weights_difference,
 )
 from fl_server.chain import canonical_json, chain_problems
+from fl_server.collector import CompletedUpdate
 from fl_server.config import ServerConfig
+from fl_server.secure_stages import SECURE_SUM_ID
 from fl_server.strategies import AggregationError, Strategy
 
 logger = logging.getLogger(__name__)
@@ -188,10 +192,6 @@ class _Auditor:
         if start is None:
             self._state_known = False
             return
-        if record.get("secure_aggregation"):
-            verdict.not_checked.append("secure aggregation")
-            self._state_known = False
-            return
         try:
             replay = self._replay(record, start, config, verdict)
         except MissingRecords as exc:
@@ -205,6 +205,8 @@ class _Auditor:
             verdict.not_checked.append("aggregation (central differential privacy: the noise cannot be re-drawn)")
         elif not self._state_known and strategy.state():
             verdict.not_checked.append("aggregation (the strategy's state is unknown after an unchecked round)")
+        elif record.get("secure_aggregation"):
+            self._check_secure_aggregate(index, record, start, replay, strategy, verdict)
         else:
             self._check_aggregate(index, record, start, replay, config, strategy, verdict)
 
@@ -230,10 +232,12 @@ class _Auditor:
         offsets = record["update_offsets"]
         restricted = self.keys is None and bool(self.recorded_config.get("authenticated"))
         records = self._round_records(offsets, record if restricted else None)
+        secure = record.get("secure_aggregation")
         replay = replay_collection(records, record, session_id=self.session_id, start_weights=start, keys=self.keys,
                                    seen=self._seen,
                                    max_update_norm=config.max_update_norm if config else None,
-                                   max_record_bytes=config.max_record_bytes if config else 4 * 1024 * 1024)
+                                   max_record_bytes=config.max_record_bytes if config else 4 * 1024 * 1024,
+                                   expected_specs=[secure_vector_spec(secure)] if isinstance(secure, dict) else None)
         if restricted:  # without the node keys, only the accepted updates can be re-read (not the rejections)
             verdict.not_checked.append("node signatures and rejections (give --node-keys)")
             replay.rejected = {k: v for k, v in (record.get("rejected_updates_by_reason") or {}).items() if v}
@@ -301,6 +305,10 @@ class _Auditor:
         if result is None:
             verdict.problems.append(f"model: the strategy does not aggregate these updates ({error or 'none'})")
             return
+        self._compare_model(index, record, result, verdict)
+
+    def _compare_model(self, index: int, record: dict[str, Any], result: list[np.ndarray],
+                       verdict: RoundVerdict) -> None:
         digest = weights_digest(result)
         if digest == record.get("model_sha256"):
             return
@@ -312,6 +320,35 @@ class _Auditor:
             return
         verdict.problems.append(f"model: the re-computed aggregate {digest[:12]} is not the published model "
                                 f"{str(record.get('model_sha256'))[:12]} (largest difference {gap:.3g})")
+
+    def _check_secure_aggregate(self, index: int, record: dict[str, Any], start: list[np.ndarray],
+                                replay: CollectionReplay, strategy: Strategy, verdict: RoundVerdict) -> None:
+        """Secure aggregation: redo the unmasking from the recorded transcript and the masked records, then the
+        strategy over the survivors' mean, as the round loop did."""
+        secure = record["secure_aggregation"]
+        if record.get("status") != "completed":
+            if record.get("model_sha256") != record.get("start_model_sha256"):
+                verdict.problems.append("model: a failed round changed the global model")
+            return
+        masked = {node: update.weights[0] for node, update in replay.updates.items()}
+        try:
+            mean, total_weight = unmask_round(secure, start, masked, keys=self.keys)
+        except ValueError as exc:
+            verdict.problems.append(f"secure aggregation: {exc}")
+            return
+        if secure.get("num_samples_total") != total_weight:
+            verdict.problems.append(f"secure aggregation: {secure.get('num_samples_total')} samples in the history, "
+                                    f"the unmasked sum holds {total_weight}")
+        if self.keys is None:
+            verdict.not_checked.append("the adverts' signatures (give --node-keys)")
+        sum_update = CompletedUpdate(SECURE_SUM_ID, total_weight, mean)
+        try:
+            result = reaggregate(strategy, verdict.server_round, start, [(sum_update, total_weight)], aggregate=True)
+        except AggregationError as exc:
+            verdict.problems.append(f"model: the strategy does not aggregate the unmasked mean ({exc})")
+            return
+        assert result is not None
+        self._compare_model(index, record, result, verdict)
 
     def _published_after(self, index: int) -> ModelRead:
         """The model published after round ``index`` (the next round's start model, or the final one)."""

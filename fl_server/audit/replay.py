@@ -18,6 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from common.secagg.crypto import HmacAdvertVerifier, advert_message
+from common.secagg.messages import MAX_VECTOR_LENGTH
+from common.secagg.protocol import UnmaskTranscript, unmask_sum
+from common.secagg.round import SecureRoundSpec, decode_mean
 from common.wire.assembly import WeightAssembler
 from common.wire.codec import ArraySpec, weights_digest
 from common.wire.integrity import KeyRegistry
@@ -121,15 +125,17 @@ class CollectionReplay:
 
 def replay_collection(records: Iterable[RawRecord], round_record: dict[str, Any], *, session_id: str,
                       start_weights: Sequence[np.ndarray], keys: KeyRegistry | None, seen: dict[bytes, int],
-                      max_update_norm: float | None, max_record_bytes: int = MAX_RECORD_BYTES) -> CollectionReplay:
+                      max_update_norm: float | None, max_record_bytes: int = MAX_RECORD_BYTES,
+                      expected_specs: Sequence[ArraySpec] | None = None) -> CollectionReplay:
     """Run ``RoundCollector`` over ``records`` (the round's consumed range) as the round loop did.
 
     Refusals the history lists are offered first (a node that refused is not waited for). ``seen`` carries the
-    digests of records taken in earlier rounds, for replay detection, as the server's does."""
+    digests of records taken in earlier rounds, for replay detection, as the server's does. ``expected_specs``:
+    the layout updates must have when it is not the model's (a secure round's one masked vector)."""
     server_round = int(round_record["round"])
     collector = RoundCollector(
         session_id=session_id, server_round=server_round, participants=round_record.get("participants", []),
-        expected_specs=[ArraySpec.of(w) for w in start_weights], keys=keys,
+        expected_specs=expected_specs or [ArraySpec.of(w) for w in start_weights], keys=keys,
         reference=start_weights if max_update_norm is not None else None, max_update_norm=max_update_norm,
         max_record_bytes=max_record_bytes, seen=seen, declared_samples=round_record.get("declared_samples") or None)
     for node_id, why in (round_record.get("refused_nodes") or {}).items():
@@ -226,3 +232,43 @@ def offset_problems(previous_to: dict[str, int] | None, current_from: dict[str, 
         else:
             problems.append(f"partition {partition}: offsets {started}..{stopped - 1} were read again after {what}")
     return problems
+
+
+# --------------------------------------------------------------------- secure aggregation
+
+
+def secure_vector_spec(secure: dict[str, Any]) -> ArraySpec:
+    """The one layer a secure round's masked update records carry."""
+    length = secure.get("vector_length")
+    if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= MAX_VECTOR_LENGTH:
+        raise ValueError(f"secure_aggregation.vector_length {length!r:.40} is not a vector length")
+    return ArraySpec(dtype="uint32", shape=(length,))
+
+
+def unmask_round(secure: dict[str, Any], start_weights: Sequence[np.ndarray], masked: dict[str, np.ndarray], *,
+                 keys: KeyRegistry | None) -> tuple[Weights, int]:
+    """Redo a secure round's unmasking from its recorded transcript and the masked vectors read back from Kafka:
+    the survivors' FedAvg (in the start model's layout) and their total weight.
+
+    With ``keys`` every advert's signature is checked (the mask keys are the nodes' own). Raises ``ValueError``
+    (``ProtocolError`` and ``SecAggFailure`` included) with what does not add up."""
+    transcript = UnmaskTranscript.from_wire(secure.get("transcript"))
+    if keys is not None:
+        verifier = HmacAdvertVerifier({n: k for n in keys.node_ids() if (k := keys.key_of(n)) is not None})
+        for node, advert in transcript.adverts.items():
+            verifier.verify(node, advert_message(session_id=advert.session_id, server_round=advert.server_round,
+                                                 node_id=node, encryption_public=advert.encryption_public,
+                                                 masking_public=advert.masking_public), advert.signature)
+    if sorted(masked) != sorted(transcript.survivors):
+        raise ValueError(f"the transcript's survivors {list(transcript.survivors)} are not the nodes whose masked "
+                         f"records the round took {sorted(masked)}")
+    try:
+        spec = SecureRoundSpec(protocol=str(secure.get("protocol")), config=transcript.config,
+                               clip=float(secure["clip"]), bits=int(secure["bits"]),
+                               max_examples=int(secure["max_examples"]),
+                               weighting=str(secure.get("weighting", "samples")))
+    except (KeyError, TypeError, OverflowError) as exc:
+        raise ValueError(f"the recorded encoding is not one: {exc!r}") from None
+    total = unmask_sum(transcript, masked)
+    weights, weighted = decode_mean(spec, total, len(transcript.survivors), start_weights)
+    return weights, weighted.num_examples

@@ -5,6 +5,8 @@ to check the server's unmasked model against plain FedAvg."""
 import asyncio
 import json
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from common.wire.protocol import KIND_MODEL, KIND_UPDATE
+from common.wire.server_key import ServerSigner
 from fl_node.testing import CLEAR_UPDATES_ENV, EXIT_AFTER_ENV
 from fl_server.config import ServerConfig
 from fl_server.session import LiveRuntime
@@ -51,9 +54,13 @@ def test_secure_aggregation_with_two_nodes_killed_equals_plain_fedavg_of_the_sur
                                                                                       tmp_path: Path) -> None:
     clear_dir = tmp_path / "clear"
     clear_dir.mkdir()
+    server_key, server_pub = federation.keys_dir / "server.key", federation.keys_dir / "server.pub"
+    ServerSigner.generate().save(server_key, server_pub)
     server = federation.start_server("--min-nodes", str(NODES), "--min-round-nodes", "3", "--rounds", "2",
-                                     "--secure-aggregation", "secagg", "--secagg-threshold", "3")
-    nodes = {f"n{i}": federation.start_node(f"n{i}", "--partition", f"{i}/{NODES}",
+                                     "--secure-aggregation", "secagg", "--secagg-threshold", "3",
+                                     "--server-key", str(server_key))
+    nodes = {f"n{i}": federation.start_node(f"n{i}", "--partition", f"{i}/{NODES}", "--server-public-key",
+                                            str(server_pub),
                                             env={CLEAR_UPDATES_ENV: str(clear_dir),
                                                  **({EXIT_AFTER_ENV: KILLED[f"n{i}"]} if f"n{i}" in KILLED else {})})
              for i in range(NODES)}
@@ -95,3 +102,10 @@ def test_secure_aggregation_with_two_nodes_killed_equals_plain_fedavg_of_the_sur
     updates = [r for r in read_records(federation.kafka, federation.updates_topic) if r.value]
     assert updates and all(b'"uint32"' in r.value for r in updates)
     assert all(kind == KIND_UPDATE for kind, _, _ in read_weights(federation.kafka, federation.updates_topic))
+
+    # fl-audit, from Kafka and the history alone, redoes both rounds' unmasking and aggregation.
+    audit = subprocess.run([sys.executable, "-m", "fl_server.audit_cli", str(next(federation.history_dir.glob(
+        "*.json"))), "--kafka", federation.kafka, "--node-keys", str(federation.registry_path), "--server-key",
+        str(server_pub)], env=federation.env(), capture_output=True, text=True, timeout=300, check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "AUDIT PASSED: 2 ok, 0 MISMATCH, 0 not checked" in audit.stdout, audit.stdout
