@@ -236,12 +236,19 @@ class SocketIOFrontend:
         if info is not None:
             logger.info("node %s disconnected (%s); %d connected", info.node_id, reason, len(self.registry))
 
-    async def on_update(self, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
+    def _sender(self, sid: str, extra: tuple[Any, ...]) -> tuple[str | None, dict[str, Any] | None]:
+        """The registered node behind ``sid``, or the reply that refuses the message (unknown sender, extra args)."""
         node_id = self.registry.node_for_sid(sid)
         if node_id is None:
-            return {"accepted": False, "reason": "not_registered"}
+            return None, {"accepted": False, "reason": "not_registered"}
         if extra:
-            return {"accepted": False, "reason": "bad_schema"}
+            return None, {"accepted": False, "reason": "bad_schema"}
+        return node_id, None
+
+    async def on_update(self, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
+        node_id, refused = self._sender(sid, extra)
+        if node_id is None:
+            return refused or {}
         try:
             ack = UpdateAck.from_wire(data)
         except ProtocolError as exc:
@@ -276,11 +283,9 @@ class SocketIOFrontend:
 
     async def on_secagg(self, event: str, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
         """A secure-aggregation message (key advert, encrypted shares, unmask shares) from a registered node."""
-        node_id = self.registry.node_for_sid(sid)
+        node_id, refused = self._sender(sid, extra)
         if node_id is None:
-            return {"accepted": False, "reason": "not_registered"}
-        if extra:
-            return {"accepted": False, "reason": "bad_schema"}
+            return refused or {}
         try:
             message = NODE_EVENTS[event].from_wire(data)
         except ProtocolError as exc:
