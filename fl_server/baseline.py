@@ -108,7 +108,7 @@ def run_baseline(args: argparse.Namespace) -> Path:
     session_id = args.session_id or "baseline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     config = {name: json_ready(getattr(args, name)) for name in BASELINE_SETTINGS}
     config.update(kind="central_baseline", num_holdout=len(y_holdout), num_parameters=int(model.count_params()),
-                  data=spec.to_wire())
+                  data_spec=spec.to_wire())
     history = SessionHistory.create(args.history_dir, session_id, config)
     for server_round in range(1, args.rounds + 1):
         history.add_round(train_round(model, server_round, args, (x_train, y_train), (x_holdout, y_holdout),
