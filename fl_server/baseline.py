@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # What the history's config records (everything: fl-baseline has no secrets, but the list is explicit).
 BASELINE_SETTINGS = ("dataset", "data", "holdout", "target", "categorical", "task", "class_weights", "model",
-                     "rounds", "epochs", "batch_size", "learning_rate", "optimizer", "seed", "history_dir", "session_id", "log_level", "quiet")
+                     "rounds", "epochs", "batch_size", "learning_rate", "optimizer", "seed", "history_dir",
+                     "session_id", "log_level", "quiet")
 
 
 def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
