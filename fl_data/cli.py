@@ -19,13 +19,16 @@ from common.data.datasets import (
     DEFAULT_DATASET,
     DEFAULT_HOLDOUT_FRACTION,
     DEFAULT_SEED,
+    REGRESSION_DATASETS,
     TabularData,
     check_class_column,
     load_builtin,
     read_csv,
 )
+from common.data.disclosure import DEFAULT_MIN_CATEGORY_COUNT
 from common.data.partition import SCHEMES, dominant_class_share, holdout_split, partition
 from common.data.tabular import label_text
+from common.ml.tasks import REGRESSION, TASKS, infer_task, strata
 
 logger = logging.getLogger("fl_data")
 
@@ -44,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"built-in tabular dataset ({', '.join(sorted(BUILTIN_DATASETS))}; "
                         f"default {DEFAULT_DATASET})")
     source.add_argument("--data", type=Path, default=None, help="a CSV file to split")
-    part.add_argument("--target", default=None, help="class column of --data")
+    part.add_argument("--target", default=None, help="class column (or numeric target) of --data")
+    add_option(part, "--task", default=None, choices=list(TASKS),
+               help="classification, binary or regression (default: inferred from the target); a regression "
+               "target is split and partitioned on its quantile bins (q0 to q9)")
     add_option(part, "--nodes", type=positive_int, default=3, help="number of nodes")
     add_option(part, "--scheme", default="iid", choices=list(SCHEMES), help="how rows are shared out")
     add_option(part, "--alpha", type=positive_float, default=0.5, help="Dirichlet concentration (dirichlet, quantity)")
@@ -60,6 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def task_of(frame: pd.DataFrame, target: str, task: str | None) -> str:
+    """``--task``, or what the target suggests (``common.ml.tasks.infer_task`` on this file's own counts)."""
+    if task is not None:
+        return task
+    numeric = pd.to_numeric(frame[target], errors="coerce")
+    counts = frame[target].dropna().map(label_text).value_counts()
+    repeated = {str(k): int(v) for k, v in counts.items() if v >= DEFAULT_MIN_CATEGORY_COUNT}
+    numeric_count = int(numeric.notna().sum()) if numeric.notna().sum() == frame[target].notna().sum() else None
+    return infer_task(repeated, numeric_count)
+
+
+def strata_labels(frame: pd.DataFrame, target: str, task: str) -> np.ndarray:
+    """Class labels, or ``q<i>`` quantile bins of a regression target, to split and partition on."""
+    if task == REGRESSION:
+        values = pd.to_numeric(frame[target], errors="coerce")
+        if values.isna().any():
+            raise ValueError(f"regression: column {target!r} has missing or non-numeric values")
+        return np.array([f"q{b}" for b in strata(values.to_numpy(), REGRESSION)])
+    return frame[target].map(label_text).to_numpy()
+
+
 def load_source(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Training rows, holdout rows, target column."""
     if args.data is not None:
@@ -68,13 +95,18 @@ def load_source(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, s
         frame = read_csv(args.data)
         if args.target not in frame.columns:
             raise ValueError(f"{args.data}: no column {args.target!r}")
-        check_class_column(frame[args.target], args.target)
-        labels = frame[args.target].map(label_text).to_numpy()
+        args.task = task_of(frame, args.target, args.task)
+        if args.task != REGRESSION:
+            check_class_column(frame[args.target], args.target)
+        labels = strata_labels(frame, args.target, args.task)
         train_rows, holdout_rows = holdout_split(labels, holdout_fraction=args.holdout_fraction, seed=args.seed)
         return frame.iloc[train_rows], frame.iloc[holdout_rows], args.target
-    dataset = load_builtin(args.dataset or DEFAULT_DATASET, seed=args.seed)
+    name = args.dataset or DEFAULT_DATASET
+    args.task = args.task or (REGRESSION if name in REGRESSION_DATASETS else None)
+    dataset = load_builtin(name, seed=args.seed)
     if not isinstance(dataset, TabularData):
         raise ValueError(f"{dataset.name} is an image dataset; fl-data partitions tabular data")
+    args.task = task_of(dataset.train, dataset.target, args.task)
     return dataset.train, dataset.holdout, dataset.target
 
 
@@ -141,7 +173,7 @@ class PartitionPlan:
 
 def plan_partition(args: argparse.Namespace) -> PartitionPlan:
     train, holdout, target = load_source(args)
-    labels = train[target].map(label_text).to_numpy()
+    labels = strata_labels(train, target, args.task)
     parts = partition(labels, args.nodes, scheme=args.scheme, seed=args.seed, alpha=args.alpha)
     prepare_output_folder(args.out, overwrite=args.overwrite)
     return PartitionPlan(args, train, holdout, labels, parts)

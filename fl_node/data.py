@@ -74,8 +74,9 @@ class LocalData:
                 raise SchemaError("the federation trains on a table; this node holds images")
             x, y, dropped = encode_frame(self.frame, spec.schema)
             if dropped:
-                logger.warning("%d local row(s) have a class outside the schema and are left out", dropped)
+                logger.warning("%d local row(s) have a target the schema cannot encode (a class outside it, or "
+                               "no number for a regression target) and are left out", dropped)
             if len(y) == 0:
-                raise SchemaError("no local row has a class the schema knows")
+                raise SchemaError("no local row has a target the schema can encode")
         self._cache = (digest, x, y)
         return x, y

@@ -15,7 +15,7 @@ import numpy as np
 
 from common.metrics_format import format_metrics
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS, check_parameter_budget, estimate_parameters
-from common.ml.models import MAX_ARCHITECTURE_BYTES, compile_model, model_from_architecture
+from common.ml.models import MAX_ARCHITECTURE_BYTES, class_weight_of, compile_model, model_from_architecture
 from common.privacy.accountant import PrivacyAccountant
 from common.wire.protocol import TrainConfig
 from common.wire.safe_json import loads_untrusted
@@ -119,6 +119,9 @@ class LocalTrainer:
                 log_epoch(epoch, logs)
 
         started = time.perf_counter()
+        class_weight = class_weight_of(compile_spec)
+        if class_weight is not None and (config.dp_sgd_clip > 0 or config.proximal_mu > 0):
+            raise ValueError("class weights work with plain local training only, not with DP-SGD or FedProx")
         if config.dp_sgd_clip > 0:  # record-level DP-SGD: custom loop, per-example clipping and noise
             if config.proximal_mu > 0:
                 raise ValueError("DP-SGD has no proximal term: the server must not ask for both")
@@ -133,7 +136,7 @@ class LocalTrainer:
                                          proximal_mu=config.proximal_mu, on_epoch_end=log_epoch)
         else:
             fit = model.fit(self.x, self.y, epochs=config.epochs, batch_size=config.batch_size, verbose=0,
-                            shuffle=True, callbacks=[EpochLog()])
+                            shuffle=True, callbacks=[EpochLog()], class_weight=class_weight)
             metrics = {name: float(values[-1]) for name, values in fit.history.items()}
         train_s = time.perf_counter() - started
         return TrainResult(model.get_weights(), metrics, train_s)

@@ -12,14 +12,18 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.cli import UsageError, command_main
 from common.config import add_logging_options, add_option, add_training_options, positive_int
 from common.metrics_format import format_metrics
+from common.ml.tasks import add_task_options
 from fl_server.config import DEFAULTS, json_ready
 from fl_server.history import SessionHistory, utc_now
 from fl_server.records import RoundRecord, RoundTimings
+
+if TYPE_CHECKING:
+    from common.data.dataspec import DataSpec
 
 logger = logging.getLogger("fl_baseline")
 
@@ -36,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--holdout", type=Path, default=None, help="holdout CSV (with --data)")
     add_option(parser, "--target", default=None, help="class column of --data and --holdout")
     add_option(parser, "--categorical", default=None, help="comma-separated columns to treat as categorical")
+    add_task_options(parser)
     add_option(parser, "--model", default=DEFAULTS.model, help="model name, as for fl-server")
     add_option(parser, "--rounds", type=positive_int, default=DEFAULTS.rounds,
                help="rounds of the federated run to match")
@@ -49,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What the history's config records (everything: fl-baseline has no secrets, but the list is explicit).
-BASELINE_SETTINGS = ("dataset", "data", "holdout", "target", "categorical", "model", "rounds", "epochs", "batch_size",
-                     "learning_rate", "optimizer", "seed", "history_dir", "session_id", "log_level", "quiet")
+BASELINE_SETTINGS = ("dataset", "data", "holdout", "target", "categorical", "task", "class_weights", "model",
+                     "rounds", "epochs", "batch_size", "learning_rate", "optimizer", "seed", "history_dir",
+                     "session_id", "log_level", "quiet")
 
 
 def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
@@ -62,8 +68,9 @@ def check_arguments(args: argparse.Namespace) -> argparse.Namespace:
 def run_baseline(args: argparse.Namespace) -> Path:
     from common.data.datasets import ImageData, load_builtin, read_csv
     from common.data.dataspec import DataSpec
-    from common.data.tabular import encode_frame, local_statistics, merge_statistics
-    from common.ml.models import build_model, compile_model, compile_spec
+    from common.data.tabular import encode_frame, local_statistics, merge_statistics, pooled_class_counts
+    from common.ml.models import build_model, class_weight_of, compile_model, compile_spec
+    from common.ml.tasks import CLASSIFICATION, balanced_class_weights
     from common.ml.tf_setup import configure_tensorflow
 
     configure_tensorflow()
@@ -75,6 +82,8 @@ def run_baseline(args: argparse.Namespace) -> Path:
     else:
         dataset = load_builtin(args.dataset, seed=args.seed)
         if isinstance(dataset, ImageData):
+            if args.task not in (None, CLASSIFICATION):
+                raise UsageError(f"{args.dataset} is an image dataset: its task is classification")
             train = holdout = None
             spec = DataSpec.image(dataset.input_shape, dataset.num_classes)
             x_train, y_train = dataset.x_train, dataset.y_train
@@ -83,18 +92,28 @@ def run_baseline(args: argparse.Namespace) -> Path:
             train, holdout, target = dataset.train, dataset.holdout, dataset.target
     if train is not None:
         # The same schema a federation would merge from its nodes' statistics (pooling sums is exact).
-        schema = merge_statistics([local_statistics(train, target, categorical)], target, categorical)
+        stats = [local_statistics(train, target, categorical)]
+        schema = merge_statistics(stats, target, categorical, args.task)
+        class_counts = list(pooled_class_counts(stats, target, schema))
         spec = DataSpec.tabular(schema)
         x_train, y_train, _ = encode_frame(train, schema)
         x_holdout, y_holdout, _ = encode_frame(holdout, schema)
-    model = build_model(args.model, spec.input_shape, spec.num_classes, seed=args.seed)
-    compile_model(model, compile_spec(args.optimizer, args.learning_rate))
+    else:
+        class_counts = []
+    if args.class_weights and not any(class_counts):
+        raise UsageError("--class-weights needs a tabular classification or binary target")
+    model = build_model(args.model, spec.input_shape, spec.num_classes, seed=args.seed, task=spec.task)
+    model_spec = compile_spec(args.optimizer, args.learning_rate, spec.task,
+                              balanced_class_weights(class_counts) if args.class_weights else None)
+    compile_model(model, model_spec)
     session_id = args.session_id or "baseline-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     config = {name: json_ready(getattr(args, name)) for name in BASELINE_SETTINGS}
-    config.update(kind="central_baseline", num_holdout=len(y_holdout), num_parameters=int(model.count_params()))
+    config.update(kind="central_baseline", num_holdout=len(y_holdout), num_parameters=int(model.count_params()),
+                  data_spec=spec.to_wire())
     history = SessionHistory.create(args.history_dir, session_id, config)
     for server_round in range(1, args.rounds + 1):
-        history.add_round(train_round(model, server_round, args, (x_train, y_train), (x_holdout, y_holdout)))
+        history.add_round(train_round(model, server_round, args, (x_train, y_train), (x_holdout, y_holdout),
+                                      spec=spec, class_weight=class_weight_of(model_spec)))
         history.save()
         holdout_metrics = history.rounds[-1]["holdout"]
         logger.info("baseline round %d: holdout %s", server_round,
@@ -104,13 +123,22 @@ def run_baseline(args: argparse.Namespace) -> Path:
 
 
 def train_round(model: Any, server_round: int, args: argparse.Namespace, train: tuple[Any, Any],
-                holdout: tuple[Any, Any]) -> RoundRecord:
-    """One "round" of central training: ``--epochs`` over the pooled data, then the holdout evaluation."""
+                holdout: tuple[Any, Any], *, spec: DataSpec | None = None,
+                class_weight: dict[int, float] | None = None) -> RoundRecord:
+    """One "round" of central training: ``--epochs`` over the pooled data, then the holdout evaluation (the
+    server's metrics for the task, ``fl_server.evaluation.task_metrics``)."""
+    from fl_server.evaluation import CLASSIFICATION, task_metrics
+
     started_at, t0 = utc_now(), time.perf_counter()
-    fit = model.fit(*train, epochs=args.epochs, batch_size=args.batch_size, shuffle=True, verbose=0)
+    fit = model.fit(*train, epochs=args.epochs, batch_size=args.batch_size, shuffle=True, verbose=0,
+                    class_weight=class_weight)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    scores = model.evaluate(*holdout, verbose=0, return_dict=True)
+    task = spec.task if spec is not None else CLASSIFICATION
+    schema = spec.schema if spec is not None else None
+    predicted = model.predict(holdout[0], verbose=0) if task != CLASSIFICATION else None
+    scores = task_metrics(task, model.evaluate(*holdout, verbose=0, return_dict=True), holdout[1], predicted,
+                          (schema.target_mean, schema.target_std) if schema is not None else (0.0, 1.0))
     evaluate_s = time.perf_counter() - t1
     num_samples = len(train[1])
     return RoundRecord(

@@ -19,6 +19,7 @@ from common.config import (
     positive_fraction,
     positive_int,
 )
+from common.ml.tasks import add_task_options
 from common.transport.kafka_security import Secret, add_kafka_security_options
 from common.transport.tls import add_tls_server_options
 from fl_server.config import DEFAULTS as D
@@ -69,6 +70,7 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--categorical", default=None,
                help="comma-separated columns to treat as categorical even if they hold numbers")
     add_disclosure_options(parser, side="server")
+    add_task_options(parser)
     add_option(parser, "--model", default=D.model,
                help="model: logreg, mlp, mlp:H1,H2,... (hidden sizes), cnn (images) or path/to/file.py:function "
                "(your Keras builder taking input_shape and num_classes)")

@@ -43,6 +43,8 @@ class ServerConfig:
     categorical: str | None = None
     exclude_columns: tuple[str, ...] = ()
     min_category_count: int = DEFAULT_MIN_CATEGORY_COUNT
+    task: str | None = None  # classification, binary or regression; None: inferred (common.ml.tasks)
+    class_weights: bool = False  # balanced class weights from the nodes' pooled target counts
     model: str = "mlp"
     strategy: str = "fedavg"
     strategy_param: tuple[tuple[str, str], ...] = ()
@@ -165,7 +167,7 @@ SESSION_SETTINGS = (
     "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "strategy_param",
     "epochs", "batch_size", "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction",
     "max_update_norm", "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes",
-    "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS, *SECAGG_SETTINGS,
+    "max_node_weight", "task", "class_weights", *STRATEGY_KEYWORDS, *DP_SETTINGS, *SECAGG_SETTINGS,
 )
 OPERATIONAL_SETTINGS = (
     "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "allow_unauthenticated",

@@ -12,7 +12,15 @@ import numpy as np
 
 from common.data.datasets import ImageData, load_builtin, read_csv
 from common.data.dataspec import DataSpec
-from common.data.tabular import Schema, SchemaError, encode_frame, merge_statistics, parse_statistics
+from common.data.tabular import (
+    Schema,
+    SchemaError,
+    encode_frame,
+    merge_statistics,
+    parse_statistics,
+    pooled_class_counts,
+)
+from common.ml.tasks import CLASSIFICATION
 from common.wire.errors import ProtocolError
 from common.wire.safe_json import MiB, read_json_file
 
@@ -27,6 +35,7 @@ class ServerData:
     x_holdout: np.ndarray
     y_holdout: np.ndarray
     source: str
+    class_counts: tuple[int, ...] = ()  # pooled target counts per schema class (merged statistics only)
 
 
 def load_schema(path: Path) -> Schema:
@@ -64,10 +73,12 @@ async def resolve_server_data(
     declared: DataSpec | None = None,
     exclude: list[str] | None = None,
     min_category_count: int | None = None,
+    task: str | None = None,
 ) -> ServerData:
     """Holdout and data spec: image datasets have a fixed spec; tabular data gets a declared schema
     (``declared``, e.g. from a checkpoint, or ``schema_file``) or one merged from the nodes' statistics
-    (``gather_statistics`` asks every connected node)."""
+    (``gather_statistics`` asks every connected node). ``task`` None: the schema's, or inferred from the
+    nodes' target statistics (``common.ml.tasks``)."""
     if holdout_csv is not None:
         if not target:
             raise ValueError("--holdout needs --target (the class column)")
@@ -75,10 +86,13 @@ async def resolve_server_data(
     else:
         builtin = load_builtin(dataset, seed=seed)
         if isinstance(builtin, ImageData):
+            if task not in (None, CLASSIFICATION):
+                raise ValueError(f"{dataset} is an image dataset: its task is classification, not {task}")
             spec = DataSpec.image(builtin.input_shape, builtin.num_classes)
             return ServerData(spec, builtin.x_holdout, builtin.y_holdout, f"builtin:{dataset}")
         holdout, target, source = builtin.holdout, builtin.target, f"builtin:{dataset}"
     assert target is not None
+    counts: tuple[int, ...] = ()
     if declared is not None and declared.schema is not None:
         schema = declared.schema
     elif schema_file is not None:
@@ -86,20 +100,25 @@ async def resolve_server_data(
         logger.info("schema from %s: %d feature columns, %d classes", schema_file, len(schema.features),
                     schema.num_classes)
     else:
-        schema = await schema_from_statistics(gather_statistics, target=target, categorical=categorical,
-                                              exclude=list(exclude or []), min_category_count=min_category_count)
+        schema, counts = await schema_from_statistics(gather_statistics, target=target, categorical=categorical,
+                                                      exclude=list(exclude or []),
+                                                      min_category_count=min_category_count, task=task)
+    if task is not None and schema.task != task:
+        raise ValueError(f"--task {task}, but the declared schema's task is {schema.task}")
     try:
         x, y, dropped = encode_frame(holdout, schema)
     except SchemaError as exc:
         raise ValueError(f"holdout {source}: {exc}") from exc
     if dropped:
         logger.warning("holdout: %d row(s) with a class the schema does not know were left out", dropped)
-    return ServerData(DataSpec.tabular(schema), x, y, source)
+    return ServerData(DataSpec.tabular(schema), x, y, source, counts)
 
 
 async def schema_from_statistics(gather_statistics: GatherFn, *, target: str, categorical: list[str],
-                                 exclude: list[str], min_category_count: int | None) -> Schema:
-    """The schema merged from the connected nodes' column statistics (a node's unusable answer is skipped)."""
+                                 exclude: list[str], min_category_count: int | None,
+                                 task: str | None = None) -> tuple[Schema, tuple[int, ...]]:
+    """The schema merged from the connected nodes' column statistics (a node's unusable answer is skipped),
+    and the pooled target count of each of its classes (for class weights)."""
     request: dict[str, Any] = {"target": target, "categorical": categorical, "exclude": exclude}
     if min_category_count is not None:
         request["min_category_count"] = min_category_count
@@ -113,9 +132,9 @@ async def schema_from_statistics(gather_statistics: GatherFn, *, target: str, ca
         except SchemaError as exc:  # one node's bad answer must not sink the federation
             logger.warning("statistics of node %s ignored: %s", node_id, exc)
     try:
-        schema = merge_statistics(usable, target, categorical)
+        schema = merge_statistics(usable, target, categorical, task)
     except SchemaError as exc:
         raise ValueError(f"cannot build a schema from the nodes' statistics: {exc}") from exc
-    logger.info("schema merged from %d node(s)' statistics: %d feature columns (%d encoded), %d classes",
-                len(stats), len(schema.features), schema.num_features, schema.num_classes)
-    return schema
+    logger.info("schema merged from %d node(s)' statistics: %s task, %d feature columns (%d encoded), %d classes",
+                len(stats), schema.task, len(schema.features), schema.num_features, schema.num_classes)
+    return schema, pooled_class_counts(usable, target, schema)

@@ -114,7 +114,7 @@ class LiveRuntime:
         return await resolve_server_data(
             dataset=config.dataset, holdout_csv=config.holdout, target=config.target, schema_file=config.schema,
             categorical=config.categorical_columns(), seed=config.seed, exclude=list(config.exclude_columns),
-            min_category_count=config.min_category_count, gather_statistics=gather,
+            min_category_count=config.min_category_count, gather_statistics=gather, task=config.task,
             declared=DataSpec.from_wire(checkpoint.model["data"]) if checkpoint else None,
         )
 
@@ -126,12 +126,30 @@ class LiveRuntime:
             model = model_from_architecture(checkpoint.model["architecture"])
             spec = checkpoint.model["compile"]
         else:
-            model = build_model(config.model, data.spec.input_shape, data.spec.num_classes, seed=config.seed)
-            spec = compile_spec(config.optimizer, config.learning_rate)
+            model = build_model(config.model, data.spec.input_shape, data.spec.num_classes, seed=config.seed,
+                                task=data.spec.task)
+            spec = compile_spec(config.optimizer, config.learning_rate, data.spec.task,
+                                class_weights_for(data) if config.class_weights else None)
         compile_model(model, spec)
-        holdout = KerasHoldout(model, data.x_holdout, data.y_holdout)
+        schema = data.spec.schema
+        holdout = KerasHoldout(model, data.x_holdout, data.y_holdout, task=data.spec.task,
+                               target_mean=schema.target_mean if schema else 0.0,
+                               target_std=schema.target_std if schema else 1.0)
         return SessionModel(GlobalModel(model.to_json(), spec, model.get_weights(), data.spec.to_wire()),
                             holdout, holdout.save, int(model.count_params()))
+
+
+def class_weights_for(data: ServerData) -> list[float]:
+    """``--class-weights``: balanced weights from the nodes' pooled target counts (``common.ml.tasks``)."""
+    from common.ml.tasks import balanced_class_weights
+
+    if not data.class_counts or not any(data.class_counts):
+        raise ValueError("--class-weights needs a classification or binary schema merged from the nodes' "
+                         "statistics (their target counts); a declared --schema or a regression target has none")
+    weights = balanced_class_weights(list(data.class_counts))
+    logger.info("class weights from the nodes' target counts %s: %s", list(data.class_counts),
+                [round(w, 4) for w in weights])
+    return weights
 
 
 def final_model_path(history_path: Path) -> Path:

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from common.data.partition import holdout_split, partition
+from common.ml.tasks import CLASSIFICATION, REGRESSION, strata
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ DEFAULT_SEED = 42
 DEFAULT_DATASET = "digits"
 DEFAULT_HOLDOUT_FRACTION = 0.2
 TARGET = "target"
+REGRESSION_DATASETS = ("diabetes",)  # built-ins with a numeric target (split and partitioned on quantile bins)
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,9 @@ def _sklearn_frame(loader: Callable[..., object], name: str, seed: int, holdout_
     bunch = loader(as_frame=True)
     frame: pd.DataFrame = bunch.frame  # type: ignore[attr-defined]
     frame = frame.rename(columns={frame.columns[-1]: TARGET}) if TARGET not in frame.columns else frame
-    train_rows, holdout_rows = holdout_split(frame[TARGET].to_numpy(), holdout_fraction=holdout_fraction, seed=seed)
+    task = REGRESSION if name in REGRESSION_DATASETS else CLASSIFICATION
+    train_rows, holdout_rows = holdout_split(strata(frame[TARGET].to_numpy(), task),
+                                             holdout_fraction=holdout_fraction, seed=seed)
     return TabularData(name, frame.iloc[train_rows].reset_index(drop=True),
                        frame.iloc[holdout_rows].reset_index(drop=True))
 
@@ -91,6 +95,7 @@ BUILTIN_DATASETS: dict[str, Callable[..., Dataset]] = {
     "breast_cancer": _sklearn("breast_cancer"),
     "wine": _sklearn("wine"),
     "iris": _sklearn("iris"),
+    "diabetes": _sklearn("diabetes"),  # regression: disease progression after one year (25 to 346)
     "mnist": _keras_images("mnist", 255.0),
     "fashion_mnist": _keras_images("fashion_mnist", 255.0),
     "cifar10": _keras_images("cifar10", 255.0),
@@ -106,9 +111,11 @@ def load_builtin(name: str, *, seed: int = DEFAULT_SEED) -> Dataset:
 
 
 def labels_of(dataset: Dataset) -> np.ndarray:
+    """What a partition stratifies on: the classes, or quantile bins of a regression target."""
     if isinstance(dataset, ImageData):
         return dataset.y_train
-    return dataset.train[dataset.target].to_numpy()
+    task = REGRESSION if dataset.name in REGRESSION_DATASETS else CLASSIFICATION
+    return strata(dataset.train[dataset.target].to_numpy(), task)
 
 
 def node_rows(dataset: Dataset, index: int, count: int, *, scheme: str = "iid", alpha: float = 0.5,

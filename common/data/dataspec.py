@@ -26,6 +26,11 @@ class DataSpec:
     def image(cls, input_shape: tuple[int, ...], num_classes: int) -> DataSpec:
         return cls(IMAGE, tuple(input_shape), num_classes)
 
+    @property
+    def task(self) -> str:
+        """``classification`` for images; a table's schema says (``common.ml.tasks``)."""
+        return self.schema.task if self.schema is not None else "classification"
+
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"kind": self.kind, "input_shape": list(self.input_shape),
                                 "num_classes": self.num_classes}

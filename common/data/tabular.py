@@ -24,6 +24,7 @@ from common.data.disclosure import (
     normalise_category,
     withheld_reason,
 )
+from common.ml.tasks import BINARY, CLASSIFICATION, REGRESSION, TASKS, infer_task, pooled_mean_std, standardise
 
 MAX_COLUMNS = 2_000
 MAX_CATEGORIES = DEFAULT_MAX_CATEGORIES  # the most categories a column may have in a schema
@@ -60,9 +61,15 @@ class Column:
 
 @dataclass(frozen=True)
 class Schema:
+    """``classes`` for classification and binary tasks (binary: the second is the positive class); a
+    regression target has none and is standardised with ``target_mean`` and ``target_std`` (pooled)."""
+
     target: str
     classes: tuple[str, ...]
     features: tuple[Column, ...] = field(default_factory=tuple)
+    task: str = CLASSIFICATION
+    target_mean: float = 0.0
+    target_std: float = 1.0
 
     @property
     def num_features(self) -> int:
@@ -73,6 +80,14 @@ class Schema:
         return len(self.classes)
 
     def to_wire(self) -> dict[str, Any]:
+        wire = self._features_wire()
+        if self.task != CLASSIFICATION:  # a classification schema's wire form is what it was before tasks
+            wire["task"] = self.task
+        if self.task == REGRESSION:
+            wire.update(target_mean=self.target_mean, target_std=self.target_std)
+        return wire
+
+    def _features_wire(self) -> dict[str, Any]:
         return {
             "target": self.target,
             "classes": list(self.classes),
@@ -90,9 +105,17 @@ class Schema:
         if not isinstance(obj, dict):
             raise SchemaError("schema must be a JSON object with target, classes and features")
         target = _name(obj.get("target"), "target")
-        classes = obj.get("classes")
-        if not isinstance(classes, list) or not 2 <= len(classes) <= 10_000:
+        task = obj.get("task", CLASSIFICATION)
+        if task not in TASKS:
+            raise SchemaError(f"schema task must be one of {', '.join(TASKS)}")
+        classes = obj.get("classes", [] if task == REGRESSION else None)
+        if task == REGRESSION:
+            if classes != []:
+                raise SchemaError("a regression schema has no classes")
+        elif not isinstance(classes, list) or not 2 <= len(classes) <= 10_000:
             raise SchemaError("schema classes must be a list of at least two labels")
+        elif task == BINARY and len(classes) != 2:
+            raise SchemaError("a binary schema has exactly two classes (the second is the positive one)")
         features = obj.get("features")
         if not isinstance(features, list) or not 1 <= len(features) <= MAX_COLUMNS:
             raise SchemaError(f"schema features must be a list of 1 to {MAX_COLUMNS} columns")
@@ -115,7 +138,10 @@ class Schema:
                 raise SchemaError(f"column {name!r}: kind must be numeric or categorical", name)
         if len({c.name for c in columns}) != len(columns) or target in {c.name for c in columns}:
             raise SchemaError("schema column names must be unique and differ from the target")
-        return cls(target, tuple(_label(c) for c in classes), tuple(columns))
+        target_mean = _finite(obj.get("target_mean", 0.0), target, MAX_STAT_SUM)
+        target_std = _finite(obj.get("target_std", 1.0), target, MAX_STAT_SUM)
+        return cls(target, tuple(_label(c) for c in classes), tuple(columns), task, target_mean,
+                   target_std if target_std > 0 else 1.0)
 
 
 def _name(value: object, what: str) -> str:
@@ -197,8 +223,14 @@ def encode_features(frame: pd.DataFrame, schema: Schema) -> np.ndarray:
 
 
 def encode_frame(frame: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray, int]:
-    """Features, class indices, and how many rows were dropped for a label outside the schema."""
+    """Features, class indices (regression: the standardised target), and how many rows were dropped for a
+    label outside the schema (regression: a missing or non-numeric target)."""
     check_frame(frame, schema)
+    if schema.task == REGRESSION:
+        values = pd.to_numeric(frame[schema.target], errors="coerce").to_numpy(dtype=np.float64)
+        keep = np.isfinite(values)
+        return (encode_features(frame[keep], schema), standardise(values[keep], schema.target_mean, schema.target_std),
+                int((~keep).sum()))
     labels = frame[schema.target].map(lambda v: None if pd.isna(v) else label_text(v))
     index = {label: i for i, label in enumerate(schema.classes)}
     keep = labels.map(lambda v: v in index).to_numpy(dtype=bool)
@@ -243,15 +275,23 @@ def local_statistics(frame: pd.DataFrame, target: str, categorical: Iterable[str
         counts = {str(k): int(v) for k, v in text.value_counts().items()}
         columns[name] = {"kind": CATEGORICAL, "counts": k_anonymous(counts, policy)}
     target_counts = {str(k): int(v) for k, v in frame[target].dropna().map(label_text).value_counts().items()}
-    return {"num_rows": len(frame), "target": target, "target_counts": k_anonymous(target_counts, policy),
-            "columns": columns, "withheld": withheld}
+    stats = {"num_rows": len(frame), "target": target, "target_counts": k_anonymous(target_counts, policy),
+             "columns": columns, "withheld": withheld}
+    if _numeric_like(frame[target]):  # like a numeric feature: count, sum, sum of squares (for regression)
+        numeric = pd.to_numeric(frame[target], errors="coerce").dropna().to_numpy(dtype=np.float64)
+        stats["target_numeric"] = {"count": int(numeric.size), "sum": float(numeric.sum()),
+                                   "sum_sq": float(np.square(numeric).sum())}
+    return stats
 
 
-def merge_statistics(stats: Sequence[object], target: str, categorical: Iterable[str] = ()) -> Schema:
+def merge_statistics(stats: Sequence[object], target: str, categorical: Iterable[str] = (),
+                     task: str | None = None) -> Schema:
     """Build the schema from the nodes' statistics (validated here: they come from the network).
 
     A column enters the schema when more than half of the nodes have it; it is categorical when any node
-    saw non-numeric values in it or it is listed in ``categorical``.
+    saw non-numeric values in it or it is listed in ``categorical``. ``task`` None: inferred from the
+    target's statistics (``common.ml.tasks.infer_task``); a regression target is standardised with the
+    mean and std pooled from the nodes' counts, sums and sums of squares.
     """
     parsed = [parse_statistics(s, target) for s in stats]
     if not parsed:
@@ -280,13 +320,36 @@ def merge_statistics(stats: Sequence[object], target: str, categorical: Iterable
             variance = max(sum(e["sum_sq"] for e in entries) / count - mean * mean, 0.0)
             std = math.sqrt(variance)
             columns.append(Column(name, NUMERIC, mean, std if std > 1e-12 else 1.0))
-    labels: set[str] = set()
+    pooled: dict[str, int] = {}
     for node in parsed:
-        labels.update(node["target_counts"])
-    classes = sorted(labels, key=_label_sort_key)
+        for label, count in node["target_counts"].items():
+            pooled[label] = pooled.get(label, 0) + count
+    numeric = [node.get("target_numeric") for node in parsed]
+    numeric_count = None if any(n is None for n in numeric) else sum(n["count"] for n in numeric if n)
+    task = task or infer_task(pooled, numeric_count)
+    if task == REGRESSION:
+        if not numeric_count:
+            raise SchemaError(f"regression needs a numeric target: some node's {target!r} is not numeric", target)
+        mean, std = pooled_mean_std(numeric_count, sum(n["sum"] for n in numeric if n),
+                                    sum(n["sum_sq"] for n in numeric if n))
+        return Schema(target, (), tuple(columns), REGRESSION, mean, std)
+    classes = sorted(pooled, key=_label_sort_key)
     if len(classes) < 2:
         raise SchemaError(f"the nodes' target column {target!r} holds fewer than two classes")
-    return Schema(target, tuple(classes), tuple(columns))
+    if task == BINARY and len(classes) != 2:
+        raise SchemaError(f"binary task: the nodes' target column {target!r} holds {len(classes)} classes", target)
+    return Schema(target, tuple(classes), tuple(columns), task)
+
+
+def pooled_class_counts(stats: Sequence[object], target: str, schema: Schema) -> tuple[int, ...]:
+    """The nodes' target counts summed per class of ``schema`` (k-anonymous counts: a class a node held in
+    fewer than k rows counts 0 there); empty for regression."""
+    totals = dict.fromkeys(schema.classes, 0)
+    for node in (parse_statistics(s, target) for s in stats):
+        for label, count in node["target_counts"].items():
+            if label in totals:
+                totals[label] += count
+    return tuple(totals[c] for c in schema.classes)
 
 
 def _label_sort_key(label: str) -> tuple[int, float, str]:
@@ -319,7 +382,16 @@ def parse_statistics(obj: object, target: str) -> dict[str, Any]:
             clean[name] = {"kind": CATEGORICAL, "counts": _counts(entry.get("counts"), name)}
         else:
             raise SchemaError(f"column {name!r}: unknown statistics kind", name)
-    return {"columns": clean, "target_counts": _counts(target_counts, target)}
+    parsed: dict[str, Any] = {"columns": clean, "target_counts": _counts(target_counts, target)}
+    numeric = obj.get("target_numeric")
+    if numeric is not None:
+        count = numeric.get("count") if isinstance(numeric, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_STAT_COUNT:
+            raise SchemaError(f"target {target!r}: count must be an integer in [0, 2**53]", target)
+        assert isinstance(numeric, dict)
+        parsed["target_numeric"] = {"count": count, "sum": _finite(numeric.get("sum"), target, MAX_STAT_SUM),
+                                    "sum_sq": _finite(numeric.get("sum_sq"), target, MAX_STAT_SUM_SQ)}
+    return parsed
 
 
 def _counts(obj: object, column: str) -> dict[str, int]:

@@ -12,12 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.ml.tasks import BINARY, CLASSIFICATION, REGRESSION, check_task
 from common.plugins import is_import_path, load_object
 from common.wire.safe_json import MiB, loads_untrusted
 
 ALLOWED_OPTIMIZERS = ("adam", "sgd")
-ALLOWED_LOSSES = ("sparse_categorical_crossentropy",)
-ALLOWED_METRICS = ("accuracy",)
+# Per task (``common.ml.tasks``): the loss, and the training metrics that loss may come with. The server's
+# holdout metrics (AUC, F1, R², ...) are computed from predictions, not by Keras.
+TASK_LOSSES = {CLASSIFICATION: "sparse_categorical_crossentropy", BINARY: "binary_crossentropy",
+               REGRESSION: "mean_squared_error"}
+LOSS_METRICS = {"sparse_categorical_crossentropy": ("accuracy",), "binary_crossentropy": ("binary_accuracy",),
+                "mean_squared_error": ("mean_absolute_error",)}
+ALLOWED_LOSSES = tuple(LOSS_METRICS)
+ALLOWED_METRICS = tuple(m for metrics in LOSS_METRICS.values() for m in metrics)
+MAX_CLASS_WEIGHT = 1e6
 MAX_ARCHITECTURE_BYTES = 4 * MiB  # a model's to_json() text; it arrives inside start_round
 
 
@@ -59,12 +67,18 @@ def _user_builder(spec: str) -> Callable[..., Any]:
     return builder
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0) -> Any:
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, seed: int = 0,
+                task: str = CLASSIFICATION) -> Any:
     """Build a catalogue model, or call a user's builder ``file.py:function(input_shape, num_classes)``.
 
-    A user's model travels to the nodes as architecture JSON; it must use built-in Keras layers (Keras
-    safe mode on the nodes refuses custom code).
+    A catalogue model ends in a softmax over ``num_classes`` (classification), one sigmoid unit (binary) or
+    one linear unit (regression). A user's builder gets ``num_classes=1`` for binary and regression and must
+    end in that one unit itself. A user's model travels to the nodes as architecture JSON; it must use
+    built-in Keras layers (Keras safe mode on the nodes refuses custom code).
     """
+    check_task(task)
+    if task != CLASSIFICATION:
+        num_classes = 1
     import keras
 
     keras.utils.set_random_seed(seed)
@@ -90,17 +104,33 @@ def build_model(name: str, input_shape: tuple[int, ...], num_classes: int, *, se
     elif len(input_shape) > 1:
         layers.append(keras.layers.Flatten())
     layers += [keras.layers.Dense(h, activation="relu") for h in hidden]
-    layers.append(keras.layers.Dense(num_classes, activation="softmax"))
+    activation = {CLASSIFICATION: "softmax", BINARY: "sigmoid", REGRESSION: None}[task]
+    layers.append(keras.layers.Dense(num_classes, activation=activation))
     return keras.Sequential(layers, name=kind)
 
 
-def compile_spec(optimizer: str, learning_rate: float) -> dict[str, Any]:
-    return {
-        "optimizer": optimizer,
-        "learning_rate": learning_rate,
-        "loss": "sparse_categorical_crossentropy",
-        "metrics": ["accuracy"],
-    }
+def compile_spec(optimizer: str, learning_rate: float, task: str = CLASSIFICATION,
+                 class_weight: list[float] | None = None) -> dict[str, Any]:
+    """What the nodes compile with; ``class_weight`` (per class index) weights the loss of each class."""
+    loss = TASK_LOSSES[check_task(task)]
+    spec: dict[str, Any] = {"optimizer": optimizer, "learning_rate": learning_rate, "loss": loss,
+                            "metrics": list(LOSS_METRICS[loss])}
+    if class_weight is not None:
+        spec["class_weight"] = [float(w) for w in class_weight]
+    return spec
+
+
+def class_weight_of(spec: dict[str, Any]) -> dict[int, float] | None:
+    """The spec's class weights as Keras' ``fit(class_weight=...)`` takes them; validated (it may come from the
+    network): a list of at most 100,000 finite weights in (0, 1e6], and not with a regression loss."""
+    weights = spec.get("class_weight")
+    if weights is None:
+        return None
+    if (not isinstance(weights, list) or not 2 <= len(weights) <= 100_000 or spec.get("loss") == TASK_LOSSES[REGRESSION]
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w <= MAX_CLASS_WEIGHT
+                       for w in weights)):
+        raise ValueError("class_weight must list 2 to 100000 weights in (0, 1e6], and only for classes")
+    return {i: float(w) for i, w in enumerate(weights)}
 
 
 def compile_model(model: Any, spec: dict[str, Any], learning_rate: float | None = None) -> None:
@@ -112,9 +142,12 @@ def compile_model(model: Any, spec: dict[str, Any], learning_rate: float | None 
     metrics = spec.get("metrics", [])
     rate = float(learning_rate if learning_rate is not None else spec.get("learning_rate", 1e-3))
     if optimizer not in ALLOWED_OPTIMIZERS or loss not in ALLOWED_LOSSES:
-        raise ValueError(f"unsupported compile spec {spec!r}")
-    if not isinstance(metrics, list) or any(m not in ALLOWED_METRICS for m in metrics):
-        raise ValueError(f"unsupported metrics {metrics!r}")
+        raise ValueError(f"unsupported compile spec {spec!r:.300}")
+    if not isinstance(metrics, list) or any(m not in LOSS_METRICS[loss] for m in metrics):
+        raise ValueError(f"unsupported metrics {metrics!r:.200} for loss {loss}")
+    class_weight_of(spec)
+    if set(spec) - {"optimizer", "learning_rate", "loss", "metrics", "class_weight"}:
+        raise ValueError(f"unsupported compile settings {sorted(set(spec))!r:.200}")
     opt = keras.optimizers.Adam(rate) if optimizer == "adam" else keras.optimizers.SGD(rate)
     model.compile(optimizer=opt, loss=loss, metrics=list(metrics))
 
