@@ -33,6 +33,7 @@ from common.wire.protocol import (
     KIND_UPDATE,
     EndSession,
     Hello,
+    LocalEvaluation,
     ModelMessage,
     NodeRefusal,
     ProtocolError,
@@ -52,6 +53,7 @@ from fl_node.connection import (
 )
 from fl_node.data import LocalData
 from fl_node.kafka import NodeKafka
+from fl_node.local_eval import split_local_test
 from fl_node.metrics import NodeMetrics
 from fl_node.secure import SERVER_EVENTS, NodeSecureRound, check_spec, parse_server_message
 from fl_node.testing import dump_clear_update, test_exit_point
@@ -81,6 +83,8 @@ class NodeSettings:
     dp_clip_norm: float = 0.0  # this node's own local-DP floor: it never publishes a delta clipped less ...
     dp_noise_stddev: float = 0.0  # ... or noised less than this, whatever the round asks
     server_public_key: ServerPublicKey | None = None  # when set: train only on models the server signed
+    local_test_fraction: float = 0.0  # rows held out from training, for federated evaluation
+    local_test_seed: int = 0  # which rows: the same every round
 
 
 EXIT_IDLE = 3
@@ -464,6 +468,15 @@ class FederatedNode:
         finally:
             settle(fetching)  # when preparing failed: the model is not wanted any more
         fetch_s = time.perf_counter() - t0
+        evaluation = None
+        if start.config.federated_eval and self.trainer.num_test_samples > 0:
+            with LocalFailure.stage("train_failed"):
+                scores = await self._in_worker(partial(
+                    self.trainer.evaluate, start.model.architecture, start.model.compile, weights,
+                    start.config.learning_rate))
+            evaluation = LocalEvaluation(self.trainer.num_test_samples, scores)
+            logger.info("node %s round %d: global model on %d local test rows: %s", self.settings.node_id,
+                        start.server_round, evaluation.num_samples, format_metrics(scores))
         with LocalFailure.stage("train_failed"):
             result = await self._in_worker(partial(
                 self.trainer.train, start.model.architecture, start.model.compile, weights, start.config,
@@ -477,15 +490,20 @@ class FederatedNode:
             except TimeoutError as exc:
                 raise LocalFailure("secagg_no_shares", "the server sent no shares for this node") from exc
         with LocalFailure.stage("publish_failed"):
-            return await self._publish(start, weights, result, fetch_s, secure, delivery)
+            return await self._publish(start, weights, result, fetch_s, secure, delivery, evaluation)
 
     def _prepare_data(self, model: ModelMessage) -> None:
         """Worker thread: encode the local data under the federation's data spec (O(rows))."""
         x, y = self.data.prepare(DataSpec.from_wire(model.data))
+        if self.settings.local_test_fraction > 0:
+            x, y, x_test, y_test = split_local_test(x, y, self.settings.local_test_fraction,
+                                                    seed=self.settings.local_test_seed)
+            self.trainer.set_test_data(x_test, y_test)
         self.trainer.set_data(x, y)
 
     async def _publish(self, start: StartRound, weights: list[Any], result: TrainResult, fetch_s: float,
-                       secure: NodeSecureRound | None = None, delivery: ShareDelivery | None = None) -> UpdateAck:
+                       secure: NodeSecureRound | None = None, delivery: ShareDelivery | None = None,
+                       evaluation: LocalEvaluation | None = None) -> UpdateAck:
         t1 = time.perf_counter()
         chunks = await self._in_worker(partial(self._update_chunks, start, weights, result, secure, delivery))
         await self.kafka.publish_update(chunks, server_round=start.server_round)
@@ -505,6 +523,7 @@ class FederatedNode:
             metrics=dict(result.metrics),
             timings_s={"fetch": round(fetch_s, 4), "train": round(result.train_s, 4),
                        "publish": round(publish_s, 4)},
+            evaluation=evaluation,
         )
 
     def _reported_samples(self, secure: NodeSecureRound | None) -> int:

@@ -64,6 +64,12 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--holdout", type=Path, default=None,
                help="evaluate on this CSV instead of a built-in dataset's holdout (needs --target)")
     add_option(parser, "--target", default=None, help="class column of --holdout and of the nodes' CSV files")
+    add_flag(parser, "--no-holdout",
+             help="keep no central holdout (tabular: needs --target; images: the dataset gives only the shape): "
+             "measure progress with --federated-eval")
+    add_flag(parser, "--federated-eval",
+             help="each round, nodes evaluate the global model they receive on their local test split "
+             "(fl-node --local-test-fraction) and the history records per-node and sample-weighted metrics")
     add_option(parser, "--schema", type=Path, default=None,
                help="declared data schema (JSON); default: merged from the nodes' column statistics")
     add_option(parser, "--categorical", default=None,

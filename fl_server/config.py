@@ -38,6 +38,8 @@ class ServerConfig:
     min_round_nodes: int | None = None  # None: --min-nodes
     dataset: str = DEFAULT_DATASET
     holdout: Path | None = None
+    no_holdout: bool = False  # no central holdout: progress is measured by --federated-eval only
+    federated_eval: bool = False  # nodes evaluate each round's global model on their local test split
     target: str | None = None
     schema: Path | None = None
     categorical: str | None = None
@@ -128,7 +130,7 @@ class ServerConfig:
 
     @property
     def train(self) -> TrainConfig:
-        return TrainConfig(self.epochs, self.batch_size, self.learning_rate)
+        return TrainConfig(self.epochs, self.batch_size, self.learning_rate, federated_eval=self.federated_eval)
 
     def categorical_columns(self) -> list[str]:
         return [name for name in (self.categorical or "").split(",") if name]
@@ -165,7 +167,7 @@ SESSION_SETTINGS = (
     "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "strategy_param",
     "epochs", "batch_size", "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction",
     "max_update_norm", "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes",
-    "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS, *SECAGG_SETTINGS,
+    "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS, *SECAGG_SETTINGS, "no_holdout", "federated_eval",
 )
 OPERATIONAL_SETTINGS = (
     "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "allow_unauthenticated",

@@ -434,6 +434,10 @@ class Coordinator(SecureStages):
             self._commit(state.offsets)
         logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", state.server_round, record.status,
                     len(state.collector.completed), len(state.participants), format_metrics(holdout), state.total_s)
+        if record.federated_eval:
+            logger.info("round %d: federated evaluation of its start model on %d local test rows: %s",
+                        state.server_round, record.federated_eval["num_samples"],
+                        format_metrics(record.federated_eval["weighted"]))
 
     def _assemble_and_fold(self, state: RoundState, pending: PendingUpdate) -> AssembledUpdate:
         """Worker thread: rebuild and check a node's update, and fold it into the strategy if it passes."""

@@ -64,11 +64,24 @@ async def resolve_server_data(
     declared: DataSpec | None = None,
     exclude: list[str] | None = None,
     min_category_count: int | None = None,
+    no_holdout: bool = False,
 ) -> ServerData:
     """Holdout and data spec: image datasets have a fixed spec; tabular data gets a declared schema
     (``declared``, e.g. from a checkpoint, or ``schema_file``) or one merged from the nodes' statistics
-    (``gather_statistics`` asks every connected node)."""
-    if holdout_csv is not None:
+    (``gather_statistics`` asks every connected node). ``no_holdout``: the server keeps no rows at all (the
+    holdout arrays are empty; progress is measured by federated evaluation); ``target`` names the nodes' class
+    column, or the built-in tabular dataset's is used."""
+    holdout: Any = None
+    if no_holdout:
+        if target:
+            source = "none"
+        else:
+            builtin = load_builtin(dataset, seed=seed)
+            if isinstance(builtin, ImageData):
+                spec = DataSpec.image(builtin.input_shape, builtin.num_classes)
+                return ServerData(spec, builtin.x_holdout[:0], builtin.y_holdout[:0], "none")
+            target, source = builtin.target, "none"
+    elif holdout_csv is not None:
         if not target:
             raise ValueError("--holdout needs --target (the class column)")
         holdout, source = read_csv(holdout_csv), str(holdout_csv)
@@ -88,6 +101,9 @@ async def resolve_server_data(
     else:
         schema = await schema_from_statistics(gather_statistics, target=target, categorical=categorical,
                                               exclude=list(exclude or []), min_category_count=min_category_count)
+    if holdout is None:
+        return ServerData(DataSpec.tabular(schema), np.zeros((0, schema.num_features), dtype=np.float32),
+                          np.zeros((0,), dtype=np.int64), source)
     try:
         x, y, dropped = encode_frame(holdout, schema)
     except SchemaError as exc:

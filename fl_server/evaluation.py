@@ -11,7 +11,8 @@ import numpy as np
 
 
 class KerasHoldout:
-    """``evaluate(round, weights) -> {"loss", "accuracy"}`` on a fixed holdout set."""
+    """``evaluate(round, weights) -> {"loss", "accuracy"}`` on a fixed holdout set; ``{}`` when the holdout is
+    empty (``fl-server --no-holdout``)."""
 
     def __init__(self, model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256) -> None:
         self._model = model
@@ -21,6 +22,8 @@ class KerasHoldout:
         self._lock = threading.Lock()  # one Keras model, used from executor threads
 
     def __call__(self, server_round: int, weights: Sequence[np.ndarray]) -> dict[str, float]:
+        if len(self._y) == 0:
+            return {}
         with self._lock:
             self._model.set_weights(list(weights))
             results = self._model.evaluate(self._x, self._y, batch_size=self._batch_size, verbose=0,

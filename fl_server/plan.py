@@ -112,6 +112,10 @@ def check_combinations(config: ServerConfig) -> None:
         raise UsageError("--holdout needs --target (the class column of the holdout and of the nodes' CSV files)")
     if config.holdout is not None and not config.holdout.is_file():
         raise UsageError(f"--holdout {config.holdout}: no such file")
+    if config.no_holdout and config.holdout is not None:
+        raise UsageError("--no-holdout and --holdout contradict each other: give one")
+    if config.no_holdout and not config.federated_eval:
+        logger.warning("--no-holdout without --federated-eval: nothing will measure the model's progress")
     if config.schema is not None and not config.schema.is_file():
         raise UsageError(f"--schema {config.schema}: no such file")
     check_secure_aggregation(config)

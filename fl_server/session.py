@@ -114,7 +114,7 @@ class LiveRuntime:
         return await resolve_server_data(
             dataset=config.dataset, holdout_csv=config.holdout, target=config.target, schema_file=config.schema,
             categorical=config.categorical_columns(), seed=config.seed, exclude=list(config.exclude_columns),
-            min_category_count=config.min_category_count, gather_statistics=gather,
+            min_category_count=config.min_category_count, gather_statistics=gather, no_holdout=config.no_holdout,
             declared=DataSpec.from_wire(checkpoint.model["data"]) if checkpoint else None,
         )
 
