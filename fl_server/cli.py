@@ -78,6 +78,11 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--model", default=D.model,
                help="model: logreg, mlp, mlp:H1,H2,... (hidden sizes), cnn (images) or path/to/file.py:function "
                "(your Keras builder taking input_shape and num_classes)")
+    add_option(parser, "--initial-model", type=Path, default=None,
+               help="warm start: begin from this .keras model (e.g. a previous session's history/<session>.keras), "
+               "loaded in Keras safe mode, instead of a new --model")
+    add_option(parser, "--freeze-layers", type=int, default=D.freeze_layers,
+               help="do not train the model's first N layers (federated fine-tuning of a pre-trained model)")
 
 
 def add_round_options(parser: argparse.ArgumentParser) -> None:

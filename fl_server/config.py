@@ -46,6 +46,8 @@ class ServerConfig:
     exclude_columns: tuple[str, ...] = ()
     min_category_count: int = DEFAULT_MIN_CATEGORY_COUNT
     model: str = "mlp"
+    initial_model: Path | None = None  # warm start: a .keras file (loaded in safe mode) instead of --model
+    freeze_layers: int = 0  # the first N layers are not trained (federated fine-tuning)
     strategy: str = "fedavg"
     strategy_param: tuple[tuple[str, str], ...] = ()
     server_lr: float | None = None
@@ -168,6 +170,7 @@ SESSION_SETTINGS = (
     "epochs", "batch_size", "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction",
     "max_update_norm", "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes",
     "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS, *SECAGG_SETTINGS, "no_holdout", "federated_eval",
+    "initial_model", "freeze_layers",
 )
 OPERATIONAL_SETTINGS = (
     "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "allow_unauthenticated",

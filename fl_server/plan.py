@@ -116,6 +116,11 @@ def check_combinations(config: ServerConfig) -> None:
         raise UsageError("--no-holdout and --holdout contradict each other: give one")
     if config.no_holdout and not config.federated_eval:
         logger.warning("--no-holdout without --federated-eval: nothing will measure the model's progress")
+    if config.initial_model is not None and (config.initial_model.suffix != ".keras"
+                                             or not config.initial_model.is_file()):
+        raise UsageError(f"--initial-model {config.initial_model}: must be an existing .keras file")
+    if config.freeze_layers < 0:
+        raise UsageError(f"--freeze-layers {config.freeze_layers}: must be 0 or more")
     if config.schema is not None and not config.schema.is_file():
         raise UsageError(f"--schema {config.schema}: no such file")
     check_secure_aggregation(config)

@@ -126,7 +126,18 @@ class LiveRuntime:
             model = model_from_architecture(checkpoint.model["architecture"])
             spec = checkpoint.model["compile"]
         else:
-            model = build_model(config.model, data.spec.input_shape, data.spec.num_classes, seed=config.seed)
+            if config.initial_model is not None:
+                from common.ml.warm_start import load_initial_model
+
+                model = load_initial_model(config.initial_model, input_shape=data.spec.input_shape,
+                                           num_classes=data.spec.num_classes)
+            else:
+                model = build_model(config.model, data.spec.input_shape, data.spec.num_classes, seed=config.seed)
+            if config.freeze_layers:
+                from common.ml.warm_start import freeze_first_layers
+
+                logger.info("frozen layers (not trained at the nodes): %s",
+                            ", ".join(freeze_first_layers(model, config.freeze_layers)))
             spec = compile_spec(config.optimizer, config.learning_rate)
         compile_model(model, spec)
         holdout = KerasHoldout(model, data.x_holdout, data.y_holdout)
