@@ -71,7 +71,7 @@ def test_a_misfit_or_foreign_file_is_refused_with_its_reason(tmp_path, data):
         load_initial_model(path, input_shape=SHAPE, num_classes=4)
     legacy = tmp_path / "model.h5"
     legacy.write_bytes(b"not a keras 3 file")
-    with pytest.raises(ValueError, match="must be a .keras file"):
+    with pytest.raises(ValueError, match=r"must be a \.keras file"):
         load_initial_model(legacy, input_shape=SHAPE, num_classes=CLASSES)
     junk = tmp_path / "junk.keras"
     junk.write_bytes(b"PK\x03\x04 not a zip at all")

@@ -31,7 +31,7 @@ def load_initial_model(path: Path, *, input_shape: tuple[int, ...], num_classes:
 
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; each means "not loadable safely"
+    except Exception as exc:  # Keras raises many kinds; each means "not loadable safely"
         raise ValueError(f"--initial-model {path}: cannot be loaded in Keras safe mode: {exc}"[:1000]) from exc
     if not isinstance(model, keras.Model):
         raise ValueError(f"--initial-model {path}: holds no Keras model")
