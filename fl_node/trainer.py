@@ -68,6 +68,13 @@ class LocalTrainer:
     def num_test_samples(self) -> int:
         return 0 if self.y_test is None else len(self.y_test)
 
+    def personal_indices(self, architecture: str, personal_layers: int) -> list[int]:
+        """Positions of the arrays of the model's last ``personal_layers`` layers with weights (FedPer)."""
+        from common.ml.personal import personal_indices
+
+        model = self._model_for(architecture)
+        return personal_indices([len(layer.weights) for layer in model.layers], personal_layers)
+
     def evaluate(self, architecture: str, compile_spec: dict[str, Any], weights: Sequence[np.ndarray],
                  learning_rate: float) -> dict[str, float | None]:
         """The metrics of ``weights`` on the local test split (null where not finite); no training."""

@@ -83,6 +83,9 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
                "loaded in Keras safe mode, instead of a new --model")
     add_option(parser, "--freeze-layers", type=int, default=D.freeze_layers,
                help="do not train the model's first N layers (federated fine-tuning of a pre-trained model)")
+    add_option(parser, "--personal-layers", type=int, default=D.personal_layers,
+               help="FedPer personalization: the model's last K layers with weights stay on each node (never "
+               "uploaded, never averaged); each node saves its personalized model at the end")
 
 
 def add_round_options(parser: argparse.ArgumentParser) -> None:

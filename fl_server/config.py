@@ -48,6 +48,7 @@ class ServerConfig:
     model: str = "mlp"
     initial_model: Path | None = None  # warm start: a .keras file (loaded in safe mode) instead of --model
     freeze_layers: int = 0  # the first N layers are not trained (federated fine-tuning)
+    personal_layers: int = 0  # FedPer: the last K layers with weights stay on each node, never averaged
     strategy: str = "fedavg"
     strategy_param: tuple[tuple[str, str], ...] = ()
     server_lr: float | None = None
@@ -132,7 +133,8 @@ class ServerConfig:
 
     @property
     def train(self) -> TrainConfig:
-        return TrainConfig(self.epochs, self.batch_size, self.learning_rate, federated_eval=self.federated_eval)
+        return TrainConfig(self.epochs, self.batch_size, self.learning_rate, federated_eval=self.federated_eval,
+                           personal_layers=self.personal_layers)
 
     def categorical_columns(self) -> list[str]:
         return [name for name in (self.categorical or "").split(",") if name]
@@ -170,7 +172,7 @@ SESSION_SETTINGS = (
     "epochs", "batch_size", "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction",
     "max_update_norm", "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes",
     "max_node_weight", *STRATEGY_KEYWORDS, *DP_SETTINGS, *SECAGG_SETTINGS, "no_holdout", "federated_eval",
-    "initial_model", "freeze_layers",
+    "initial_model", "freeze_layers", "personal_layers",
 )
 OPERATIONAL_SETTINGS = (
     "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "allow_unauthenticated",

@@ -119,6 +119,11 @@ def check_combinations(config: ServerConfig) -> None:
     if config.initial_model is not None and (config.initial_model.suffix != ".keras"
                                              or not config.initial_model.is_file()):
         raise UsageError(f"--initial-model {config.initial_model}: must be an existing .keras file")
+    if config.personal_layers < 0:
+        raise UsageError(f"--personal-layers {config.personal_layers}: must be 0 or more")
+    if config.personal_layers and config.secure_aggregation != "off":
+        raise UsageError("--personal-layers with --secure-aggregation is not supported: the masked vector covers "
+                         "the whole model")
     if config.freeze_layers < 0:
         raise UsageError(f"--freeze-layers {config.freeze_layers}: must be 0 or more")
     if config.schema is not None and not config.schema.is_file():

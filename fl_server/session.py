@@ -141,7 +141,13 @@ class LiveRuntime:
             spec = compile_spec(config.optimizer, config.learning_rate)
         compile_model(model, spec)
         holdout = KerasHoldout(model, data.x_holdout, data.y_holdout)
-        return SessionModel(GlobalModel(model.to_json(), spec, model.get_weights(), data.spec.to_wire()),
+        personal: list[int] = []
+        if config.personal_layers:
+            from common.ml.personal import personal_indices
+
+            personal = personal_indices([len(layer.weights) for layer in model.layers], config.personal_layers)
+        return SessionModel(GlobalModel(model.to_json(), spec, model.get_weights(), data.spec.to_wire(),
+                                        personal=tuple(personal)),
                             holdout, holdout.save, int(model.count_params()))
 
 

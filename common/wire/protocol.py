@@ -365,7 +365,9 @@ class TrainConfig:
     adds N(0, (``dp_sgd_noise_multiplier`` * clip)^2) to their sum and reports its epsilon at ``dp_delta``
     (in [0, 1); 0 when not sent). The optional fields are absent on the wire when 0 (and read as 0 when
     absent). ``federated_eval`` (absent when false) asks the node to evaluate the global model it receives on
-    its local test split before training, and to report that in its acknowledgement (``UpdateAck.evaluation``)."""
+    its local test split before training, and to report that in its acknowledgement (``UpdateAck.evaluation``).
+    ``personal_layers`` (absent when 0; FedPer) is how many of the model's last layers with weights stay on each
+    node: the node trains its own copy, and publishes only the other layers' weights."""
 
     epochs: int
     batch_size: int
@@ -377,6 +379,7 @@ class TrainConfig:
     dp_sgd_noise_multiplier: float = 0.0
     dp_delta: float = 0.0
     federated_eval: bool = False
+    personal_layers: int = 0
 
     def __post_init__(self) -> None:
         for name in OPTIONAL_TRAIN_FIELDS:
@@ -389,6 +392,8 @@ class TrainConfig:
         wire.update({name: getattr(self, name) for name in OPTIONAL_TRAIN_FIELDS if getattr(self, name) > 0})
         if self.federated_eval:
             wire["federated_eval"] = True
+        if self.personal_layers:
+            wire["personal_layers"] = self.personal_layers
         return wire
 
     @classmethod
@@ -410,6 +415,7 @@ class TrainConfig:
             batch_size=_int_in(obj, "batch_size", 1, 1 << 20, where="config"),
             learning_rate=float(rate),
             federated_eval=federated_eval,
+            personal_layers=_int_in(obj, "personal_layers", 1, 1000, where="config") if "personal_layers" in obj else 0,
             **optional,
         )
 
