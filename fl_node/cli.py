@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--target", default=None, help="class column of --data (optional: the server names it)")
     add_option(parser, "--seed", type=int, default=DEFAULT_SEED,
                help="seed of the dataset split (must match the server)")
+    add_option(parser, "--local-test-fraction", type=non_negative_float, default=0.0,
+               help="hold out this fraction of the local rows (drawn with --seed, the same every round) and, when "
+               "the server runs --federated-eval, evaluate each round's global model on them before training")
     add_option(parser, "--out-dir", type=Path, default=Path("models"), help="where the final model is saved")
     add_option(parser, "--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES,
                help="largest raw weight slice per Kafka record")
@@ -157,6 +160,8 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
     check_node_id(node_id)
     if args.dp_noise_stddev > 0 and args.dp_clip == 0:
         raise UsageError("--dp-noise-stddev needs --dp-clip: noise on an unbounded update bounds nothing")
+    if not 0 <= args.local_test_fraction < 1:
+        raise UsageError(f"--local-test-fraction {args.local_test_fraction}: must be in [0, 1)")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UsageError(f"--metrics-port {args.metrics_port}: a TCP port is 0..65535 (0 picks a free one)")
     return NodeSetup(
@@ -184,7 +189,8 @@ def build_node(setup: NodeSetup) -> FederatedNode:
                             attack=args.attack, attack_scale=args.attack_scale, key=setup.key,
                             kafka_config=setup.kafka_config, ssl_context=setup.ssl_context, max_idle_s=args.max_idle,
                             dp_clip_norm=args.dp_clip, dp_noise_stddev=args.dp_noise_stddev,
-                            server_public_key=setup.server_public_key)
+                            server_public_key=setup.server_public_key,
+                            local_test_fraction=args.local_test_fraction, local_test_seed=args.seed)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)
     kafka_io.log_crc32c_implementation()
     trainer = LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id, max_model_params=args.max_model_params)

@@ -24,6 +24,7 @@ from common.data.dataspec import DataSpec
 from common.data.tabular import SchemaError
 from common.metrics_format import format_metrics
 from common.ml.model_budget import ModelTooLarge
+from common.ml.personal import shared_part, with_personal
 from common.privacy.local import privatize_update, strictest_local_dp
 from common.secagg.messages import AdvertBroadcast, ShareDelivery
 from common.secagg.round import SecureRoundSpec
@@ -33,6 +34,7 @@ from common.wire.protocol import (
     KIND_UPDATE,
     EndSession,
     Hello,
+    LocalEvaluation,
     ModelMessage,
     NodeRefusal,
     ProtocolError,
@@ -52,6 +54,7 @@ from fl_node.connection import (
 )
 from fl_node.data import LocalData
 from fl_node.kafka import NodeKafka
+from fl_node.local_eval import split_local_test
 from fl_node.metrics import NodeMetrics
 from fl_node.secure import SERVER_EVENTS, NodeSecureRound, check_spec, parse_server_message
 from fl_node.testing import dump_clear_update, test_exit_point
@@ -81,6 +84,8 @@ class NodeSettings:
     dp_clip_norm: float = 0.0  # this node's own local-DP floor: it never publishes a delta clipped less ...
     dp_noise_stddev: float = 0.0  # ... or noised less than this, whatever the round asks
     server_public_key: ServerPublicKey | None = None  # when set: train only on models the server signed
+    local_test_fraction: float = 0.0  # rows held out from training, for federated evaluation
+    local_test_seed: int = 0  # which rows: the same every round
 
 
 EXIT_IDLE = 3
@@ -143,6 +148,7 @@ class FederatedNode:
         self._in_progress: set[tuple[str, int]] = set()
         self._acks: dict[tuple[str, int], UpdateAck] = {}
         self._secure: dict[tuple[str, int], NodeSecureRound] = {}  # rounds with secure aggregation, in progress
+        self._personal: dict[str, tuple[list[int], list[Any]]] = {}  # session -> its personal layers (FedPer)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-worker")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finished = asyncio.Event()
@@ -464,10 +470,25 @@ class FederatedNode:
         finally:
             settle(fetching)  # when preparing failed: the model is not wanted any more
         fetch_s = time.perf_counter() - t0
+        personal, own = [], weights  # FedPer: the positions of the personal arrays; the model this node trains
+        if start.config.personal_layers:
+            with LocalFailure.stage("train_failed"):
+                personal = await self._in_worker(partial(
+                    self.trainer.personal_indices, start.model.architecture, start.config.personal_layers))
+            kept = self._personal.get(start.session_id)
+            if kept is not None and kept[0] == personal:
+                own = with_personal(weights, personal, kept[1])
+        evaluation = None
+        if start.config.federated_eval and self.trainer.num_test_samples > 0:
+            evaluation = await self._evaluate(start, weights, own if personal else None)
         with LocalFailure.stage("train_failed"):
             result = await self._in_worker(partial(
-                self.trainer.train, start.model.architecture, start.model.compile, weights, start.config,
+                self.trainer.train, start.model.architecture, start.model.compile, own, start.config,
                 server_round=start.server_round, session_id=start.session_id))
+        if personal:  # the personal layers stay here; only the shared ones are published
+            self._personal[start.session_id] = (personal, [result.weights[i] for i in personal])
+            weights = shared_part(weights, personal)
+            result = TrainResult(shared_part(result.weights, personal), result.metrics, result.train_s)
         delivery = None
         if secure is not None:
             try:  # the key stages end well before training usually does
@@ -477,15 +498,34 @@ class FederatedNode:
             except TimeoutError as exc:
                 raise LocalFailure("secagg_no_shares", "the server sent no shares for this node") from exc
         with LocalFailure.stage("publish_failed"):
-            return await self._publish(start, weights, result, fetch_s, secure, delivery)
+            return await self._publish(start, weights, result, fetch_s, secure, delivery, evaluation)
+
+    async def _evaluate(self, start: StartRound, weights: list[Any], own: list[Any] | None) -> LocalEvaluation:
+        """Federated evaluation: the round's global model (and this node's personalized one) on the local test
+        rows, before training."""
+        model, rate = start.model, start.config.learning_rate
+        with LocalFailure.stage("train_failed"):
+            scores = await self._in_worker(partial(self.trainer.evaluate, model.architecture, model.compile,
+                                                   weights, rate))
+            mine = await self._in_worker(partial(self.trainer.evaluate, model.architecture, model.compile, own,
+                                                 rate)) if own is not None else {}
+        logger.info("node %s round %d: global model on %d local test rows: %s%s", self.settings.node_id,
+                    start.server_round, self.trainer.num_test_samples, format_metrics(scores),
+                    f"; personalized: {format_metrics(mine)}" if mine else "")
+        return LocalEvaluation(self.trainer.num_test_samples, scores, personalized=mine)
 
     def _prepare_data(self, model: ModelMessage) -> None:
         """Worker thread: encode the local data under the federation's data spec (O(rows))."""
         x, y = self.data.prepare(DataSpec.from_wire(model.data))
+        if self.settings.local_test_fraction > 0:
+            x, y, x_test, y_test = split_local_test(x, y, self.settings.local_test_fraction,
+                                                    seed=self.settings.local_test_seed)
+            self.trainer.set_test_data(x_test, y_test)
         self.trainer.set_data(x, y)
 
     async def _publish(self, start: StartRound, weights: list[Any], result: TrainResult, fetch_s: float,
-                       secure: NodeSecureRound | None = None, delivery: ShareDelivery | None = None) -> UpdateAck:
+                       secure: NodeSecureRound | None = None, delivery: ShareDelivery | None = None,
+                       evaluation: LocalEvaluation | None = None) -> UpdateAck:
         t1 = time.perf_counter()
         chunks = await self._in_worker(partial(self._update_chunks, start, weights, result, secure, delivery))
         await self.kafka.publish_update(chunks, server_round=start.server_round)
@@ -505,6 +545,7 @@ class FederatedNode:
             metrics=dict(result.metrics),
             timings_s={"fetch": round(fetch_s, 4), "train": round(result.train_s, 4),
                        "publish": round(publish_s, 4)},
+            evaluation=evaluation,
         )
 
     def _reported_samples(self, secure: NodeSecureRound | None) -> int:
@@ -549,6 +590,10 @@ class FederatedNode:
         path = self.settings.out_dir / f"{end.session_id}-{self.settings.node_id}.keras"
         try:
             weights = await self._fetch_model(end.model, end.session_id, end.rounds_completed + 1)
+            kept = self._personal.pop(end.session_id, None)
+            if kept is not None:  # FedPer: this node's personalized model
+                weights = with_personal(weights, kept[0], kept[1])
+                logger.info("node %s: the saved model has this node's own personal layers", self.settings.node_id)
             await self._in_worker(partial(self.trainer.save, end.model.architecture, weights, path))
             self.final_model_path = path
             logger.info("node %s: session %s ended after %d rounds; final model saved to %s", self.settings.node_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class LocalTrainer:
         self._proximal: ProximalLoop | None = None
         self._dp_sgd: DpSgdLoop | None = None
         self._dp_sgd_books: dict[str, PrivacyAccountant] = {}  # per session: the DP-SGD steps this process ran
+        self.x_test: np.ndarray | None = None  # the local test split (fl-node --local-test-fraction)
+        self.y_test: np.ndarray | None = None
 
     @property
     def num_samples(self) -> int:
@@ -56,6 +59,31 @@ class LocalTrainer:
     def set_data(self, x: np.ndarray, y: np.ndarray) -> None:
         """Train on these (already encoded) local examples from now on."""
         self.x, self.y = x, y
+
+    def set_test_data(self, x: np.ndarray | None, y: np.ndarray | None) -> None:
+        """Evaluate on these (already encoded) local test examples when a round asks (federated evaluation)."""
+        self.x_test, self.y_test = x, y
+
+    @property
+    def num_test_samples(self) -> int:
+        return 0 if self.y_test is None else len(self.y_test)
+
+    def personal_indices(self, architecture: str, personal_layers: int) -> list[int]:
+        """Positions of the arrays of the model's last ``personal_layers`` layers with weights (FedPer)."""
+        from common.ml.personal import personal_indices
+
+        model = self._model_for(architecture)
+        return personal_indices([len(layer.weights) for layer in model.layers], personal_layers)
+
+    def evaluate(self, architecture: str, compile_spec: dict[str, Any], weights: Sequence[np.ndarray],
+                 learning_rate: float) -> dict[str, float | None]:
+        """The metrics of ``weights`` on the local test split (null where not finite); no training."""
+        if self.x_test is None or self.y_test is None or len(self.y_test) == 0:
+            raise ValueError("no local test split (fl-node --local-test-fraction)")
+        model = self._compiled_model(architecture, compile_spec, learning_rate)
+        model.set_weights(list(weights))
+        scores = model.evaluate(self.x_test, self.y_test, batch_size=256, verbose=0, return_dict=True)
+        return {str(k): float(v) if math.isfinite(float(v)) else None for k, v in scores.items()}
 
     def _model_for(self, architecture: str) -> Any:
         digest = hashlib.sha256(architecture.encode()).hexdigest()

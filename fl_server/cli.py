@@ -65,6 +65,12 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--holdout", type=Path, default=None,
                help="evaluate on this CSV instead of a built-in dataset's holdout (needs --target)")
     add_option(parser, "--target", default=None, help="class column of --holdout and of the nodes' CSV files")
+    add_flag(parser, "--no-holdout",
+             help="keep no central holdout (tabular: needs --target; images: the dataset gives only the shape): "
+             "measure progress with --federated-eval")
+    add_flag(parser, "--federated-eval",
+             help="each round, nodes evaluate the global model they receive on their local test split "
+             "(fl-node --local-test-fraction) and the history records per-node and sample-weighted metrics")
     add_option(parser, "--schema", type=Path, default=None,
                help="declared data schema (JSON); default: merged from the nodes' column statistics")
     add_option(parser, "--categorical", default=None,
@@ -74,6 +80,14 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--model", default=D.model,
                help="model: logreg, mlp, mlp:H1,H2,... (hidden sizes), cnn (images) or path/to/file.py:function "
                "(your Keras builder taking input_shape and num_classes)")
+    add_option(parser, "--initial-model", type=Path, default=None,
+               help="warm start: begin from this .keras model (e.g. a previous session's history/<session>.keras), "
+               "loaded in Keras safe mode, instead of a new --model")
+    add_option(parser, "--freeze-layers", type=int, default=D.freeze_layers,
+               help="do not train the model's first N layers (federated fine-tuning of a pre-trained model)")
+    add_option(parser, "--personal-layers", type=int, default=D.personal_layers,
+               help="FedPer personalization: the model's last K layers with weights stay on each node (never "
+               "uploaded, never averaged); each node saves its personalized model at the end")
 
 
 def add_round_options(parser: argparse.ArgumentParser) -> None:

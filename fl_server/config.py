@@ -38,6 +38,8 @@ class ServerConfig:
     min_round_nodes: int | None = None  # None: --min-nodes
     dataset: str = DEFAULT_DATASET
     holdout: Path | None = None
+    no_holdout: bool = False  # no central holdout: progress is measured by --federated-eval only
+    federated_eval: bool = False  # nodes evaluate each round's global model on their local test split
     target: str | None = None
     schema: Path | None = None
     categorical: str | None = None
@@ -46,6 +48,9 @@ class ServerConfig:
     task: str | None = None  # classification, binary or regression; None: inferred (common.ml.tasks)
     class_weights: bool = False  # balanced class weights from the nodes' pooled target counts
     model: str = "mlp"
+    initial_model: Path | None = None  # warm start: a .keras file (loaded in safe mode) instead of --model
+    freeze_layers: int = 0  # the first N layers are not trained (federated fine-tuning)
+    personal_layers: int = 0  # FedPer: the last K layers with weights stay on each node, never averaged
     strategy: str = "fedavg"
     strategy_param: tuple[tuple[str, str], ...] = ()
     server_lr: float | None = None
@@ -130,7 +135,8 @@ class ServerConfig:
 
     @property
     def train(self) -> TrainConfig:
-        return TrainConfig(self.epochs, self.batch_size, self.learning_rate)
+        return TrainConfig(self.epochs, self.batch_size, self.learning_rate, federated_eval=self.federated_eval,
+                           personal_layers=self.personal_layers)
 
     def categorical_columns(self) -> list[str]:
         return [name for name in (self.categorical or "").split(",") if name]
@@ -167,7 +173,8 @@ SESSION_SETTINGS = (
     "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "strategy_param",
     "epochs", "batch_size", "learning_rate", "optimizer", "seed", "fraction_fit", "min_fit", "min_fit_fraction",
     "max_update_norm", "min_nodes", "min_round_nodes", "exclude_columns", "min_category_count", "max_record_bytes",
-    "max_node_weight", "task", "class_weights", *STRATEGY_KEYWORDS, *DP_SETTINGS, *SECAGG_SETTINGS,
+    "max_node_weight", "task", "class_weights", *STRATEGY_KEYWORDS, *DP_SETTINGS, *SECAGG_SETTINGS, "no_holdout",
+    "federated_eval", "initial_model", "freeze_layers", "personal_layers",
 )
 OPERATIONAL_SETTINGS = (
     "host", "port", "round_timeout", "end_grace", "inbox_bytes", "chunk_bytes", "node_keys", "allow_unauthenticated",

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from common.metrics_format import format_metrics
+from common.ml.personal import shared_part, with_shared
 from common.secagg.crypto import HmacAdvertVerifier
 from common.secagg.protocol import SecAggFailure
 from common.wire.codec import ArraySpec, weights_digest
@@ -103,6 +104,7 @@ class GlobalModel:
     compile: dict[str, Any]
     weights: Weights
     data: dict[str, Any]
+    personal: tuple[int, ...] = ()  # --personal-layers: positions of the arrays that stay on the nodes
 
 
 class Coordinator(SecureStages):
@@ -142,6 +144,7 @@ class Coordinator(SecureStages):
         self._digest = ""  # of the global weights, kept in step with them (computed off the loop in run())
         if [ArraySpec.of(w) for w in model.weights] != self._specs:
             raise ValueError("the checkpoint's weights do not fit the model")
+        self._specs = shared_part(self._specs, model.personal)  # what an update carries
         self._keys = keys
         if settings.secure is not None and keys is None:
             raise ValueError("secure aggregation needs node keys: the nodes sign their key adverts")
@@ -253,7 +256,7 @@ class Coordinator(SecureStages):
             participants=[n.node_id for n in participants],
             expected_specs=self._specs,
             keys=self._keys,
-            reference=self.weights if settings.max_update_norm is not None else None,
+            reference=shared_part(self.weights, self.model.personal) if settings.max_update_norm is not None else None,
             max_update_norm=settings.max_update_norm,
             max_record_bytes=settings.max_record_bytes,
             seen=self._seen,
@@ -279,7 +282,7 @@ class Coordinator(SecureStages):
         if settings.max_node_weight is not None:
             declared = sum(n.num_samples for n in participants)
             state.sample_cap = max(1, int(settings.max_node_weight * declared))
-        self.strategy.begin_round(server_round, self.weights)
+        self.strategy.begin_round(server_round, shared_part(self.weights, self.model.personal))
         ref = await self._publish_model(server_round, self.weights, self._digest)
         state.start_model_ref, state.offsets_from = ref.to_wire(), dict(self.offsets)  # for fl-audit
         private: dict[str, Any] = self.privacy.node_config(len(participants)) if self.privacy is not None else {}
@@ -434,6 +437,10 @@ class Coordinator(SecureStages):
             self._commit(state.offsets)
         logger.info("round %d: %s, %d/%d updates, holdout %s, %.2fs", state.server_round, record.status,
                     len(state.collector.completed), len(state.participants), format_metrics(holdout), state.total_s)
+        if record.federated_eval:
+            logger.info("round %d: federated evaluation of its start model on %d local test rows: %s",
+                        state.server_round, record.federated_eval["num_samples"],
+                        format_metrics(record.federated_eval["weighted"]))
 
     def _assemble_and_fold(self, state: RoundState, pending: PendingUpdate) -> AssembledUpdate:
         """Worker thread: rebuild and check a node's update, and fold it into the strategy if it passes."""
@@ -459,6 +466,8 @@ class Coordinator(SecureStages):
     def _aggregate_and_digest(self) -> tuple[Weights | None, str]:
         """Worker thread: the round's aggregate (None if nothing to aggregate) and its digest."""
         weights = self.strategy.aggregate()
+        if weights is not None and self.model.personal:  # the personal layers keep the server's initial values
+            weights = with_shared(self.weights, self.model.personal, weights)
         return weights, weights_digest(weights) if weights is not None else self._digest
 
     def _persist(self, state: RoundState) -> None:

@@ -74,12 +74,25 @@ async def resolve_server_data(
     exclude: list[str] | None = None,
     min_category_count: int | None = None,
     task: str | None = None,
+    no_holdout: bool = False,
 ) -> ServerData:
     """Holdout and data spec: image datasets have a fixed spec; tabular data gets a declared schema
     (``declared``, e.g. from a checkpoint, or ``schema_file``) or one merged from the nodes' statistics
     (``gather_statistics`` asks every connected node). ``task`` None: the schema's, or inferred from the
-    nodes' target statistics (``common.ml.tasks``)."""
-    if holdout_csv is not None:
+    nodes' target statistics (``common.ml.tasks``). ``no_holdout``: the server keeps no rows at all (the
+    holdout arrays are empty; progress is measured by federated evaluation); ``target`` names the nodes' target
+    column, or the built-in tabular dataset's is used."""
+    holdout: Any = None
+    if no_holdout:
+        if target:
+            source = "none"
+        else:
+            builtin = load_builtin(dataset, seed=seed)
+            if isinstance(builtin, ImageData):
+                spec = DataSpec.image(builtin.input_shape, builtin.num_classes)
+                return ServerData(spec, builtin.x_holdout[:0], builtin.y_holdout[:0], "none")
+            target, source = builtin.target, "none"
+    elif holdout_csv is not None:
         if not target:
             raise ValueError("--holdout needs --target (the class column)")
         holdout, source = read_csv(holdout_csv), str(holdout_csv)
@@ -105,6 +118,10 @@ async def resolve_server_data(
                                                       min_category_count=min_category_count, task=task)
     if task is not None and schema.task != task:
         raise ValueError(f"--task {task}, but the declared schema's task is {schema.task}")
+    if holdout is None:
+        empty_y = np.zeros((0,), dtype=np.float32 if schema.task == "regression" else np.int64)
+        return ServerData(DataSpec.tabular(schema), np.zeros((0, schema.num_features), dtype=np.float32), empty_y,
+                          source, counts)
     try:
         x, y, dropped = encode_frame(holdout, schema)
     except SchemaError as exc:

@@ -28,7 +28,8 @@ def task_metrics(task: str, keras_results: dict[str, float], y: np.ndarray, pred
 class KerasHoldout:
     """``evaluate(round, weights) -> metrics`` on a fixed holdout set, by task (``common.ml.tasks``):
     classification ``loss, accuracy``; binary ``loss, accuracy, auc, precision, recall, f1``; regression
-    ``loss`` (MSE of the standardised target) and ``mse, mae, rmse, r2`` in the target's original units."""
+    ``loss`` (MSE of the standardised target) and ``mse, mae, rmse, r2`` in the target's original units. ``{}``
+    when the holdout is empty (``fl-server --no-holdout``)."""
 
     def __init__(self, model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256,
                  task: str = CLASSIFICATION, target_mean: float = 0.0, target_std: float = 1.0) -> None:
@@ -41,6 +42,8 @@ class KerasHoldout:
         self._lock = threading.Lock()  # one Keras model, used from executor threads
 
     def __call__(self, server_round: int, weights: Sequence[np.ndarray]) -> dict[str, float]:
+        if len(self._y) == 0:
+            return {}
         with self._lock:
             self._model.set_weights(list(weights))
             results = self._model.evaluate(self._x, self._y, batch_size=self._batch_size, verbose=0,

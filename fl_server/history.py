@@ -202,6 +202,13 @@ def round_problem(record: Any) -> str | None:
         return ".rejected_updates must be an integer"
     if not isinstance(record.get("secure_aggregation") or {}, dict):
         return ".secure_aggregation must be an object or null"
+    federated = record.get("federated_eval", {})
+    if not isinstance(federated, dict):
+        return ".federated_eval must be an object"
+    for name in ("weighted", "weighted_personalized"):
+        section = federated.get(name) or {}
+        if not isinstance(section, dict) or not all(v is None or is_number(v) for v in section.values()):
+            return f".federated_eval.{name} must be an object of numbers or nulls"
     for name in ("train", "holdout", "timings_s", "privacy"):
         section = record.get(name, {}) if name != "privacy" else record.get(name) or {}
         if not isinstance(section, dict):

@@ -112,6 +112,20 @@ def check_combinations(config: ServerConfig) -> None:
         raise UsageError("--holdout needs --target (the class column of the holdout and of the nodes' CSV files)")
     if config.holdout is not None and not config.holdout.is_file():
         raise UsageError(f"--holdout {config.holdout}: no such file")
+    if config.no_holdout and config.holdout is not None:
+        raise UsageError("--no-holdout and --holdout contradict each other: give one")
+    if config.no_holdout and not config.federated_eval:
+        logger.warning("--no-holdout without --federated-eval: nothing will measure the model's progress")
+    if config.initial_model is not None and (config.initial_model.suffix != ".keras"
+                                             or not config.initial_model.is_file()):
+        raise UsageError(f"--initial-model {config.initial_model}: must be an existing .keras file")
+    if config.personal_layers < 0:
+        raise UsageError(f"--personal-layers {config.personal_layers}: must be 0 or more")
+    if config.personal_layers and config.secure_aggregation != "off":
+        raise UsageError("--personal-layers with --secure-aggregation is not supported: the masked vector covers "
+                         "the whole model")
+    if config.freeze_layers < 0:
+        raise UsageError(f"--freeze-layers {config.freeze_layers}: must be 0 or more")
     if config.schema is not None and not config.schema.is_file():
         raise UsageError(f"--schema {config.schema}: no such file")
     check_secure_aggregation(config)

@@ -76,6 +76,8 @@ class RoundRecord:
     update_offsets: dict[str, dict[str, int]] = field(default_factory=dict)  # {"from"/"to": {partition: offset}}
     start_model_ref: dict[str, Any] = field(default_factory=dict)  # where the round's start model is in Kafka
     prev_round_digest: str = ""
+    # --federated-eval: the nodes' evaluations of the model this round started from (fl_server.federated_eval)
+    federated_eval: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rejected_updates(self) -> int:
@@ -116,6 +118,7 @@ class RoundRecord:
             "update_offsets": dict(self.update_offsets),
             "start_model_ref": dict(self.start_model_ref),
             "prev_round_digest": self.prev_round_digest,
+            **({"federated_eval": dict(self.federated_eval)} if self.federated_eval else {}),
         }
 
     @classmethod
@@ -156,6 +159,7 @@ class RoundRecord:
             update_offsets=dict(data.get("update_offsets") or {}),
             start_model_ref=dict(data.get("start_model_ref") or {}),
             prev_round_digest=str(data.get("prev_round_digest", "")),
+            federated_eval=dict(data.get("federated_eval") or {}),
         )
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from fl_server.collector import RoundCollector
+from fl_server.federated_eval import federated_record
 from fl_server.history import utc_now
 from fl_server.records import RoundRecord, RoundTimings
 from fl_server.secure_round import SecureRound
@@ -77,6 +78,7 @@ def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float
         train_loss=train_loss,
         train_per_node=per_node,
         holdout=holdout,
+        federated_eval=federated_record({n: ack.evaluation for n, ack in acks.items() if ack.evaluation}),
         timings=RoundTimings(
             train=train_s,
             transport=max(state.last_delivery_s - train_s, 0.0),

@@ -115,6 +115,7 @@ class LiveRuntime:
             dataset=config.dataset, holdout_csv=config.holdout, target=config.target, schema_file=config.schema,
             categorical=config.categorical_columns(), seed=config.seed, exclude=list(config.exclude_columns),
             min_category_count=config.min_category_count, gather_statistics=gather, task=config.task,
+            no_holdout=config.no_holdout,
             declared=DataSpec.from_wire(checkpoint.model["data"]) if checkpoint else None,
         )
 
@@ -126,8 +127,19 @@ class LiveRuntime:
             model = model_from_architecture(checkpoint.model["architecture"])
             spec = checkpoint.model["compile"]
         else:
-            model = build_model(config.model, data.spec.input_shape, data.spec.num_classes, seed=config.seed,
-                                task=data.spec.task)
+            if config.initial_model is not None:
+                from common.ml.warm_start import load_initial_model
+
+                model = load_initial_model(config.initial_model, input_shape=data.spec.input_shape,
+                                           num_classes=data.spec.num_classes)
+            else:
+                model = build_model(config.model, data.spec.input_shape, data.spec.num_classes, seed=config.seed,
+                                    task=data.spec.task)
+            if config.freeze_layers:
+                from common.ml.warm_start import freeze_first_layers
+
+                logger.info("frozen layers (not trained at the nodes): %s",
+                            ", ".join(freeze_first_layers(model, config.freeze_layers)))
             spec = compile_spec(config.optimizer, config.learning_rate, data.spec.task,
                                 class_weights_for(data) if config.class_weights else None)
         compile_model(model, spec)
@@ -135,7 +147,13 @@ class LiveRuntime:
         holdout = KerasHoldout(model, data.x_holdout, data.y_holdout, task=data.spec.task,
                                target_mean=schema.target_mean if schema else 0.0,
                                target_std=schema.target_std if schema else 1.0)
-        return SessionModel(GlobalModel(model.to_json(), spec, model.get_weights(), data.spec.to_wire()),
+        personal: list[int] = []
+        if config.personal_layers:
+            from common.ml.personal import personal_indices
+
+            personal = personal_indices([len(layer.weights) for layer in model.layers], config.personal_layers)
+        return SessionModel(GlobalModel(model.to_json(), spec, model.get_weights(), data.spec.to_wire(),
+                                        personal=tuple(personal)),
                             holdout, holdout.save, int(model.count_params()))
 
 

@@ -364,7 +364,10 @@ class TrainConfig:
     ``dp_sgd_clip`` > 0 asks for record-level DP-SGD: the node clips each example's gradient to that L2 norm,
     adds N(0, (``dp_sgd_noise_multiplier`` * clip)^2) to their sum and reports its epsilon at ``dp_delta``
     (in [0, 1); 0 when not sent). The optional fields are absent on the wire when 0 (and read as 0 when
-    absent)."""
+    absent). ``federated_eval`` (absent when false) asks the node to evaluate the global model it receives on
+    its local test split before training, and to report that in its acknowledgement (``UpdateAck.evaluation``).
+    ``personal_layers`` (absent when 0; FedPer) is how many of the model's last layers with weights stay on each
+    node: the node trains its own copy, and publishes only the other layers' weights."""
 
     epochs: int
     batch_size: int
@@ -375,6 +378,8 @@ class TrainConfig:
     dp_sgd_clip: float = 0.0
     dp_sgd_noise_multiplier: float = 0.0
     dp_delta: float = 0.0
+    federated_eval: bool = False
+    personal_layers: int = 0
 
     def __post_init__(self) -> None:
         for name in OPTIONAL_TRAIN_FIELDS:
@@ -385,6 +390,10 @@ class TrainConfig:
         wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
                                 "learning_rate": self.learning_rate}
         wire.update({name: getattr(self, name) for name in OPTIONAL_TRAIN_FIELDS if getattr(self, name) > 0})
+        if self.federated_eval:
+            wire["federated_eval"] = True
+        if self.personal_layers:
+            wire["personal_layers"] = self.personal_layers
         return wire
 
     @classmethod
@@ -400,10 +409,13 @@ class TrainConfig:
             optional[name] = value
         if optional["dp_delta"] >= 1:
             raise ProtocolError("bad_schema", f"config: dp_delta={optional['dp_delta']} must be below 1")
+        federated_eval = "federated_eval" in obj and bool(_require(obj, "federated_eval", bool, where="config"))
         return cls(
             epochs=_int_in(obj, "epochs", 1, 10_000, where="config"),
             batch_size=_int_in(obj, "batch_size", 1, 1 << 20, where="config"),
             learning_rate=float(rate),
+            federated_eval=federated_eval,
+            personal_layers=_int_in(obj, "personal_layers", 1, 1000, where="config") if "personal_layers" in obj else 0,
             **optional,
         )
 
@@ -458,7 +470,11 @@ def _optional_object(obj: dict[str, Any], name: str, *, where: str) -> dict[str,
 
 @dataclass(frozen=True)
 class UpdateAck:
-    """Node -> server (``fl_update``): I published my update for this round."""
+    """Node -> server (``fl_update``): I published my update for this round.
+
+    ``evaluation`` (absent on the wire when None; only when the round asked for ``federated_eval`` and the node
+    holds a local test split) is the node's evaluation of the round's global model, before training, on its own
+    test rows: ``{"num_samples": n, "metrics": {...}}``."""
 
     session_id: str
     server_round: int
@@ -467,9 +483,10 @@ class UpdateAck:
     num_records: int
     metrics: dict[str, float | None]  # None: not finite at the node (a diverged loss), sent as null
     timings_s: dict[str, float | None]
+    evaluation: LocalEvaluation | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "session_id": self.session_id,
             "round": self.server_round,
             "node_id": self.node_id,
@@ -478,6 +495,9 @@ class UpdateAck:
             "metrics": self.metrics,
             "timings_s": self.timings_s,
         }
+        if self.evaluation is not None:
+            wire["evaluation"] = self.evaluation.to_wire()
+        return wire
 
     @classmethod
     def from_wire(cls, obj: object) -> UpdateAck:
@@ -491,6 +511,35 @@ class UpdateAck:
             num_records=_int_in(obj, "num_records", 1, MAX_CHUNKS, where="fl_update"),
             metrics=_float_map(obj.get("metrics"), "metrics"),
             timings_s=_float_map(obj.get("timings_s"), "timings_s"),
+            evaluation=LocalEvaluation.from_wire(obj["evaluation"]) if obj.get("evaluation") is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class LocalEvaluation:
+    """A node's evaluation of a global model on its own local test rows (federated evaluation).
+
+    ``personalized`` (FedPer sessions; absent when empty) is the same evaluation with the node's own personal
+    layers in place of the global model's."""
+
+    num_samples: int
+    metrics: dict[str, float | None]
+    personalized: dict[str, float | None] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"num_samples": self.num_samples, "metrics": dict(self.metrics)}
+        if self.personalized:
+            wire["personalized"] = dict(self.personalized)
+        return wire
+
+    @classmethod
+    def from_wire(cls, obj: object) -> LocalEvaluation:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_schema", "fl_update: evaluation must be an object")
+        return cls(
+            num_samples=_int_in(obj, "num_samples", 1, 1 << 40, where="evaluation"),
+            metrics=_float_map(obj.get("metrics"), "evaluation.metrics"),
+            personalized=_float_map(obj.get("personalized", {}), "evaluation.personalized"),
         )
 
 

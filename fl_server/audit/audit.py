@@ -192,6 +192,10 @@ class _Auditor:
         if start is None:
             self._state_known = False
             return
+        if config is not None and config.personal_layers:  # updates carry only the shared layers
+            verdict.not_checked.append("updates and aggregation (--personal-layers: not replayed)")
+            self._state_known = False
+            return
         try:
             replay = self._replay(record, start, config, verdict)
         except MissingRecords as exc:
