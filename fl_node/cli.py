@@ -20,6 +20,7 @@ from common.config import (
     add_disclosure_options,
     add_option,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                help="hold out this fraction of the local rows (drawn with --seed, the same every round) and, when "
                "the server runs --federated-eval, evaluate each round's global model on them before training")
     add_option(parser, "--out-dir", type=Path, default=Path("models"), help="where the final model is saved")
+    add_option(parser, "--finetune-epochs", type=non_negative_int, default=0,
+               help="train the final global model this many more epochs on the local rows before saving it (the "
+               "fine-tuned model stays on this node)")
     add_option(parser, "--chunk-bytes", type=positive_int, default=DEFAULT_CHUNK_BYTES,
                help="largest raw weight slice per Kafka record")
     add_option(parser, "--fetch-timeout", type=positive_float, default=120.0,
@@ -190,7 +194,8 @@ def build_node(setup: NodeSetup) -> FederatedNode:
                             kafka_config=setup.kafka_config, ssl_context=setup.ssl_context, max_idle_s=args.max_idle,
                             dp_clip_norm=args.dp_clip, dp_noise_stddev=args.dp_noise_stddev,
                             server_public_key=setup.server_public_key,
-                            local_test_fraction=args.local_test_fraction, local_test_seed=args.seed)
+                            local_test_fraction=args.local_test_fraction, local_test_seed=args.seed,
+                            finetune_epochs=args.finetune_epochs)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)
     kafka_io.log_crc32c_implementation()
     trainer = LocalTrainer(np.zeros((0,)), np.zeros((0,)), node_id=node_id, max_model_params=args.max_model_params)

@@ -39,6 +39,7 @@ from common.wire.protocol import (
     NodeRefusal,
     ProtocolError,
     StartRound,
+    TrainConfig,
     UpdateAck,
     WeightChunk,
     split_weights,
@@ -86,6 +87,7 @@ class NodeSettings:
     server_public_key: ServerPublicKey | None = None  # when set: train only on models the server signed
     local_test_fraction: float = 0.0  # rows held out from training, for federated evaluation
     local_test_seed: int = 0  # which rows: the same every round
+    finetune_epochs: int = 0  # local epochs on the final global model before saving it (it never leaves the node)
 
 
 EXIT_IDLE = 3
@@ -149,6 +151,7 @@ class FederatedNode:
         self._acks: dict[tuple[str, int], UpdateAck] = {}
         self._secure: dict[tuple[str, int], NodeSecureRound] = {}  # rounds with secure aggregation, in progress
         self._personal: dict[str, tuple[list[int], list[Any]]] = {}  # session -> its personal layers (FedPer)
+        self._last_start: dict[str, StartRound] = {}  # session -> the last round this node took part in
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-worker")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finished = asyncio.Event()
@@ -312,6 +315,7 @@ class FederatedNode:
         if key in self._in_progress:
             return
         self._in_progress.add(key)
+        self._last_start[start.session_id] = start  # the compile spec and batch settings a fine-tune reuses
         self._spawn(self._run_round(start))
 
     async def _refuse(self, start: StartRound, reason: str, detail: str, *, leave: bool) -> None:
@@ -586,6 +590,23 @@ class FederatedNode:
         """Run blocking work (pandas, TensorFlow) on the worker thread, never on the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._worker, call)
 
+    async def _finetune(self, end: EndSession, weights: list[Any]) -> list[Any]:
+        """``--finetune-epochs``: a few local epochs on the final model (plain training: the result stays here)."""
+        epochs, start = self.settings.finetune_epochs, self._last_start.pop(end.session_id, None)
+        if epochs <= 0:
+            return weights
+        if start is None:
+            logger.warning("node %s: no round of session %s trained here; the final model is saved without "
+                           "fine-tuning", self.settings.node_id, end.session_id)
+            return weights
+        config = TrainConfig(epochs, start.config.batch_size, start.config.learning_rate)
+        result = await self._in_worker(partial(
+            self.trainer.train, end.model.architecture, start.model.compile, weights, config,
+            server_round=end.rounds_completed + 1, session_id=end.session_id))
+        logger.info("node %s: fine-tuned the final model for %d local epoch(s) (%s)", self.settings.node_id, epochs,
+                    format_metrics(result.metrics))
+        return list(result.weights)
+
     async def _finish(self, end: EndSession) -> None:
         path = self.settings.out_dir / f"{end.session_id}-{self.settings.node_id}.keras"
         try:
@@ -594,6 +615,7 @@ class FederatedNode:
             if kept is not None:  # FedPer: this node's personalized model
                 weights = with_personal(weights, kept[0], kept[1])
                 logger.info("node %s: the saved model has this node's own personal layers", self.settings.node_id)
+            weights = await self._finetune(end, weights)
             await self._in_worker(partial(self.trainer.save, end.model.architecture, weights, path))
             self.final_model_path = path
             logger.info("node %s: session %s ended after %d rounds; final model saved to %s", self.settings.node_id,

@@ -131,3 +131,46 @@ async def test_a_server_that_is_not_there_yet_is_not_a_refusal(tmp_path):
 ])
 def test_a_connect_error_is_a_refusal_only_when_the_server_answered(data, expected):
     assert describe_refusal(data, now=600.0) == expected
+
+
+class RecordingTrainer(FakeTrainer):
+    """Training adds 1 to every weight; saving records what was saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.configs: list = []
+        self.saved: list = []
+
+    def train(self, architecture, compile_spec, weights, config, *, server_round, session_id=""):
+        self.configs.append(config)
+        return TrainResult(weights=[np.asarray(w) + 1 for w in weights], metrics={"loss": 0.5}, train_s=0.01)
+
+    def save(self, architecture, weights, path):
+        self.saved.append([np.asarray(w) for w in weights])
+
+
+@pytest.mark.parametrize("epochs", [0, 3])
+async def test_finetune_epochs_train_the_final_model_locally_before_saving(tmp_path, epochs):
+    from dataclasses import replace
+
+    from common.wire.protocol import EndSession
+
+    trainer = RecordingTrainer()
+    node = make_node(tmp_path, trainer)
+    node.settings = replace(node.settings, finetune_epochs=epochs)
+    start = start_round()
+    node._in_progress.discard((start.session_id, start.server_round))
+    await node._on_start_round(start.to_wire())  # a round of this session trains here
+    await asyncio.wait_for(asyncio.gather(*node._tasks), 10)
+    node.kafka.fetch_model.return_value = [np.full(3, 5.0, np.float32)]
+    await asyncio.wait_for(node._finish(EndSession("s", 3, start.model)), 10)
+    (saved,) = trainer.saved
+    np.testing.assert_array_equal(saved[0], np.full(3, 5.0 + (1 if epochs else 0)))
+    if epochs:
+        finetune = trainer.configs[-1]
+        assert (finetune.epochs, finetune.batch_size, finetune.learning_rate) == (3, 8, 0.1)
+        assert len(trainer.configs) == 2  # the round, then the fine-tune
+    else:
+        assert len(trainer.configs) == 1
+    node.kafka.publish_update.assert_awaited_once()  # the round's update only: nothing of the fine-tune is sent
+    await node.close()
