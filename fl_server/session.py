@@ -130,8 +130,10 @@ class LiveRuntime:
             if config.initial_model is not None:
                 from common.ml.warm_start import load_initial_model
 
+                # Binary and regression models end in one unit (common.ml.models.build_model).
                 model = load_initial_model(config.initial_model, input_shape=data.spec.input_shape,
-                                           num_classes=data.spec.num_classes)
+                                           num_classes=data.spec.num_classes if data.spec.task == "classification"
+                                           else 1)
             else:
                 model = build_model(config.model, data.spec.input_shape, data.spec.num_classes, seed=config.seed,
                                     task=data.spec.task)
