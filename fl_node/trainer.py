@@ -24,6 +24,7 @@ from fl_node.dp_sgd import DEFAULT_DELTA, DpSgdLoop
 from fl_node.proximal import ProximalLoop
 
 logger = logging.getLogger(__name__)
+METRIC_NAMES = {"binary_accuracy": "accuracy"}  # Keras name -> the name the history uses
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ class LocalTrainer:
         model = self._compiled_model(architecture, compile_spec, learning_rate)
         model.set_weights(list(weights))
         scores = model.evaluate(self.x_test, self.y_test, batch_size=256, verbose=0, return_dict=True)
-        return {str(k): float(v) if math.isfinite(float(v)) else None for k, v in scores.items()}
+        # A binary model's Keras metric is "binary_accuracy": report it as accuracy, as the server's holdout does.
+        return {METRIC_NAMES.get(str(k), str(k)): float(v) if math.isfinite(float(v)) else None
+                for k, v in scores.items()}
 
     def _model_for(self, architecture: str) -> Any:
         digest = hashlib.sha256(architecture.encode()).hexdigest()
