@@ -537,8 +537,8 @@ class FederatedNode:
         self.metrics.update_published(result.train_s, len(chunks))
         if secure is not None:
             test_exit_point("masked")
-        logger.info("node %s round %d: trained in %.2fs, published %d records in %.2fs (%s)", self.settings.node_id,
-                    start.server_round, result.train_s, len(chunks), publish_s,
+        logger.info("node %s round %d: fetched in %.2fs, trained in %.2fs, published %d records in %.2fs (%s)",
+                    self.settings.node_id, start.server_round, fetch_s, result.train_s, len(chunks), publish_s,
                     format_metrics(result.metrics))
         return UpdateAck(
             session_id=start.session_id,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from common.metrics_format import format_metrics
+from common.ml.batch_eval import evaluate_in_batches
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS, check_parameter_budget, estimate_parameters
 from common.ml.models import MAX_ARCHITECTURE_BYTES, class_weight_of, compile_model, model_from_architecture
 from common.privacy.accountant import PrivacyAccountant
@@ -83,7 +84,7 @@ class LocalTrainer:
             raise ValueError("no local test split (fl-node --local-test-fraction)")
         model = self._compiled_model(architecture, compile_spec, learning_rate)
         model.set_weights(list(weights))
-        scores = model.evaluate(self.x_test, self.y_test, batch_size=256, verbose=0, return_dict=True)
+        scores = evaluate_in_batches(model, self.x_test, self.y_test)
         # A binary model's Keras metric is "binary_accuracy": report it as accuracy, as the server's holdout does.
         return {METRIC_NAMES.get(str(k), str(k)): float(v) if math.isfinite(float(v)) else None
                 for k, v in scores.items()}

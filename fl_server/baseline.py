@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from common.cli import UsageError, command_main
 from common.config import add_logging_options, add_option, add_training_options, positive_int
 from common.metrics_format import format_metrics
+from common.ml.batch_eval import evaluate_in_batches, predict_in_batches
 from common.ml.tasks import add_task_options
 from fl_server.config import DEFAULTS, json_ready
 from fl_server.history import SessionHistory, utc_now
@@ -136,8 +137,8 @@ def train_round(model: Any, server_round: int, args: argparse.Namespace, train: 
     t1 = time.perf_counter()
     task = spec.task if spec is not None else CLASSIFICATION
     schema = spec.schema if spec is not None else None
-    predicted = model.predict(holdout[0], verbose=0) if task != CLASSIFICATION else None
-    scores = task_metrics(task, model.evaluate(*holdout, verbose=0, return_dict=True), holdout[1], predicted,
+    predicted = predict_in_batches(model, holdout[0]) if task != CLASSIFICATION else None
+    scores = task_metrics(task, evaluate_in_batches(model, *holdout), holdout[1], predicted,
                           (schema.target_mean, schema.target_std) if schema is not None else (0.0, 1.0))
     evaluate_s = time.perf_counter() - t1
     num_samples = len(train[1])

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from common.ml.batch_eval import EVAL_BATCH_ROWS, evaluate_in_batches, predict_in_batches
 from common.ml.tasks import BINARY, CLASSIFICATION, binary_metrics, original_units, regression_metrics
 
 
@@ -31,12 +32,12 @@ class KerasHoldout:
     ``loss`` (MSE of the standardised target) and ``mse, mae, rmse, r2`` in the target's original units. ``{}``
     when the holdout is empty (``fl-server --no-holdout``)."""
 
-    def __init__(self, model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 256,
+    def __init__(self, model: Any, x: np.ndarray, y: np.ndarray, *, batch_rows: int = EVAL_BATCH_ROWS,
                  task: str = CLASSIFICATION, target_mean: float = 0.0, target_std: float = 1.0) -> None:
         self._model = model
         self._x = x
         self._y = y
-        self._batch_size = batch_size
+        self._batch_rows = batch_rows
         self._task = task
         self._target_scale = (target_mean, target_std)
         self._lock = threading.Lock()  # one Keras model, used from executor threads
@@ -46,9 +47,8 @@ class KerasHoldout:
             return {}
         with self._lock:
             self._model.set_weights(list(weights))
-            results = self._model.evaluate(self._x, self._y, batch_size=self._batch_size, verbose=0,
-                                           return_dict=True)
-            predicted = (self._model.predict(self._x, batch_size=self._batch_size, verbose=0)
+            results = evaluate_in_batches(self._model, self._x, self._y, self._batch_rows)
+            predicted = (predict_in_batches(self._model, self._x, self._batch_rows)
                          if self._task != CLASSIFICATION else None)
         return task_metrics(self._task, {name: float(value) for name, value in results.items()}, self._y, predicted,
                             self._target_scale)
