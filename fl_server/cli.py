@@ -15,6 +15,7 @@ from common.config import (
     add_training_options,
     fraction,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_fraction,
     positive_int,
@@ -107,6 +108,11 @@ def add_round_options(parser: argparse.ArgumentParser) -> None:
                "participants declared (a node cannot buy the average by claiming many samples)")
     add_option(parser, "--max-record-bytes", type=positive_int, default=D.max_record_bytes,
                help="reject update records larger than this")
+    add_option(parser, "--aggregators", type=non_negative_int, default=D.aggregators,
+               help="fl-aggregator workers that validate and fold the updates in a Kafka consumer group (README "
+               "\"Scaling aggregation\"); the server adds their partial sums. 0: the server does it itself")
+    add_option(parser, "--aggregator-key", type=Path, default=None,
+               help="file with the hex secret the server and its fl-aggregator workers sign their messages with")
     add_option(parser, "--inbox-bytes", type=positive_int, default=D.inbox_bytes,
                help="most bytes of update records waiting for the round loop; past it the server stops reading "
                "Kafka until the loop catches up (records wait in the broker, none is dropped)")

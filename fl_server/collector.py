@@ -10,7 +10,9 @@ The work is split in three, so that nothing proportional to a model runs on the 
 * ``assemble_update`` (pure, in a worker): joins the chunks, rebuilds the arrays and checks their
   values; ``RoundCollector.conclude`` then records the outcome on the round loop.
 
-``offer_record`` does all three in a row (tests and in-process callers).
+``offer_record`` does all three in a row (tests and in-process callers), ``offer_inspected`` the last two (an
+``fl-aggregator`` worker, in its own process). With ``fl-server --aggregators`` the coordinator's collector
+learns each update's outcome from the workers' verdicts instead (``take_verdict``, ``add_counts``).
 
 Every record is untrusted. The collector checks it in a fixed order, cheapest and most
 fundamental first, and counts what it refuses by reason:
@@ -226,6 +228,10 @@ class RoundCollector:
         self._expected = list(specs)
 
     @property
+    def expected_specs(self) -> list[ArraySpec]:
+        return list(self._expected)
+
+    @property
     def partial_uploads(self) -> int:
         """Participants with some, but not all, of their chunks in (bounded by the participants)."""
         return len(self._assemblers)
@@ -250,7 +256,12 @@ class RoundCollector:
 
     def offer_record(self, record: RawRecord) -> CompletedUpdate | None:
         """Inspect, offer, assemble and conclude one raw record in a row; returns the update it completes."""
-        pending = self.offer(inspect_record(record, keys=self._keys, max_record_bytes=self._max_record_bytes))
+        return self.offer_inspected(inspect_record(record, keys=self._keys, max_record_bytes=self._max_record_bytes))
+
+    def offer_inspected(self, item: InspectedRecord) -> CompletedUpdate | None:
+        """Offer, assemble and conclude one inspected record in a row (an ``fl-aggregator`` worker's own process
+        does this for its partitions); returns the update it completes, weights included."""
+        pending = self.offer(item)
         if pending is None:
             return None
         outcome = assemble_update(pending, reference=self.reference, max_update_norm=self.max_update_norm)
@@ -348,6 +359,27 @@ class RoundCollector:
     def _reject_signed(self, reason: str, detail: str, signer: str | None,
                        update_key: tuple[str, int] | None = None) -> None:
         self.reject(reason, detail, update_key=update_key, forfeit=signer)
+
+    def take_verdict(self, node_id: str, *, accepted: bool, num_samples: int, sha256: str, reason: str = "",
+                     records: Sequence[tuple[int, int]] = ()) -> bool:
+        """An ``fl-aggregator`` worker judged ``node_id``'s update with this same collector code: record the
+        outcome (its rejection counts arrive with the partition's partial). False if it changes nothing: not a
+        participant, or already decided (a worker that took over a partition repeats the verdicts)."""
+        if node_id not in self.participants or node_id in self.completed or node_id in self.failed:
+            return False
+        if accepted:
+            self.completed[node_id] = CompletedUpdate(node_id=node_id, num_samples=num_samples, weights=[],
+                                                      sha256=sha256)
+            self.accepted_updates.append(AcceptedUpdate(node_id, num_samples, sha256, tuple(records)))
+        else:
+            self.failed[node_id] = reason or "rejected"
+        return True
+
+    def add_counts(self, rejected: dict[str, int], *, duplicates: int = 0, ignored: int = 0) -> None:
+        """Rejections, duplicates and ignored records a worker counted for this round."""
+        self.rejected.update(rejected)
+        self.duplicates += duplicates
+        self.ignored += ignored
 
     def offer_ack(self, ack: UpdateAck) -> str | None:
         """Record a node's acknowledgement; returns a refusal reason or None."""

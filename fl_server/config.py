@@ -98,6 +98,8 @@ class ServerConfig:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     node_keys: Path | None = None
     server_key: Path | None = None  # the server's Ed25519 private key: signs global models and round records
+    aggregators: int = 0  # fl-aggregator workers that validate and fold the updates (0: this process does)
+    aggregator_key: Path | None = None  # the secret the server and its workers sign their messages with
     allow_unauthenticated: bool = False
     resume: Path | None = None
     history_dir: Path = Path("history")
@@ -182,7 +184,7 @@ OPERATIONAL_SETTINGS = (
     "tls_key", "kafka_security_protocol", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
     "kafka_ssl_no_check_hostname", "kafka_sasl_mechanism", "kafka_sasl_username", "config", "log_level", "quiet",
     "linger",
-    "server_key",
+    "server_key", "aggregators", "aggregator_key",
 )
 HISTORY_SETTINGS = SESSION_SETTINGS + OPERATIONAL_SETTINGS
 NOT_RECORDED = {"kafka_sasl_password": "a secret: never printed, never written to a file",

@@ -39,6 +39,8 @@ from common.wire.protocol import (
     TrainConfig,
     UpdateAck,
 )
+from fl_server.aggregator.link import AggregatorLink
+from fl_server.aggregator.messages import Verdict
 from fl_server.checkpoint import Checkpoint, save_checkpoint
 from fl_server.collector import (
     AssembledUpdate,
@@ -129,6 +131,7 @@ class Coordinator(SecureStages):
         inbox: Inbox | None = None,
         privacy: PrivacyLedger | None = None,
         observer: SessionObserver | None = None,
+        aggregation: AggregatorLink | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -163,6 +166,7 @@ class Coordinator(SecureStages):
         self.observer = observer or SessionObserver()  # the dashboard and metrics (read-only onlookers)
         self.stop_reason: str | None = None  # "budget_exhausted" when the privacy budget ended the session early
         self._current: tuple[StartRound, RoundCollector] | None = None
+        self._aggregation = aggregation  # --aggregators: fl-aggregator workers judge and fold the updates
 
     # ------------------------------------------------------------ inputs (event-loop thread)
 
@@ -239,6 +243,8 @@ class Coordinator(SecureStages):
         if len(self.registry) < needed:
             logger.warning("round %d waits: %d of %d node(s) connected", server_round, len(self.registry), needed)
             await self.registry.wait_for_logged(needed)
+        if self._aggregation is not None:
+            await self._aggregation.wait_ready()
 
     async def _open_round(self, server_round: int) -> RoundState:
         """Sample the participants, publish the global model and send them ``start_round``."""
@@ -283,6 +289,9 @@ class Coordinator(SecureStages):
             declared = sum(n.num_samples for n in participants)
             state.sample_cap = max(1, int(settings.max_node_weight * declared))
         self.strategy.begin_round(server_round, shared_part(self.weights, self.model.personal))
+        if self._aggregation is not None:
+            await self._aggregation.open_round(collector, sample_cap=state.sample_cap,
+                                               max_record_bytes=settings.max_record_bytes)
         ref = await self._publish_model(server_round, self.weights, self._digest)
         state.start_model_ref, state.offsets_from = ref.to_wire(), dict(self.offsets)  # for fl-audit
         private: dict[str, Any] = self.privacy.node_config(len(participants)) if self.privacy is not None else {}
@@ -359,6 +368,8 @@ class Coordinator(SecureStages):
                 await self._take_record(state, item)
             case SecAggInput():
                 self._take_secure(state, item)
+            case Verdict() if self._aggregation is not None:
+                self._aggregation.take_verdict(state, item)
         self.observer.round_progress(state.server_round, collector)
 
     async def _take_record(self, state: RoundState, item: InspectedRecord) -> None:
@@ -381,6 +392,8 @@ class Coordinator(SecureStages):
     async def _aggregate(self, state: RoundState) -> None:
         """The round's new global model, or the reason it has none (the model then stays)."""
         t_agg = time.perf_counter()
+        if state.failure is None and self._aggregation is not None:  # the workers' partials, into the strategy
+            state.failure = await self._aggregation.close_round(state, self.strategy)
         accepted = len(state.collector.completed)
         if state.failure is None and accepted < state.required:
             state.failure = f"{accepted} update(s) accepted, the round needs {state.required} (--min-fit)"

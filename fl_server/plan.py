@@ -22,6 +22,8 @@ from common.transport.tls import server_ssl_context
 from common.wire.integrity import KeyRegistry
 from common.wire.protocol import SESSION_ID_PATTERN
 from common.wire.server_key import ServerSigner
+from fl_server.aggregator.messages import AggregationKey
+from fl_server.aggregator.plan import aggregation_key
 from fl_server.checkpoint import Checkpoint, CheckpointError, load_checkpoint_for
 from fl_server.config import ServerConfig, resume_config
 from fl_server.privacy.aggregation import DPAggregation
@@ -46,6 +48,7 @@ class SessionPlan:
     kafka_client_config: dict[str, Any]
     privacy: PrivacyPlan | None = None
     server_key: ServerSigner | None = None
+    aggregation_key: AggregationKey | None = None  # --aggregators: signs the messages to and from the workers
 
 
 def new_session_id() -> str:
@@ -83,6 +86,7 @@ def plan_session(config: ServerConfig) -> SessionPlan:
         privacy=privacy,
         keys=node_keys(config),
         server_key=server_key(config),
+        aggregation_key=aggregation_key(config, strategy),
         tls=server_tls(config),
         kafka_client_config=KafkaSecurity.from_args(config).to_client_config(),  # type: ignore[arg-type]
     )

@@ -230,7 +230,9 @@ class ServerSession:
             await self.stop()
             raise
         endpoints = Endpoints(config.host, config.port, config.kafka, config.updates_topic, config.models_topic,
-                              chunk_bytes=config.chunk_bytes, server_key=self.plan.server_key)
+                              chunk_bytes=config.chunk_bytes, server_key=self.plan.server_key,
+                              aggregators=config.aggregators, aggregation_key=self.plan.aggregation_key,
+                              round_timeout_s=config.round_timeout)
         checkpoint = self.plan.checkpoint
         self._kafka = self.runtime.kafka(endpoints, self.plan.session_id, self.plan.kafka_client_config,
                                          checkpoint.offsets if checkpoint else None)
@@ -305,6 +307,7 @@ class ServerSession:
             inbox=self.inbox,
             privacy=self._privacy_ledger(),
             observer=self.onlookers.observer,
+            aggregation=getattr(self._kafka, "aggregation", None),  # set by the Kafka plane with --aggregators
         )
 
     def _session_settings(self) -> SessionSettings:

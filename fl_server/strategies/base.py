@@ -25,6 +25,9 @@ class Strategy(ABC):
     """One small interface per aggregation rule. Constructors take keyword-only hyperparameters."""
 
     name: ClassVar[str] = "strategy"
+    # True when ``aggregate`` needs only sum_k n_k w_k and sum_k n_k: the strategy then takes partial sums
+    # (``add_partial_sum``) from ``fl-aggregator`` workers. Strategies that need every update keep it False.
+    partial_sums: ClassVar[bool] = False
 
     @abstractmethod
     def begin_round(self, server_round: int, global_weights: Sequence[np.ndarray]) -> None:
@@ -39,6 +42,10 @@ class Strategy(ABC):
         """New global weights, or None when the round received no update.
 
         Raises ``AggregationError`` when the round's updates cannot be aggregated."""
+
+    def add_partial_sum(self, sums: Sequence[np.ndarray], total_weight: int) -> None:
+        """Fold a partial ``sum_k n_k w_k`` (float64, per layer) of ``total_weight = sum_k n_k`` into the round."""
+        raise AggregationError(f"strategy {self.name} needs every update; it cannot add partial sums")
 
     def train_config(self, server_round: int) -> dict[str, Any]:
         """Extra ``TrainConfig`` fields for this round's ``start_round`` (e.g. ``proximal_mu``)."""

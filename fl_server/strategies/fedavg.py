@@ -41,6 +41,7 @@ class FedAvg(Strategy):
     """
 
     name = "fedavg"
+    partial_sums = True
 
     def __init__(self) -> None:
         self._sums: list[np.ndarray] | None = None
@@ -61,6 +62,15 @@ class FedAvg(Strategy):
         for acc, w in zip(self._sums, weights, strict=True):
             add_scaled(acc, w, float(num_samples))
         self._total_samples += num_samples
+
+    def add_partial_sum(self, sums: Sequence[np.ndarray], total_weight: int) -> None:
+        if total_weight <= 0:
+            raise ValueError(f"a partial sum needs a positive weight, got {total_weight}")
+        if self._sums is None:
+            self._sums = [np.zeros(np.shape(s), dtype=np.float64) for s in sums]
+        for acc, partial in zip(self._sums, sums, strict=True):
+            acc += np.asarray(partial, dtype=np.float64)
+        self._total_samples += total_weight
 
     def average(self) -> list[np.ndarray] | None:
         """The round's weighted mean in float64 (None without updates); ``aggregate`` casts it back."""

@@ -31,6 +31,8 @@ def _restore(state: dict[str, list[np.ndarray]], name: str, strategy: str) -> li
 class PseudoGradientStrategy(Strategy):
     """Streams a FedAvg of the round, then hands ``delta = avg - w_global`` to ``_step``."""
 
+    partial_sums = True
+
     def __init__(self) -> None:
         self._fedavg = FedAvg()
         self._global: list[np.ndarray] = []
@@ -41,6 +43,9 @@ class PseudoGradientStrategy(Strategy):
 
     def accumulate(self, node_id: str, weights: Sequence[np.ndarray], num_samples: int) -> None:
         self._fedavg.accumulate(node_id, weights, num_samples)
+
+    def add_partial_sum(self, sums: Sequence[np.ndarray], total_weight: int) -> None:
+        self._fedavg.add_partial_sum(sums, total_weight)
 
     def aggregate(self) -> list[np.ndarray] | None:
         mean = self._fedavg.average()

@@ -17,6 +17,8 @@ from common.ratelog import RateLimitedLog
 from common.transport import kafka_io
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, KIND_MODEL, SERVER_SENDER_ID, ModelRef, RawRecord, split_weights
 from common.wire.server_key import ServerSigner
+from fl_server.aggregator.link import AggregatorLink, partition_count
+from fl_server.aggregator.messages import AggregationKey, control_topic, results_topic
 from fl_server.collector import InspectedRecord
 from fl_server.inbox import Inbox
 
@@ -35,13 +37,18 @@ class Endpoints:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     publish_timeout_s: float = 300.0
     server_key: ServerSigner | None = field(default=None, repr=False)  # signs every model record when given
+    aggregators: int = 0  # --aggregators: fl-aggregator workers read the updates, the server reads their partials
+    aggregation_key: AggregationKey | None = field(default=None, repr=False)
+    round_timeout_s: float = 120.0  # how long a round's close waits for the workers' partials
 
 
 class KafkaPlane:
     """The server's Kafka clients: a producer for global models and a consumer of node updates.
 
     The consumer commits under group ``fl-server.<session>``, and only the offsets the coordinator
-    hands to ``commit`` after persisting a round."""
+    hands to ``commit`` after persisting a round. With ``aggregators`` the server reads no update: it
+    creates the updates topic with at least that many partitions and talks to the ``fl-aggregator``
+    workers through ``aggregation`` (``fl_server.aggregator.link``)."""
 
     def __init__(self, endpoints: Endpoints, session_id: str, *, config: kafka_io.ClientConfig | None = None,
                  start_offsets: dict[int, int] | None = None) -> None:
@@ -53,6 +60,7 @@ class KafkaPlane:
         self._producer: Any = None
         self._consumer: kafka_io.UpdateConsumer | None = None
         self._stopping = threading.Event()
+        self.aggregation: AggregatorLink | None = None
 
     async def start(self, inbox: Inbox, inspect: Callable[[RawRecord], InspectedRecord]) -> dict[int, int]:
         """Create topics, open the producer, position the consumer; returns where it starts reading.
@@ -62,13 +70,15 @@ class KafkaPlane:
         the round loop is behind: records then wait in Kafka, not in the server's memory."""
         loop = asyncio.get_running_loop()
         e = self.endpoints
-        await loop.run_in_executor(
-            None, kafka_io.ensure_topics, e.kafka, {e.updates_topic: e.update_partitions, e.models_topic: 1},
-            self.config,
-        )
+        topics = {e.updates_topic: e.aggregators or e.update_partitions, e.models_topic: 1}  # one per worker
+        if e.aggregators:
+            topics.update({control_topic(e.updates_topic): 1, results_topic(e.updates_topic): 1})
+        await loop.run_in_executor(None, kafka_io.ensure_topics, e.kafka, topics, self.config)
         self._producer = await loop.run_in_executor(None, kafka_io.make_producer, e.kafka, "fl-server", self.config)
 
         inbox.bind(loop)
+        if e.aggregators:
+            return await self._start_aggregation(inbox)
 
         def deliver(record: RawRecord) -> None:
             try:
@@ -85,6 +95,22 @@ class KafkaPlane:
         logger.info("Kafka at %s: reading %s from offsets %s (group %s), publishing models to %s", e.kafka,
                     e.updates_topic, positions, self.group_id, e.models_topic)
         return positions
+
+    async def _start_aggregation(self, inbox: Inbox) -> dict[int, int]:
+        e = self.endpoints
+        if e.aggregation_key is None:
+            raise ValueError("--aggregators needs --aggregator-key")
+        loop = asyncio.get_running_loop()
+        partitions = await loop.run_in_executor(None, partition_count, e.kafka, e.updates_topic, self.config)
+        if partitions < e.aggregators:
+            logger.warning("%s has %d partition(s): only %d of the %d aggregators will have work (a topic's "
+                           "partitions are never reduced; use a new --updates-topic)", e.updates_topic, partitions,
+                           partitions, e.aggregators)
+        self.aggregation = AggregatorLink(kafka=e.kafka, updates_topic=e.updates_topic, num_partitions=partitions,
+                                          key=e.aggregation_key, session_id=self.session_id,
+                                          round_timeout_s=e.round_timeout_s, config=self.config)
+        await self.aggregation.start(self._producer, inbox)
+        return {}
 
     def commit(self, offsets: dict[int, int]) -> None:
         if self._consumer is not None:
@@ -114,6 +140,8 @@ class KafkaPlane:
     async def stop(self) -> None:
         loop = asyncio.get_running_loop()
         self._stopping.set()  # releases a consumer thread waiting for room in the inbox
+        if self.aggregation is not None:
+            await self.aggregation.stop()
         if self._consumer is not None:
             await loop.run_in_executor(None, self._consumer.stop)
             self._consumer = None

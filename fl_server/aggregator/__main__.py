@@ -1,0 +1,5 @@
+import sys
+
+from fl_server.aggregator.cli import main
+
+sys.exit(main())

@@ -1,0 +1,247 @@
+"""The ``fl-aggregator`` process: a Kafka consumer-group member that validates and folds its partitions' updates.
+
+Blocking kafka-python calls run in this process's main thread (the worker has no event loop); the control
+topic is read by ``kafka_io.UpdateConsumer``'s thread and handed over through a bounded queue. One loop:
+
+1. apply control messages (``open`` a round, ``close`` it: publish a partial per owned partition, then commit
+   the partitions' offsets under the group, so a partition's next owner starts where this round's partial
+   ended);
+2. poll the updates topic, ``inspect_record`` each record (the server's own function: size, HMAC, JSON, strict
+   base64, headers), hold a record of a round not opened yet (up to ``OPEN_WAIT_S``), then let
+   ``AggregatorCore`` judge and fold it; publish the verdicts;
+3. after a rebalance, and every ``HEARTBEAT_S``, publish which partitions it owns (the coordinator waits until
+   every partition has an owner before it opens a round).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+
+from common.ratelog import RateLimitedLog
+from common.transport import kafka_io
+from common.wire.errors import ProtocolError
+from common.wire.integrity import KeyRegistry
+from common.wire.protocol import DEFAULT_CHUNK_BYTES, KIND_UPDATE, RawRecord, encode_chunk, split_weights
+from fl_server.aggregator.core import AggregatorCore, Outgoing, PartialOut
+from fl_server.aggregator.messages import (
+    AggregationKey,
+    Assignment,
+    RoundClose,
+    RoundOpen,
+    control_topic,
+    results_topic,
+)
+from fl_server.collector import inspect_record
+
+logger = logging.getLogger(__name__)
+control_log = RateLimitedLog(logger)
+
+OPEN_WAIT_S = 30.0  # how long a record of an unannounced round is held before it is judged as it stands
+HEARTBEAT_S = 5.0
+CONTROL_QUEUE_ITEMS = 64
+SEND_TIMEOUT_S = 120.0
+
+
+def sum_partition_id(partition: int) -> str:
+    """The sender id of a partial's sum records (a node id in form: the update codec carries them)."""
+    return f"partition-{partition}"
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    kafka: str
+    updates_topic: str
+    aggregator_id: str
+    group_id: str
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    max_record_bytes: int = 4 * 1024 * 1024
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-python ships no type hints
+    def __init__(self, worker: AggregatorWorker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in revoked}
+        if partitions:
+            logger.warning("partitions %s revoked (consumer-group rebalance); their open round is left to their "
+                           "next owner, who re-reads them from the last committed offset", sorted(partitions))
+        self.worker.core.revoke(partitions)
+        self.worker.assignment_changed = True
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self.worker.core.assign({tp.partition for tp in assigned})
+        self.worker.assignment_changed = True
+
+
+class AggregatorWorker:
+    """One worker process's Kafka side around an ``AggregatorCore``."""
+
+    def __init__(self, settings: WorkerSettings, *, keys: KeyRegistry | None, key: AggregationKey,
+                 config: kafka_io.ClientConfig | None = None) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.key = key
+        self.config = config or {}
+        self.core = AggregatorCore(settings.aggregator_id, keys=keys)
+        self.assignment_changed = False
+        self._control: queue.Queue[RoundOpen | RoundClose] = queue.Queue(CONTROL_QUEUE_ITEMS)
+        self._producer: KafkaProducer | None = None
+        self._seq = 0
+        self.published_partials = 0
+
+    # ------------------------------------------------------------ control topic (its consumer's thread)
+
+    def _on_control(self, record: RawRecord) -> None:
+        try:
+            kind = self.key.verify(record.key, record.header_map(), record.value)
+            message: RoundOpen | RoundClose
+            if kind == RoundOpen.kind:
+                message = RoundOpen.from_value(record.value)
+            elif kind == RoundClose.kind:
+                message = RoundClose.from_value(record.value)
+            else:
+                raise ProtocolError("bad_schema", f"unknown control message {kind[:20]!r}")
+        except ProtocolError as exc:
+            control_log.warning(exc.reason, "refused a control record at offset %d: %s", record.offset, exc)
+            return
+        try:
+            self._control.put(message, timeout=10)
+        except queue.Full:
+            control_log.warning("control_full", "control queue full: dropped a %s message", message.kind)
+
+    # ------------------------------------------------------------ the loop (main thread)
+
+    def run(self, stop: threading.Event) -> None:
+        s = self.settings
+        kafka_io.ensure_topics(s.kafka, {control_topic(s.updates_topic): 1, results_topic(s.updates_topic): 1},
+                               self.config)
+        self._producer = kafka_io.make_producer(s.kafka, f"fl-aggregator-{s.aggregator_id}", self.config)
+        control = kafka_io.UpdateConsumer(s.kafka, control_topic(s.updates_topic), self._on_control,
+                                          config=self.config)
+        control.start()
+        consumer = kafka_io.make_consumer(s.kafka, f"fl-aggregator-{s.aggregator_id}", self.config, s.group_id)
+        consumer.subscribe([s.updates_topic], listener=_Rebalance(self))
+        logger.info("aggregator %s: group %s on %s; control on %s", s.aggregator_id, s.group_id, s.updates_topic,
+                    control_topic(s.updates_topic))
+        next_heartbeat = 0.0
+        try:
+            while not stop.is_set():
+                self._apply_control(consumer, block_s=0.0)
+                batch = consumer.poll(timeout_ms=200)
+                if self.assignment_changed or time.monotonic() >= next_heartbeat:
+                    self._announce(consumer)
+                    next_heartbeat = time.monotonic() + HEARTBEAT_S
+                for tp, records in batch.items():
+                    for record in records:
+                        if stop.is_set():
+                            return
+                        self._take(consumer, tp.partition, record)
+        finally:
+            control.stop()
+            consumer.close()
+            self._producer.close(timeout=10)
+
+    def _take(self, consumer: KafkaConsumer, partition: int, record: Any) -> None:
+        if partition not in self.core.owned:
+            return  # revoked by a rebalance inside this batch: its next owner reads it
+        raw = RawRecord(record.value, record.key, tuple(record.headers or ()), partition, record.offset)
+        item = inspect_record(raw, keys=self.keys, max_record_bytes=self.settings.max_record_bytes)
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while self.core.waiting_for_open(item) and time.monotonic() < deadline:
+            self._apply_control(consumer, block_s=0.5)
+        self._publish(self.core.take(partition, record.offset, item))
+
+    def _apply_control(self, consumer: KafkaConsumer, *, block_s: float) -> None:
+        try:
+            message = self._control.get(timeout=block_s) if block_s > 0 else self._control.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(message, RoundOpen):
+                self.core.open(message)
+            else:
+                partials = self.core.close(message)
+                if partials:
+                    self._publish(partials)
+                    self._commit(consumer)
+            try:
+                message = self._control.get_nowait()
+            except queue.Empty:
+                return
+
+    def _announce(self, consumer: KafkaConsumer) -> None:
+        """Say which partitions this worker owns; first learn where each newly owned one stands."""
+        if self.assignment_changed:
+            self.assignment_changed = False
+            self._seq += 1
+            fresh = []
+            for partition in sorted(self.core.owned - set(self.core.next_offset)):
+                tp = TopicPartition(self.settings.updates_topic, partition)
+                self.core.next_offset[partition] = consumer.position(tp)
+                if consumer.committed(tp) is None:
+                    fresh.append(partition)
+            if fresh:  # no offset committed yet: commit where we start, so a later owner does not skip ahead
+                self._commit(consumer, fresh)
+            logger.info("aggregator %s owns partitions %s (from offsets %s)", self.settings.aggregator_id,
+                        sorted(self.core.owned), {p: self.core.next_offset.get(p) for p in sorted(self.core.owned)})
+        message = Assignment(self.settings.aggregator_id, self._seq, tuple(sorted(self.core.owned)))
+        self._send(message.kind, message.to_value())
+
+    def _commit(self, consumer: KafkaConsumer, partitions: Sequence[int] | None = None) -> None:
+        owned = sorted(self.core.owned if partitions is None else partitions)
+        offsets = {TopicPartition(self.settings.updates_topic, p): OffsetAndMetadata(self.core.next_offset[p], "", -1)
+                   for p in owned if p in self.core.next_offset}
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets)
+        except KafkaError as exc:  # a rebalance in between: the next owner re-reads, the coordinator detects it
+            logger.warning("could not commit offsets %s: %r", {tp.partition: o.offset for tp, o in offsets.items()},
+                           exc)
+
+    # ------------------------------------------------------------ results topic
+
+    def _send(self, kind: str, value: bytes) -> None:
+        assert self._producer is not None
+        key = self.settings.aggregator_id.encode()
+        self._producer.send(results_topic(self.settings.updates_topic), key=key, value=value,
+                            headers=self.key.headers(kind, key, value))
+
+    def _publish(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        for message in messages:
+            if isinstance(message, PartialOut):
+                self._publish_partial(message)
+            else:
+                self._send(message.kind, message.to_value())
+        assert self._producer is not None
+        self._producer.flush(timeout=SEND_TIMEOUT_S)
+
+    def _publish_partial(self, partial: PartialOut) -> None:
+        """The sum's records first, then the header that names them: once the coordinator has the header, it
+        has every record before it (one partition, in order)."""
+        header = partial.header
+        chunks = list(split_weights(partial.sums, kind=KIND_UPDATE, session_id=header.session_id,
+                                    server_round=header.server_round, node_id=sum_partition_id(header.partition),
+                                    num_samples=max(header.total_weight, 1), chunk_bytes=self.settings.chunk_bytes)
+                      ) if partial.sums else []
+        for chunk in chunks:
+            self._send("sum", encode_chunk(chunk))
+        header = replace(header, num_chunks=len(chunks))
+        self._send(header.kind, header.to_value())
+        self.published_partials += 1
+        logger.info("round %d: partial of partition %d published: %d update(s), weight %d, offsets %d..%d",
+                    header.server_round, header.partition, len(header.nodes), header.total_weight,
+                    header.from_offset, header.to_offset)
