@@ -410,7 +410,7 @@ class Coordinator(SecureStages):
                     state.failure = "no update accepted"
                 else:
                     self.weights, self._digest = new_weights, new_digest
-                    state.aggregation = self.strategy.last_round_info()
+                    state.aggregation = {**state.aggregation, **self.strategy.last_round_info()}  # + partials
                     self._account(state)
         if state.failure is not None:
             logger.error("round %d: failed (%s); global model unchanged", state.server_round, state.failure)
