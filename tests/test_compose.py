@@ -8,6 +8,7 @@ import yaml
 
 from common.config import env_name
 from fl_node.cli import build_parser as node_parser
+from fl_server.aggregator.cli import build_parser as aggregator_parser
 from fl_server.cli import build_parser as server_parser
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +94,21 @@ def test_prometheus_scrapes_the_servers_metrics_with_the_dashboard_token(compose
     assert prometheus["depends_on"]["keys"]["condition"] == "service_completed_successfully"
     assert int(server["environment"]["FL_LINGER"]) >= 2 * int(config["global"]["scrape_interval"].rstrip("s"))
     assert "9090:9090" in prometheus["ports"]
+
+
+def test_two_aggregators_share_the_servers_key_topic_and_node_keys(compose):
+    services = compose["services"]
+    server = services["server"]["environment"]
+    workers = [services[f"aggregator-{i}"] for i in range(2)]
+    assert int(server["FL_AGGREGATORS"]) == len(workers)
+    assert "/app/keys/aggregation.key" in services["keys"]["command"][0]
+    for worker in workers:
+        env = worker["environment"]
+        assert worker["command"] == ["fl-aggregator"]
+        assert set(env) <= known_env(aggregator_parser)
+        assert env["FL_AGGREGATOR_KEY"] == server["FL_AGGREGATOR_KEY"] == "/app/keys/aggregation.key"
+        assert env["FL_NODE_KEYS"] == server["FL_NODE_KEYS"] and env["FL_KAFKA"] == server["FL_KAFKA"]
+        assert env.get("FL_UPDATES_TOPIC") == server.get("FL_UPDATES_TOPIC")
+        assert worker["depends_on"]["keys"]["condition"] == "service_completed_successfully"
+        assert "./keys:/app/keys:ro" in worker["volumes"]
+    assert len({w["environment"]["FL_AGGREGATOR_ID"] for w in workers}) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import socket
@@ -88,6 +89,7 @@ def run(prepared: Prepared) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    faulthandler.register(signal.SIGUSR1)  # kill -USR1 <pid>: every thread's stack on stderr (a stuck worker)
     AggregatorWorker(prepared.settings, keys=prepared.keys, key=prepared.key, config=prepared.config).run(stop)
 
 

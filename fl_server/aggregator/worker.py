@@ -80,7 +80,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # kafka-pyth
         self.worker.assignment_changed = True
 
     def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self.worker.core.assign({tp.partition for tp in assigned})
+        partitions = {tp.partition for tp in assigned}
+        self.worker.core.assign(partitions)
+        self.worker.newly_assigned |= partitions
         self.worker.assignment_changed = True
 
 
@@ -95,9 +97,12 @@ class AggregatorWorker:
         self.config = config or {}
         self.core = AggregatorCore(settings.aggregator_id, keys=keys)
         self.assignment_changed = False
+        self.newly_assigned: set[int] = set()  # to position at their committed offset before reading them
         self._control: queue.Queue[RoundOpen | RoundClose] = queue.Queue(CONTROL_QUEUE_ITEMS)
         self._producer: KafkaProducer | None = None
         self._seq = 0
+        self._next_heartbeat = 0.0
+        self._stop = threading.Event()
         self.published_partials = 0
 
     # ------------------------------------------------------------ control topic (its consumer's thread)
@@ -130,19 +135,26 @@ class AggregatorWorker:
         control = kafka_io.UpdateConsumer(s.kafka, control_topic(s.updates_topic), self._on_control,
                                           config=self.config)
         control.start()
-        consumer = kafka_io.make_consumer(s.kafka, f"fl-aggregator-{s.aggregator_id}", self.config, s.group_id)
+        # Never create the updates topic by asking for it: fl-server creates it with one partition per worker.
+        consumer = kafka_io.make_consumer(s.kafka, f"fl-aggregator-{s.aggregator_id}",
+                                          {**self.config, "allow_auto_create_topics": False}, s.group_id)
+        if not self._wait_for_topic(consumer, stop):
+            control.stop()
+            consumer.close()
+            return
         consumer.subscribe([s.updates_topic], listener=_Rebalance(self))
         logger.info("aggregator %s: group %s on %s; control on %s", s.aggregator_id, s.group_id, s.updates_topic,
                     control_topic(s.updates_topic))
-        next_heartbeat = 0.0
+        self._stop = stop
         try:
             while not stop.is_set():
                 self._apply_control(consumer, block_s=0.0)
                 batch = consumer.poll(timeout_ms=200)
-                if self.assignment_changed or time.monotonic() >= next_heartbeat:
-                    self._announce(consumer)
-                    next_heartbeat = time.monotonic() + HEARTBEAT_S
+                repositioned = self._reposition(consumer, batch)
+                self._heartbeat(consumer)
                 for tp, records in batch.items():
+                    if tp.partition in repositioned:
+                        continue  # read again from the committed offset by the next poll
                     for record in records:
                         if stop.is_set():
                             return
@@ -152,15 +164,59 @@ class AggregatorWorker:
             consumer.close()
             self._producer.close(timeout=10)
 
+    def _wait_for_topic(self, consumer: KafkaConsumer, stop: threading.Event) -> bool:
+        started = time.monotonic()
+        logged = started
+        while not stop.is_set():
+            if consumer.partitions_for_topic(self.settings.updates_topic):
+                return True
+            if time.monotonic() - logged >= 10:
+                logged = time.monotonic()
+                logger.warning("waited %.0fs for topic %s (fl-server --aggregators creates it)",
+                               logged - started, self.settings.updates_topic)
+            stop.wait(0.5)
+        return False
+
     def _take(self, consumer: KafkaConsumer, partition: int, record: Any) -> None:
         if partition not in self.core.owned:
             return  # revoked by a rebalance inside this batch: its next owner reads it
         raw = RawRecord(record.value, record.key, tuple(record.headers or ()), partition, record.offset)
         item = inspect_record(raw, keys=self.keys, max_record_bytes=self.settings.max_record_bytes)
         deadline = time.monotonic() + OPEN_WAIT_S
-        while self.core.waiting_for_open(item) and time.monotonic() < deadline:
+        # Hold a record of a round not announced yet: before any round, until one opens (there is nothing to judge
+        # it against); otherwise for OPEN_WAIT_S, then it is judged as it stands (a later round: wrong_round).
+        while self.core.waiting_for_open(item) and (self.core.round is None or time.monotonic() < deadline):
+            if self._stop.is_set():
+                return
             self._apply_control(consumer, block_s=0.5)
+            self._heartbeat(consumer)  # the coordinator waits for every partition's owner before round 1
         self._publish(self.core.take(partition, record.offset, item))
+
+    def _heartbeat(self, consumer: KafkaConsumer) -> None:
+        if self.assignment_changed or time.monotonic() >= self._next_heartbeat:
+            self._announce()
+            self._next_heartbeat = time.monotonic() + HEARTBEAT_S
+
+    def _reposition(self, consumer: KafkaConsumer, batch: dict[TopicPartition, list[Any]]) -> set[int]:
+        """Partitions assigned by the last poll start at their committed offset: where the previous owner's last
+        partial ended (a partition with none yet starts where this worker first reads it, committed at once).
+        Their records in ``batch`` are dropped: the next poll reads them again from there."""
+        fresh, self.newly_assigned = self.newly_assigned & self.core.owned, set()
+        if not fresh:
+            return set()
+        starts = {tp.partition: records[0].offset for tp, records in batch.items() if records}
+        uncommitted = []
+        for partition in sorted(fresh):
+            tp = TopicPartition(self.settings.updates_topic, partition)
+            committed = consumer.committed(tp)
+            if committed is None:
+                committed = starts.get(partition, consumer.position(tp))
+                uncommitted.append(partition)
+            consumer.seek(tp, committed)
+            self.core.next_offset[partition] = committed
+        if uncommitted:  # so that a later owner does not skip ahead to the end
+            self._commit(consumer, uncommitted)
+        return fresh
 
     def _apply_control(self, consumer: KafkaConsumer, *, block_s: float) -> None:
         try:
@@ -180,19 +236,11 @@ class AggregatorWorker:
             except queue.Empty:
                 return
 
-    def _announce(self, consumer: KafkaConsumer) -> None:
-        """Say which partitions this worker owns; first learn where each newly owned one stands."""
+    def _announce(self) -> None:
+        """Say which partitions this worker owns (the coordinator opens no round before each has an owner)."""
         if self.assignment_changed:
             self.assignment_changed = False
             self._seq += 1
-            fresh = []
-            for partition in sorted(self.core.owned - set(self.core.next_offset)):
-                tp = TopicPartition(self.settings.updates_topic, partition)
-                self.core.next_offset[partition] = consumer.position(tp)
-                if consumer.committed(tp) is None:
-                    fresh.append(partition)
-            if fresh:  # no offset committed yet: commit where we start, so a later owner does not skip ahead
-                self._commit(consumer, fresh)
             logger.info("aggregator %s owns partitions %s (from offsets %s)", self.settings.aggregator_id,
                         sorted(self.core.owned), {p: self.core.next_offset.get(p) for p in sorted(self.core.owned)})
         message = Assignment(self.settings.aggregator_id, self._seq, tuple(sorted(self.core.owned)))
