@@ -273,3 +273,71 @@ def test_the_aggregation_key_is_loaded_for_a_summable_strategy(tmp_path: Path):
     key_file.write_text("ab" * 32 + "\n")
     assert aggregation_key(ServerConfig(aggregators=2, aggregator_key=key_file), FedAvg()) is not None
     assert aggregation_key(ServerConfig(), FedAvg()) is None
+
+
+# ------------------------------------------------------------------ the server's side: what it takes from the results topic
+
+
+def result_records(partial: PartialOut, worker: str, key: AggregationKey = KEY) -> list[RawRecord]:
+    """A worker's records for one partial, as ``AggregatorWorker._publish_partial`` writes them."""
+    from dataclasses import replace
+
+    from fl_server.aggregator.worker import sum_partition_id
+
+    header = partial.header
+    chunks = list(split_weights(partial.sums, kind=KIND_UPDATE, session_id="s", server_round=header.server_round,
+                                node_id=sum_partition_id(header.partition), num_samples=max(header.total_weight, 1),
+                                chunk_bytes=16)) if partial.sums else []
+    out = []
+    for kind, value in [*(("sum", encode_chunk(c)) for c in chunks),
+                        ("partial", replace(header, num_chunks=len(chunks)).to_value())]:
+        out.append(RawRecord(value, worker.encode(), tuple(key.headers(kind, worker.encode(), value))))
+    return out
+
+
+def closing_link():
+    import asyncio
+
+    from fl_server.aggregator.link import AggregatorLink
+
+    link = AggregatorLink(kafka="unused:0", updates_topic="u", num_partitions=2, key=KEY, session_id="s",
+                          round_timeout_s=1.0)
+    link._loop = asyncio.new_event_loop()  # only for call_soon_threadsafe: never run in these tests
+    link._closing = (1, tuple(ArraySpec("float64", s.shape) for s in SPECS))
+    return link
+
+
+def test_the_server_assembles_signed_partials_and_refuses_forged_ones():
+    nodes = {f"n{i}": (update(i), 5 + i) for i in range(3)}
+    _, partials = run_core(AggregatorCore("agg-1", keys=KeyRegistry(NODE_KEYS)),
+                           RoundOpen("s", 1, {n: 100 for n in nodes}, SPECS, 2), nodes)
+    link = closing_link()
+    forged = result_records(partials[0], "agg-1", key=AggregationKey(b"x" * 32))
+    for record in forged + [r for p in partials for r in result_records(p, "agg-1")]:
+        link._on_result(record)
+    link._loop.close()
+    assert link.refused == {"bad_signature": len(forged)}
+    assert sorted(link._partials) == [0, 1] and not link._conflicts
+    for partition, got in link._partials.items():
+        want = partials[partition]
+        assert got.header.nodes == want.header.nodes
+        for a, b in zip(got.sums, want.sums, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_two_different_partials_for_one_partition_are_a_conflict_that_fails_the_round():
+    nodes = {f"n{i}": (update(i), 5 + i) for i in range(3)}
+    _, first = run_core(AggregatorCore("agg-1", keys=KeyRegistry(NODE_KEYS)),
+                        RoundOpen("s", 1, {n: 100 for n in nodes}, SPECS, 2), nodes)
+    fewer = dict(list(nodes.items())[:1])
+    _, second = run_core(AggregatorCore("agg-2", keys=KeyRegistry(NODE_KEYS)),
+                         RoundOpen("s", 1, {n: 100 for n in nodes}, SPECS, 2), fewer)
+    link = closing_link()
+    home = expected_partition("n0", 2)
+    for record in result_records(first[home], "agg-1") + result_records(first[home], "agg-1") \
+            + result_records(second[home], "agg-2"):
+        link._on_result(record)
+    link._loop.close()
+    assert set(first[home].header.nodes) == {"n0", "n1"} and set(second[home].header.nodes) == {"n0"}
+    (conflict,) = link._conflicts  # the repeat of agg-1's own partial is no conflict; agg-2's other one is
+    assert "different partials from agg-1 and agg-2" in conflict and "rebalanced" in conflict

@@ -7,7 +7,8 @@ topic is read by ``kafka_io.UpdateConsumer``'s thread and handed over through a 
    the partitions' offsets under the group, so a partition's next owner starts where this round's partial
    ended);
 2. poll the updates topic, ``inspect_record`` each record (the server's own function: size, HMAC, JSON, strict
-   base64, headers), hold a record of a round not opened yet (up to ``OPEN_WAIT_S``), then let
+   base64, headers), hold a record of a round not opened yet (seek back and pause the partitions, still
+   polling so the group's membership holds; up to ``OPEN_WAIT_S`` once some round is known), then let
    ``AggregatorCore`` judge and fold it; publish the verdicts;
 3. after a rebalance, and every ``HEARTBEAT_S``, publish which partitions it owns (the coordinator waits until
    every partition has an owner before it opens a round).
@@ -41,7 +42,7 @@ from fl_server.aggregator.messages import (
     control_topic,
     results_topic,
 )
-from fl_server.collector import inspect_record
+from fl_server.collector import InspectedRecord, inspect_record
 
 logger = logging.getLogger(__name__)
 control_log = RateLimitedLog(logger)
@@ -103,6 +104,9 @@ class AggregatorWorker:
         self._seq = 0
         self._next_heartbeat = 0.0
         self._stop = threading.Event()
+        self._paused = False  # holding a record until its round is announced (see _take_batch)
+        self._hold: tuple[int, int] | None = None
+        self._hold_deadline: float | None = None
         self.published_partials = 0
 
     # ------------------------------------------------------------ control topic (its consumer's thread)
@@ -148,17 +152,16 @@ class AggregatorWorker:
         self._stop = stop
         try:
             while not stop.is_set():
-                self._apply_control(consumer, block_s=0.0)
+                applied = self._apply_control(consumer, block_s=0.0)
+                if self._paused and (applied or (self._hold_deadline is not None
+                                                 and time.monotonic() >= self._hold_deadline)):
+                    consumer.resume(*consumer.paused())
+                    self._paused = False
                 batch = consumer.poll(timeout_ms=200)
                 repositioned = self._reposition(consumer, batch)
                 self._heartbeat(consumer)
-                for tp, records in batch.items():
-                    if tp.partition in repositioned:
-                        continue  # read again from the committed offset by the next poll
-                    for record in records:
-                        if stop.is_set():
-                            return
-                        self._take(consumer, tp.partition, record)
+                self._take_batch(consumer, [(tp, records) for tp, records in batch.items()
+                                            if tp.partition not in repositioned])  # those: read again
         finally:
             control.stop()
             consumer.close()
@@ -177,20 +180,36 @@ class AggregatorWorker:
             stop.wait(0.5)
         return False
 
-    def _take(self, consumer: KafkaConsumer, partition: int, record: Any) -> None:
-        if partition not in self.core.owned:
-            return  # revoked by a rebalance inside this batch: its next owner reads it
-        raw = RawRecord(record.value, record.key, tuple(record.headers or ()), partition, record.offset)
-        item = inspect_record(raw, keys=self.keys, max_record_bytes=self.settings.max_record_bytes)
-        deadline = time.monotonic() + OPEN_WAIT_S
-        # Hold a record of a round not announced yet: before any round, until one opens (there is nothing to judge
-        # it against); otherwise for OPEN_WAIT_S, then it is judged as it stands (a later round: wrong_round).
-        while self.core.waiting_for_open(item) and (self.core.round is None or time.monotonic() < deadline):
-            if self._stop.is_set():
-                return
-            self._apply_control(consumer, block_s=0.5)
-            self._heartbeat(consumer)  # the coordinator waits for every partition's owner before round 1
-        self._publish(self.core.take(partition, record.offset, item))
+    def _take_batch(self, consumer: KafkaConsumer, batch: list[tuple[TopicPartition, list[Any]]]) -> None:
+        """Judge a polled batch; at a record of a round not announced yet, seek back, pause and return: the loop
+        keeps polling (group membership, heartbeats) until a control message comes, then reads it again."""
+        for index, (tp, records) in enumerate(batch):
+            for record in records:
+                if self._stop.is_set() or tp.partition not in self.core.owned:
+                    break  # stopping, or revoked by a rebalance inside this batch: its next owner reads it
+                raw = RawRecord(record.value, record.key, tuple(record.headers or ()), tp.partition, record.offset)
+                item = inspect_record(raw, keys=self.keys, max_record_bytes=self.settings.max_record_bytes)
+                if self._should_hold(item, tp.partition, record.offset):
+                    consumer.seek(tp, record.offset)
+                    for later, rest in batch[index + 1:]:
+                        if rest and later.partition in self.core.owned:
+                            consumer.seek(later, rest[0].offset)
+                    consumer.pause(*consumer.assignment())
+                    self._paused = True
+                    return
+                self._publish(self.core.take(tp.partition, record.offset, item))
+
+    def _should_hold(self, item: InspectedRecord, partition: int, offset: int) -> bool:
+        """Hold a record of a round not announced yet: before any round until one opens (there is nothing to judge
+        it against); otherwise OPEN_WAIT_S, then it is judged as it stands (a later round: wrong_round)."""
+        if not self.core.waiting_for_open(item):
+            return False
+        if self.core.round is None:
+            self._hold, self._hold_deadline = (partition, offset), None
+            return True
+        if self._hold != (partition, offset) or self._hold_deadline is None:
+            self._hold, self._hold_deadline = (partition, offset), time.monotonic() + OPEN_WAIT_S
+        return time.monotonic() < self._hold_deadline
 
     def _heartbeat(self, consumer: KafkaConsumer) -> None:
         if self.assignment_changed or time.monotonic() >= self._next_heartbeat:
@@ -218,12 +237,15 @@ class AggregatorWorker:
             self._commit(consumer, uncommitted)
         return fresh
 
-    def _apply_control(self, consumer: KafkaConsumer, *, block_s: float) -> None:
+    def _apply_control(self, consumer: KafkaConsumer, *, block_s: float) -> int:
+        """Apply the control messages waiting; returns how many."""
         try:
             message = self._control.get(timeout=block_s) if block_s > 0 else self._control.get_nowait()
         except queue.Empty:
-            return
+            return 0
+        applied = 0
         while True:
+            applied += 1
             if isinstance(message, RoundOpen):
                 self.core.open(message)
             else:
@@ -234,7 +256,7 @@ class AggregatorWorker:
             try:
                 message = self._control.get_nowait()
             except queue.Empty:
-                return
+                return applied
 
     def _announce(self) -> None:
         """Say which partitions this worker owns (the coordinator opens no round before each has an owner)."""
