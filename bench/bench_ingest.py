@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import logging
+import resource
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,7 @@ from fl_server.transport.kafka import Endpoints, KafkaPlane
 
 MB = 1024 * 1024
 SESSION = "bench"
+CPU_SECONDS: dict[int, tuple[float, float]] = {}  # aggregators -> (server process, worker processes) CPU seconds
 
 
 def model_of(size_mb: float, seed: int) -> list[np.ndarray]:
@@ -123,16 +125,20 @@ async def server_ingest(kafka: str, topic: str, keys: dict[str, bytes], model_mb
         await plane.aggregation.wait_ready()  # every partition has its worker (they hold round 1's records)
         while len({w for owners in plane.aggregation.owners().values() for w in owners}) < aggregators:
             await asyncio.sleep(0.2)  # every worker joined the group: no rebalance inside the timed round
-    started = time.perf_counter()  # the consumer is positioned: from here on it reads
+    started, cpu_started = time.perf_counter(), time.process_time()  # the consumer is positioned: from here on
+    children_started = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         await coordinator.run()
-        elapsed = time.perf_counter() - started
+        elapsed, server_cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         await plane.stop()
         for worker in workers:
             worker.terminate()
         for worker in workers:
             worker.wait(timeout=30)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    workers_cpu_s = (children.ru_utime + children.ru_stime) - (children_started.ru_utime + children_started.ru_stime)
+    CPU_SECONDS[aggregators] = (server_cpu_s, workers_cpu_s)  # workers: their whole life, start-up included
     record = coordinator.history.rounds[0]
     assert record["accepted"] == sorted(keys), record
     return elapsed
@@ -228,6 +234,9 @@ def main() -> None:
         print(f"{name:72s} {seconds:7.2f}s {total_mb / seconds:8.1f} MB/s{ratio}")
     decode = timings["strict base64 decode only"]
     print(f"in-process ingest: {decode / ingest:.0%} of strict base64 decode speed")
+    for aggregators, (server_cpu_s, workers_cpu_s) in sorted(CPU_SECONDS.items()):
+        print(f"CPU seconds, {aggregators} aggregator(s): server process {server_cpu_s:.2f}"
+              + (f", fl-aggregator processes {workers_cpu_s:.2f} (with their start-up)" if aggregators else ""))
     for name, seconds in timings.items():
         if name.startswith("scaled-out"):
             print(f"{name.split(':')[1].strip()}: {decode / seconds:.0%} of strict base64 decode speed, "

@@ -275,7 +275,7 @@ def test_the_aggregation_key_is_loaded_for_a_summable_strategy(tmp_path: Path):
     assert aggregation_key(ServerConfig(), FedAvg()) is None
 
 
-# ------------------------------------------------------------------ the server's side: what it takes from the results topic
+# ------------------------------------------------------------------ the server's side of the results topic
 
 
 def result_records(partial: PartialOut, worker: str, key: AggregationKey = KEY) -> list[RawRecord]:

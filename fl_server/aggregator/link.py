@@ -33,6 +33,7 @@ from fl_server.aggregator.messages import (
     results_topic,
 )
 from fl_server.aggregator.partial import Partial, add_partials, check_partials
+from fl_server.aggregator.worker import FETCH_CONFIG
 from fl_server.collector import RoundCollector
 from fl_server.inbox import Inbox
 from fl_server.rounds import RoundState
@@ -98,7 +99,7 @@ class AggregatorLink:
         self._producer, self._inbox = producer, inbox
         self._loop = asyncio.get_running_loop()
         self._consumer = kafka_io.UpdateConsumer(self.kafka, results_topic(self.updates_topic), self._on_result,
-                                                 config=self.config)
+                                                 config={**self.config, **FETCH_CONFIG})  # one partition, big sums
         await self._loop.run_in_executor(None, self._consumer.start)
         logger.info("aggregation by fl-aggregator workers over %d partition(s) of %s; control on %s",
                     self.num_partitions, self.updates_topic, control_topic(self.updates_topic))
