@@ -341,3 +341,24 @@ def test_two_different_partials_for_one_partition_are_a_conflict_that_fails_the_
     assert set(first[home].header.nodes) == {"n0", "n1"} and set(second[home].header.nodes) == {"n0"}
     (conflict,) = link._conflicts  # the repeat of agg-1's own partial is no conflict; agg-2's other one is
     assert "different partials from agg-1 and agg-2" in conflict and "rebalanced" in conflict
+
+
+def test_records_judged_between_two_rounds_leave_no_gap_in_the_offsets():
+    core = AggregatorCore("agg-1", keys=KeyRegistry(NODE_KEYS))
+    core.assign({0, 1})
+    core.open(RoundOpen("s", 1, {"n0": 100}, SPECS, 2))
+    home = expected_partition("n0", 2)
+    sent = records("n0", update(0), num_samples=5, partition=home)
+    for record in sent:
+        core.take(home, record.offset, inspect_record(record, keys=core.keys))
+    first = {p.header.partition: p.header for p in core.close(RoundClose("s", 1, {}))}
+    late = records("n0", update(0), num_samples=5, partition=home, first_offset=len(sent))[0]
+    core.take(home, late.offset, inspect_record(late, keys=core.keys))  # after the close: late
+    core.open(RoundOpen("s", 2, {"n0": 100}, SPECS, 2))
+    second = {p.header.partition: p for p in core.close(RoundClose("s", 2, {}))}
+    header = second[home].header
+    assert (first[home].to_offset, header.from_offset, header.to_offset) == (len(sent), len(sent), len(sent) + 1)
+    assert header.rejected == {"late_update": 1}
+    partials = {p: Partial(q.header, q.sums) for p, q in second.items()}
+    assert check_partials(partials, num_partitions=2, participants={"n0"}, accepted={}, specs=SPECS,
+                          previous_to={p: h.to_offset for p, h in first.items()}) == []

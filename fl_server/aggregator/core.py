@@ -64,6 +64,7 @@ class AggregatorCore:
         self._partitions: dict[int, PartitionRound] = {}
         self._seen: dict[int, dict[bytes, int]] = {}  # per partition: digests of records taken -> round
         self._carry: Counter[str] = Counter()  # rejections of records of a closed round, for the next partial
+        self._last_to: dict[int, int] = {}  # partition -> where its last partial ended: the next one starts there
 
     # ------------------------------------------------------------ membership
 
@@ -76,6 +77,7 @@ class AggregatorCore:
             self._partitions.pop(partition, None)
             self._seen.pop(partition, None)
             self.next_offset.pop(partition, None)
+            self._last_to.pop(partition, None)
         self.owned -= partitions
 
     # ------------------------------------------------------------ control
@@ -125,6 +127,7 @@ class AggregatorCore:
                 self.next_offset.get(partition, state.from_offset), dict(total.nodes), total.total_weight,
                 _digest(total.arrays()), 0, dict(rejected), collector.duplicates, collector.ignored)
             out.append(PartialOut(header, total.arrays()))
+            self._last_to[partition] = header.to_offset
         self._carry.clear()
         missing = sorted(set(message.accepted) - {n for p in out for n in p.header.nodes})
         logger.info("round %d closed: %d partial(s), %d update(s) folded%s", current.server_round, len(out),
@@ -184,6 +187,8 @@ class AggregatorCore:
             assert current is not None
             if start is None:
                 start = self.next_offset.get(partition, 0)
+            # Records judged between two rounds (late ones, counted in the next partial) belong to the next range.
+            start = min(start, self._last_to.get(partition, start))
             collector = RoundCollector(
                 session_id=current.session_id, server_round=current.server_round,
                 participants=current.declared_samples, expected_specs=current.specs, keys=self.keys,
