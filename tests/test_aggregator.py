@@ -362,3 +362,22 @@ def test_records_judged_between_two_rounds_leave_no_gap_in_the_offsets():
     partials = {p: Partial(q.header, q.sums) for p, q in second.items()}
     assert check_partials(partials, num_partitions=2, participants={"n0"}, accepted={}, specs=SPECS,
                           previous_to={p: h.to_offset for p, h in first.items()}) == []
+
+
+def test_a_worker_holds_records_of_unannounced_rounds_then_judges_them(monkeypatch):
+    from fl_server.aggregator import worker as worker_module
+    from fl_server.aggregator.worker import AggregatorWorker, WorkerSettings
+
+    worker = AggregatorWorker(WorkerSettings("unused:0", "u", "agg-1", "g"), keys=KeyRegistry(NODE_KEYS), key=KEY)
+    round_two = inspect_record(records("n0", update(0), num_samples=5, partition=0, server_round=2)[0],
+                               keys=worker.keys)
+    clock = [100.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
+    clock[0] += 10_000
+    assert worker._should_hold(round_two, 0, 7)  # no round known yet: held however long it takes
+    worker.core.open(RoundOpen("s", 1, {"n0": 100}, SPECS, 2))
+    assert worker._should_hold(round_two, 0, 7)  # a later round than the open one: held OPEN_WAIT_S
+    clock[0] += worker_module.OPEN_WAIT_S + 1
+    assert not worker._should_hold(round_two, 0, 7)  # then judged as it stands (wrong_round)
+    round_one = inspect_record(records("n0", update(0), num_samples=5, partition=0)[0], keys=worker.keys)
+    assert not worker._should_hold(round_one, 0, 0)
