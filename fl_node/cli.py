@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import secrets
@@ -28,7 +29,12 @@ from common.data.datasets import DEFAULT_DATASET, DEFAULT_SEED
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS
 from common.transport import kafka_io
 from common.transport.kafka_security import KafkaSecurity, add_kafka_security_options
-from common.transport.tls import add_tls_client_options, tls_client_context_from_args
+from common.transport.tls import (
+    CertificateProblem,
+    add_tls_client_options,
+    check_server_certificate,
+    tls_client_context_from_args,
+)
 from common.wire.integrity import read_key_file
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, check_node_id
 from common.wire.server_key import ServerPublicKey
@@ -168,12 +174,17 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
         raise UsageError(f"--local-test-fraction {args.local_test_fraction}: must be in [0, 1)")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UsageError(f"--metrics-port {args.metrics_port}: a TCP port is 0..65535 (0 picks a free one)")
+    ssl_context = tls_client_context_from_args(args)
+    try:  # before TensorFlow loads: a certificate this node cannot verify is an error now, not after seconds
+        asyncio.run(check_server_certificate(args.server, ssl_context))
+    except CertificateProblem as exc:
+        raise UsageError(str(exc)) from None
     return NodeSetup(
         args=args,
         node_id=node_id,
         key=read_key_file(args.key_file) if args.key_file is not None else None,
         server_public_key=server_public_key(args.server_public_key),
-        ssl_context=tls_client_context_from_args(args),
+        ssl_context=ssl_context,
         kafka_config=KafkaSecurity.from_args(args).to_client_config(),
         data=load_local_data(args),
         metrics=NodeMetrics(node_id),
