@@ -26,6 +26,7 @@ from common.config import (
 )
 from common.data.datasets import DEFAULT_DATASET, DEFAULT_SEED
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS
+from common.paillier.keys import PaillierPublic
 from common.transport import kafka_io
 from common.transport.kafka_security import KafkaSecurity, add_kafka_security_options
 from common.transport.tls import add_tls_client_options, tls_client_context_from_args
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--server-public-key", type=Path, default=None,
                help="the server's public key (server.pub from fl-keys create --server): train only on global models "
                "the server signed; refuse (untrusted_model) an unsigned, forged or tampered one")
+    add_option(parser, "--paillier-public-key", type=Path, default=None,
+               help="the federation's Paillier public key (paillier.pub.json from fl-keys create --paillier): "
+               "encrypt updates for --secure-aggregation paillier rounds with this key, never one the server names")
     add_option(parser, "--attack", default="none", choices=list(ATTACKS),
                help="FOR ROBUSTNESS EXPERIMENTS ONLY: poison this node's published update; sign-flip publishes "
                "w_global - S * (w_local - w_global)")
@@ -138,6 +142,7 @@ class NodeSetup:
     node_id: str
     key: bytes | None
     server_public_key: ServerPublicKey | None
+    paillier_public: PaillierPublic | None
     ssl_context: ssl.SSLContext | None
     kafka_config: dict[str, Any]
     data: Any  # fl_node.data.LocalData (imported with pandas only once the flags are good)
@@ -158,6 +163,18 @@ def server_public_key(path: Path | None) -> ServerPublicKey | None:
     return key
 
 
+def paillier_public_key(path: Path | None) -> PaillierPublic | None:
+    """The federation's Paillier key (``--paillier-public-key``): without it the node refuses Paillier rounds."""
+    if path is None:
+        return None
+    try:
+        key = PaillierPublic.load(path)
+    except ValueError as exc:
+        raise UsageError(f"--paillier-public-key: {exc}") from None
+    logger.info("Paillier rounds encrypt with federation key %s (%d bits)", key.key_id, key.key_bits)
+    return key
+
+
 def prepare(args: argparse.Namespace) -> NodeSetup:
     """Check the node id, read the key, TLS and Kafka settings and the local data: a problem is the user's (exit 2)."""
     node_id = args.node_id or f"node-{secrets.token_hex(3)}"
@@ -173,6 +190,7 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
         node_id=node_id,
         key=read_key_file(args.key_file) if args.key_file is not None else None,
         server_public_key=server_public_key(args.server_public_key),
+        paillier_public=paillier_public_key(args.paillier_public_key),
         ssl_context=tls_client_context_from_args(args),
         kafka_config=KafkaSecurity.from_args(args).to_client_config(),
         data=load_local_data(args),
@@ -193,7 +211,7 @@ def build_node(setup: NodeSetup) -> FederatedNode:
                             attack=args.attack, attack_scale=args.attack_scale, key=setup.key,
                             kafka_config=setup.kafka_config, ssl_context=setup.ssl_context, max_idle_s=args.max_idle,
                             dp_clip_norm=args.dp_clip, dp_noise_stddev=args.dp_noise_stddev,
-                            server_public_key=setup.server_public_key,
+                            server_public_key=setup.server_public_key, paillier_public=setup.paillier_public,
                             local_test_fraction=args.local_test_fraction, local_test_seed=args.seed,
                             finetune_epochs=args.finetune_epochs)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)

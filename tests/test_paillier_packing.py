@@ -8,8 +8,8 @@ from phe import paillier
 
 from common.paillier.packing import PackingLayout, PaillierSpec, array_to_ciphertexts, ciphertexts_to_array
 from common.paillier.round import add_encrypted, decode_sum, encrypt_encoded
-from common.secagg.round import SecureRoundSpec, encode_update
 from common.secagg.messages import SecAggConfig
+from common.secagg.round import SecureRoundSpec, encode_update
 from common.wire.errors import ProtocolError
 
 KEY_BITS = 1024  # tests only: small keys keep them fast

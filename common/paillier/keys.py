@@ -128,7 +128,7 @@ class PaillierPrivate:
     def generate(cls, key_bits: int = 3072) -> PaillierPrivate:
         if not MIN_KEY_BITS <= key_bits <= MAX_KEY_BITS:
             raise ValueError(f"key bits must be in {MIN_KEY_BITS}..{MAX_KEY_BITS}")
-        public_key, private_key = paillier.generate_paillier_keypair(n_length=key_bits)
+        _, private_key = paillier.generate_paillier_keypair(n_length=key_bits)
         return cls(private_key, ServerSigner.generate())
 
     def to_wire(self) -> dict[str, Any]:
