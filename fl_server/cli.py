@@ -165,6 +165,8 @@ def add_secure_aggregation_options(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--paillier-decryptor", default=None,
                help="paillier: the URL of fl-decryptor (e.g. http://decryptor:8470), the only holder of the "
                "private key")
+    add_flag(parser, "--paillier-no-packing",
+             help="paillier: one value per ciphertext instead of packing many (only to measure what packing saves)")
 
 
 def add_session_options(parser: argparse.ArgumentParser) -> None:

@@ -93,6 +93,7 @@ class ServerConfig:
     secagg_stage_timeout: float = 30.0
     paillier_public_key: Path | None = None  # fl-keys create --paillier: paillier.pub.json
     paillier_decryptor: str | None = None  # the fl-decryptor's URL
+    paillier_no_packing: bool = False  # one value per ciphertext (to measure what packing saves)
     # -- how this process runs it (the command line's, also on --resume)
     host: str = "127.0.0.1"
     port: int = 5000
@@ -167,6 +168,7 @@ class ServerConfig:
             raise ValueError("--secure-aggregation paillier needs --paillier-public-key and --paillier-decryptor")
         return PaillierSettings(public=PaillierPublic.load(self.paillier_public_key),
                                 decryptor_url=self.paillier_decryptor, clip=self.secagg_clip, bits=self.secagg_bits,
+                                packed=not self.paillier_no_packing,
                                 decrypt_timeout_s=self.secagg_stage_timeout)
 
     def history_settings(self) -> dict[str, Any]:
@@ -181,7 +183,8 @@ STRATEGY_KEYWORDS = ("server_lr", "server_momentum", "beta1", "beta2", "tau", "p
 DP_SETTINGS = ("dp", "dp_clip", "dp_initial_clip", "dp_noise_multiplier", "dp_target_epsilon", "dp_delta",
                "dp_target_quantile", "dp_clip_learning_rate", "dp_count_stddev", "dp_budget_stop")
 SECAGG_SETTINGS = ("secure_aggregation", "secagg_threshold", "secagg_neighbours", "secagg_clip", "secagg_bits",
-                   "secagg_stage_timeout", "paillier_public_key")
+                   "secagg_stage_timeout", "paillier_public_key",
+                   "paillier_no_packing")
 # What defines a session: on --resume these come from the checkpoint, not the command line.
 SESSION_SETTINGS = (
     "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "strategy_param",

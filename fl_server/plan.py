@@ -140,10 +140,10 @@ MEAN_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedada
 
 def check_secure_aggregation(config: ServerConfig) -> None:
     """What cannot run on masked updates (the server never sees one update, only their sum)."""
-    paillier_flags = ("paillier_public_key", "paillier_decryptor")
+    paillier_flags = ("paillier_public_key", "paillier_decryptor", "paillier_no_packing")
     if config.secure_aggregation != "paillier":
         for name in paillier_flags:
-            if getattr(config, name) is not None:
+            if getattr(config, name) not in (None, False):
                 raise UsageError(f"--{name.replace('_', '-')} needs --secure-aggregation paillier")
     if config.secure_aggregation == "off":
         for name in ("secagg_threshold", "secagg_neighbours"):
