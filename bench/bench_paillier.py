@@ -12,7 +12,7 @@ Two parts, on the digits logistic regression (650 parameters) and the 64-unit ML
    per mode: ``off``, ``secagg`` (masking), ``paillier`` packed and (logreg only: the MLP would take ~a minute
    per node per round) unpacked. The round time is the history's ``timings_s.total``, median of rounds 2..R.
    The light nodes share this process's GIL, so their encryptions run one after another: the Paillier round
-   times include about N × one node's encryption, where nodes on their own machines would encrypt in parallel.
+   times include about N x one node's encryption, where nodes on their own machines would encrypt in parallel.
 
 Needs a broker for part 2; nothing here is a test.
 

@@ -1,7 +1,8 @@
 """Paillier aggregation end to end: a real broker, fl-server, fl-decryptor and three fl-node processes on the
 digits logistic regression; the nodes' clear updates (local files, ``fl_node.testing``) check the published model
-against plain FedAvg (the same weights within the quantization bound, hence the same accuracy), then the test talks to the running decryptor itself: it refuses one node's ciphertext, a
-sum that is not the topic's, and a second decryption of a round."""
+against plain FedAvg (the same weights within the quantization bound, hence the same accuracy). Then the test
+talks to the running decryptor itself: it refuses one node's ciphertext, a sum that is not the topic's, and a
+second decryption of a round."""
 
 import json
 import urllib.error
