@@ -209,6 +209,8 @@ class _Auditor:
             verdict.not_checked.append("aggregation (central differential privacy: the noise cannot be re-drawn)")
         elif not self._state_known and strategy.state():
             verdict.not_checked.append("aggregation (the strategy's state is unknown after an unchecked round)")
+        elif (record.get("secure_aggregation") or {}).get("protocol") == "paillier":
+            verdict.not_checked.append("aggregation (paillier: only the decryptor can decrypt the encrypted sum)")
         elif record.get("secure_aggregation"):
             self._check_secure_aggregate(index, record, start, replay, strategy, verdict)
         else:

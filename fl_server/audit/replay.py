@@ -238,7 +238,13 @@ def offset_problems(previous_to: dict[str, int] | None, current_from: dict[str, 
 
 
 def secure_vector_spec(secure: dict[str, Any]) -> ArraySpec:
-    """The one layer a secure round's masked update records carry."""
+    """The one layer a secure round's masked (or, with Paillier, encrypted) update records carry."""
+    if secure.get("protocol") == "paillier":
+        count, total = secure.get("ciphertexts_per_update"), secure.get("ciphertext_bytes")
+        if not (isinstance(count, int) and isinstance(total, int) and 0 < count <= total <= MAX_VECTOR_LENGTH
+                and total % count == 0):
+            raise ValueError("secure_aggregation.ciphertexts_per_update and ciphertext_bytes are not a layout")
+        return ArraySpec(dtype="uint8", shape=(count, total // count))
     length = secure.get("vector_length")
     if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= MAX_VECTOR_LENGTH:
         raise ValueError(f"secure_aggregation.vector_length {length!r:.40} is not a vector length")
