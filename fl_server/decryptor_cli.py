@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from common.transport.kafka_security import KafkaSecurity, add_kafka_security_op
 from common.wire.errors import ProtocolError
 from common.wire.integrity import KeyRegistry
 from common.wire.protocol import MAX_RECORD_BYTES, RawRecord
+from common.wire.safe_json import loads_untrusted
 from fl_server.decryptor import Refusal, check_request, decrypt, judge_sum, topic_sum
 
 logger = logging.getLogger("fl_decryptor")
@@ -124,11 +124,11 @@ class Decryptor:
 
     async def handle_decrypt(self, request: web.Request) -> web.Response:
         try:
-            document = json.loads(await request.read())
+            document = loads_untrusted(await request.read(), max_bytes=self.plan.max_request_bytes,
+                                       what="decrypt request")
             decrypt_request = DecryptRequest.from_wire(document)
-        except (ValueError, ProtocolError) as exc:
-            reason = exc.reason if isinstance(exc, ProtocolError) else "not_json"
-            return self._refuse(400, reason, str(exc)[:300])
+        except ProtocolError as exc:
+            return self._refuse(400, exc.reason, str(exc)[:300])
         except web.HTTPRequestEntityTooLarge:
             return self._refuse(413, "too_large", f"the request exceeds {self.plan.max_request_bytes} bytes")
         async with self._lock:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,6 +10,7 @@ import aiohttp
 
 from common.paillier.messages import DecryptedSum
 from common.wire.errors import ProtocolError
+from common.wire.safe_json import loads_untrusted
 from fl_server.paillier_round import PaillierFailure
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,8 @@ async def post_decrypt(url: str, payload: dict[str, Any], timeout_s: float) -> D
     if len(body) > MAX_ANSWER_BYTES:
         raise PaillierFailure("bad_answer", "the decryptor's answer is too large")
     try:
-        document = json.loads(body)
-    except ValueError:
+        document = loads_untrusted(body, max_bytes=MAX_ANSWER_BYTES, what="decryptor answer")
+    except ProtocolError:
         raise PaillierFailure("bad_answer", f"the decryptor answered HTTP {status} with no JSON") from None
     if status != 200:
         reason = document.get("reason") if isinstance(document, dict) else None

@@ -2,6 +2,7 @@
 whose decryptor is the real decision logic over the records the nodes published."""
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -270,3 +271,26 @@ async def test_a_paillier_session_publishes_plain_fedavg_and_records_what_it_cos
                      for i in range(2)]  # the nodes' trained weights are absolute: FedAvg is their weighted mean
     for got, want in zip(weights, reference, strict=True):
         np.testing.assert_allclose(got, want, atol=secure["quantization_error_bound"] + 1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------ the decryptor's HTTP service, before Kafka
+
+async def test_the_decryptor_service_answers_malformed_oversized_and_single_requests_with_reasons() -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from fl_server.decryptor_cli import Decryptor, DecryptorPlan
+
+    plan = DecryptorPlan(KEY, KeyRegistry(NODE_KEYS), "127.0.0.1", 0, "127.0.0.1:1", {}, "updates", 2, 100, 20_000,
+                         1 << 20)
+    service = Decryptor(plan)
+    single = DecryptRequest("s", 1, PUBLIC.key_id, ("n1",), {0: (0, 3)}, (PUBLIC.public_key.raw_encrypt(1),))
+    async with TestClient(TestServer(service.app())) as client:
+        health = await (await client.get("/health")).json()
+        assert health["key_id"] == PUBLIC.key_id
+        answers = []
+        for body in (b"{not json", b"[" * 3000 + b"]" * 3000, b"x" * 30_000,
+                     json.dumps(single.to_wire(256)).encode()):
+            response = await client.post("/decrypt", data=body)
+            answers.append((response.status, (await response.json())["reason"]))
+    assert answers == [(400, "not_json"), (400, "too_deep"), (413, "too_large"), (409, "too_few_updates")]
+    assert service.decrypted == set()
