@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.atomic import write_text_atomic
 from common.cli import UsageError, command_main, run_until_signal
 from common.config import (
     DEFAULT_KAFKA,
@@ -39,7 +41,7 @@ from common.transport.kafka_security import KafkaSecurity, add_kafka_security_op
 from common.wire.errors import ProtocolError
 from common.wire.integrity import KeyRegistry
 from common.wire.protocol import MAX_RECORD_BYTES, RawRecord
-from common.wire.safe_json import loads_untrusted
+from common.wire.safe_json import loads_untrusted, read_json_file
 from fl_server.decryptor import Refusal, check_request, decrypt, judge_sum, topic_sum
 
 logger = logging.getLogger("fl_decryptor")
@@ -60,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                help="the node key registry (fl-keys): every update record summed must carry its node's signature")
     add_option(parser, "--kafka", default=DEFAULT_KAFKA, help="Kafka bootstrap servers holding the updates topic")
     add_option(parser, "--updates-topic", default=DEFAULT_UPDATES_TOPIC, help="Kafka topic of node updates")
+    add_option(parser, "--state-file", type=Path, default=None,
+               help="JSON file of the rounds already decrypted, kept across restarts (without it a restarted "
+               "decryptor could be asked for a second sum of a round, over other nodes)")
     add_option(parser, "--min-updates", type=positive_int, default=2,
                help="refuse to decrypt a sum of fewer updates (at least 2: one would be a node's update in clear)")
     add_option(parser, "--max-records", type=positive_int, default=100_000,
@@ -86,6 +91,29 @@ class DecryptorPlan:
     max_records: int
     max_request_bytes: int
     max_record_bytes: int
+    state_file: Path | None = None
+    decrypted_before: frozenset[tuple[str, int]] = frozenset()  # read from the state file
+
+
+def load_state(path: Path | None) -> set[tuple[str, int]]:
+    """The rounds decrypted before (``--state-file``); a missing file is an empty state."""
+    if path is None:
+        logger.warning("no --state-file: the rounds decrypted are remembered only until this process stops")
+        return set()
+    if not path.exists():
+        return set()
+    try:
+        document = read_json_file(path, max_bytes=64 * 1024 * 1024)
+        pairs = {(str(session), int(server_round)) for session, server_round in document["decrypted"]}
+    except (OSError, ValueError, ProtocolError, KeyError, TypeError) as exc:
+        raise UsageError(f"--state-file {path}: unreadable ({exc}); refusing to start without knowing what was "
+                         "decrypted") from None
+    logger.info("%d round(s) decrypted before (from %s)", len(pairs), path)
+    return pairs
+
+
+def save_state(path: Path, decrypted: set[tuple[str, int]]) -> None:
+    write_text_atomic(path, json.dumps({"decrypted": sorted([s, r] for s, r in decrypted)}) + "\n")
 
 
 def prepare(args: argparse.Namespace) -> DecryptorPlan:
@@ -100,7 +128,8 @@ def prepare(args: argparse.Namespace) -> DecryptorPlan:
         raise UsageError(f"--key: {exc}") from None
     return DecryptorPlan(key, KeyRegistry.load(args.node_keys), host, int(port), args.kafka,
                          KafkaSecurity.from_args(args).to_client_config(), args.updates_topic, args.min_updates,
-                         args.max_records, args.max_request_bytes, args.max_record_bytes)
+                         args.max_records, args.max_request_bytes, args.max_record_bytes, args.state_file,
+                         frozenset(load_state(args.state_file)))
 
 
 class Decryptor:
@@ -109,7 +138,7 @@ class Decryptor:
     def __init__(self, plan: DecryptorPlan) -> None:
         self.plan = plan
         self.public = plan.key.public
-        self.decrypted: set[tuple[str, int]] = set()
+        self.decrypted: set[tuple[str, int]] = set(plan.decrypted_before)
         self._lock = asyncio.Lock()
 
     def app(self) -> web.Application:
@@ -141,6 +170,9 @@ class Decryptor:
             if len(self.decrypted) >= MAX_REMEMBERED_ROUNDS:
                 self.decrypted.pop()
             self.decrypted.add((decrypt_request.session_id, decrypt_request.server_round))
+            if self.plan.state_file is not None:  # written before the answer leaves: a crash cannot forget it
+                await asyncio.get_running_loop().run_in_executor(None, save_state, self.plan.state_file,
+                                                                 set(self.decrypted))
         logger.info("session %s round %d: decrypted the sum of %d update(s): %s", decrypt_request.session_id,
                     decrypt_request.server_round, len(decrypt_request.nodes), ", ".join(decrypt_request.nodes))
         return web.json_response(answer.to_wire())

@@ -294,3 +294,15 @@ async def test_the_decryptor_service_answers_malformed_oversized_and_single_requ
             answers.append((response.status, (await response.json())["reason"]))
     assert answers == [(400, "not_json"), (400, "too_deep"), (413, "too_large"), (409, "too_few_updates")]
     assert service.decrypted == set()
+
+
+def test_the_rounds_decrypted_survive_a_restart_and_a_damaged_record_of_them_stops_the_start(tmp_path: Path) -> None:
+    from fl_server.decryptor_cli import load_state, save_state
+
+    state = tmp_path / "decrypted.json"
+    assert load_state(state) == set()
+    save_state(state, {("s", 1), ("s", 2)})
+    assert load_state(state) == {("s", 1), ("s", 2)}
+    state.write_text('{"decrypted": [["s"]]}')
+    with pytest.raises(UsageError, match="refusing to start"):
+        load_state(state)

@@ -55,7 +55,8 @@ def test_paillier_rounds_equal_plain_fedavg_and_the_decryptor_decrypts_only_the_
     key.save(private_path, public_path)
     url = f"http://127.0.0.1:{free_port()}"
     decryptor = federation._start("decryptor", "fl_server.decryptor_cli", [
-        "--key", str(private_path), "--node-keys", str(federation.registry_path), "--listen", url[len("http://"):]])
+        "--key", str(private_path), "--node-keys", str(federation.registry_path), "--listen", url[len("http://"):],
+        "--state-file", str(tmp_path / "decrypted.json")])
 
     def healthy() -> bool:
         try:
@@ -142,3 +143,5 @@ def test_paillier_rounds_equal_plain_fedavg_and_the_decryptor_decrypts_only_the_
     status, refused = ask(("n0", "n1"), (honest_sum,))
     assert (status, refused["reason"]) == (409, "already_decrypted")
     assert decryptor.popen.poll() is None  # refusals never stop it
+    state = json.loads((tmp_path / "decrypted.json").read_text())  # what a restarted decryptor still refuses
+    assert state == {"decrypted": [[session, 1], [session, 2], [session, 99]]}
