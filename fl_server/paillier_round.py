@@ -117,7 +117,12 @@ class PaillierRound:
         self.timings_s["decode_cpu"] = round(time.thread_time() - t0, 6)
         self.result_info = {"survivors": list(request.nodes), "num_samples_total": weighted.num_examples,
                             "quantization_error_bound": self.spec.error_bound(len(request.nodes),
-                                                                              weighted.num_examples)}
+                                                                              weighted.num_examples),
+                            # What fl-audit re-checks the aggregation from: the decryptor's signed sum, its key,
+                            # and the encoding the nodes used.
+                            "decryption": answer.to_wire(),
+                            "decryptor_public_key": self.settings.public.decryptor.to_pem(),
+                            "spec": self.spec.to_wire()}
         return weights, weighted.num_examples
 
     def fail(self, failure: PaillierFailure) -> str:

@@ -26,6 +26,7 @@ from common.wire.protocol import (
     split_weights,
 )
 from fl_node.secure import NodePaillierRound, check_paillier_spec
+from fl_server.audit.replay import paillier_round_mean
 from fl_server.config import ServerConfig
 from fl_server.coordinator import Coordinator, GlobalModel, SessionSettings
 from fl_server.decryptor import Refusal, check_request, decrypt, judge_sum, topic_sum
@@ -271,6 +272,19 @@ async def test_a_paillier_session_publishes_plain_fedavg_and_records_what_it_cos
                      for i in range(2)]  # the nodes' trained weights are absolute: FedAvg is their weighted mean
     for got, want in zip(weights, reference, strict=True):
         np.testing.assert_allclose(got, want, atol=secure["quantization_error_bound"] + 1e-6, rtol=0)
+
+    # What fl-audit re-checks from the record: the decryptor's signature, the round, the accepted nodes.
+    start = [np.asarray(w) for w in fake.global_weights]  # a reference of the model's layout (decoding adds to it)
+    audited, total = paillier_round_mean(secure, start, nodes, session_id="s", server_round=2)
+    assert total == 60 and len(audited) == 2
+    tampered = json.loads(json.dumps(secure))
+    tampered["decryption"]["plaintexts"][0] = format(int(tampered["decryption"]["plaintexts"][0], 16) + 1, "x")
+    for record, accepted, says in ((tampered, nodes, "signature does not verify"),
+                                   (secure, ["n1", "n2"], "the round accepted"),
+                                   ({**secure, "decryptor_public_key": OTHER_KEY.signer.public.to_pem()}, nodes,
+                                    "signature does not verify")):
+        with pytest.raises(ValueError, match=says):
+            paillier_round_mean(record, start, accepted, session_id="s", server_round=2)
 
 
 # ------------------------------------------------------------------ the decryptor's HTTP service, before Kafka

@@ -1,10 +1,13 @@
 """Paillier aggregation end to end: a real broker, fl-server, fl-decryptor and three fl-node processes on the
 digits logistic regression; the nodes' clear updates (local files, ``fl_node.testing``) check the published model
-against plain FedAvg (the same weights within the quantization bound, hence the same accuracy). Then the test
+against plain FedAvg (the same weights within the quantization bound, hence the same accuracy) and fl-audit
+re-checks both rounds from Kafka and the decryptor's signed sums. Then the test
 talks to the running decryptor itself: it refuses one node's ciphertext, a sum that is not the topic's, and a
 second decryption of a round."""
 
 import json
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -104,6 +107,13 @@ def test_paillier_rounds_equal_plain_fedavg_and_the_decryptor_decrypts_only_the_
     updates = read_weights(federation.kafka, federation.updates_topic, keys=federation.keys)
     assert sorted(updates) == [(KIND_UPDATE, n, r) for n in NODES for r in (1, 2)]
     assert all(len(arrays) == 1 and arrays[0].dtype == np.uint8 for _, arrays in updates.values())
+
+    # fl-audit, from Kafka and the history alone: the collection, the decryptor's signed sum, the published models.
+    audit = subprocess.run([sys.executable, "-m", "fl_server.audit_cli", str(next(federation.history_dir.glob(
+        "*.json"))), "--kafka", federation.kafka, "--node-keys", str(federation.registry_path)],
+        env=federation.env(), capture_output=True, text=True, timeout=120, check=False)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert "AUDIT PASSED: 2 ok, 0 MISMATCH, 0 not checked" in audit.stdout, audit.stdout
 
     # The running decryptor, asked directly. The test plays two nodes (it holds their keys) in a round of its
     # own: n0 encrypts 5, n1 encrypts 7.
