@@ -142,11 +142,11 @@ class NodeSetup:
     node_id: str
     key: bytes | None
     server_public_key: ServerPublicKey | None
-    paillier_public: PaillierPublic | None
     ssl_context: ssl.SSLContext | None
     kafka_config: dict[str, Any]
     data: Any  # fl_node.data.LocalData (imported with pandas only once the flags are good)
     metrics: NodeMetrics  # served with --metrics-port
+    paillier_public: PaillierPublic | None = None  # --paillier-public-key
 
 
 def server_public_key(path: Path | None) -> ServerPublicKey | None:
@@ -190,11 +190,11 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
         node_id=node_id,
         key=read_key_file(args.key_file) if args.key_file is not None else None,
         server_public_key=server_public_key(args.server_public_key),
-        paillier_public=paillier_public_key(args.paillier_public_key),
         ssl_context=tls_client_context_from_args(args),
         kafka_config=KafkaSecurity.from_args(args).to_client_config(),
         data=load_local_data(args),
         metrics=NodeMetrics(node_id),
+        paillier_public=paillier_public_key(args.paillier_public_key),
     )
 
 
