@@ -24,9 +24,11 @@ def vectors_and_layout(draw: st.DrawFn) -> tuple[PackingLayout, list[np.ndarray]
     length = draw(st.integers(1, 300))
     layout = PackingLayout.plan(length=length, max_value=max_value, num_nodes=num_nodes, key_bits=KEY_BITS,
                                 packed=draw(st.booleans()))
-    vectors = [np.asarray(draw(st.lists(st.integers(0, max_value), min_size=length, max_size=length)),
-                          dtype=np.uint32) for _ in range(num_nodes)]
-    return layout, vectors
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    fill = draw(st.sampled_from(["random", "max", "zero"]))  # all at max_value: every slot's sum at its limit
+    vectors = [rng.integers(0, max_value, length, endpoint=True, dtype=np.uint64) if fill == "random" else
+               np.full(length, max_value if fill == "max" else 0, np.uint64) for _ in range(num_nodes)]
+    return layout, [v.astype(np.uint32) for v in vectors]
 
 
 @given(vectors_and_layout())
