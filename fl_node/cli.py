@@ -27,6 +27,7 @@ from common.config import (
 )
 from common.data.datasets import DEFAULT_DATASET, DEFAULT_SEED
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS
+from common.paillier.keys import PaillierPublic
 from common.transport import kafka_io
 from common.transport.kafka_security import KafkaSecurity, add_kafka_security_options
 from common.transport.tls import (
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--server-public-key", type=Path, default=None,
                help="the server's public key (server.pub from fl-keys create --server): train only on global models "
                "the server signed; refuse (untrusted_model) an unsigned, forged or tampered one")
+    add_option(parser, "--paillier-public-key", type=Path, default=None,
+               help="the federation's Paillier public key (paillier.pub.json from fl-keys create --paillier): "
+               "encrypt updates for --secure-aggregation paillier rounds with this key, never one the server names")
     add_option(parser, "--attack", default="none", choices=list(ATTACKS),
                help="FOR ROBUSTNESS EXPERIMENTS ONLY: poison this node's published update; sign-flip publishes "
                "w_global - S * (w_local - w_global)")
@@ -148,6 +152,7 @@ class NodeSetup:
     kafka_config: dict[str, Any]
     data: Any  # fl_node.data.LocalData (imported with pandas only once the flags are good)
     metrics: NodeMetrics  # served with --metrics-port
+    paillier_public: PaillierPublic | None = None  # --paillier-public-key
 
 
 def server_public_key(path: Path | None) -> ServerPublicKey | None:
@@ -161,6 +166,18 @@ def server_public_key(path: Path | None) -> ServerPublicKey | None:
     except ValueError as exc:
         raise UsageError(f"--server-public-key: {exc}") from None
     logger.info("global models must be signed by server key %s", key.key_id)
+    return key
+
+
+def paillier_public_key(path: Path | None) -> PaillierPublic | None:
+    """The federation's Paillier key (``--paillier-public-key``): without it the node refuses Paillier rounds."""
+    if path is None:
+        return None
+    try:
+        key = PaillierPublic.load(path)
+    except ValueError as exc:
+        raise UsageError(f"--paillier-public-key: {exc}") from None
+    logger.info("Paillier rounds encrypt with federation key %s (%d bits)", key.key_id, key.key_bits)
     return key
 
 
@@ -188,6 +205,7 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
         kafka_config=KafkaSecurity.from_args(args).to_client_config(),
         data=load_local_data(args),
         metrics=NodeMetrics(node_id),
+        paillier_public=paillier_public_key(args.paillier_public_key),
     )
 
 
@@ -204,7 +222,7 @@ def build_node(setup: NodeSetup) -> FederatedNode:
                             attack=args.attack, attack_scale=args.attack_scale, key=setup.key,
                             kafka_config=setup.kafka_config, ssl_context=setup.ssl_context, max_idle_s=args.max_idle,
                             dp_clip_norm=args.dp_clip, dp_noise_stddev=args.dp_noise_stddev,
-                            server_public_key=setup.server_public_key,
+                            server_public_key=setup.server_public_key, paillier_public=setup.paillier_public,
                             local_test_fraction=args.local_test_fraction, local_test_seed=args.seed,
                             finetune_epochs=args.finetune_epochs)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)
