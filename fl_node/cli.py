@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import secrets
@@ -26,9 +27,15 @@ from common.config import (
 )
 from common.data.datasets import DEFAULT_DATASET, DEFAULT_SEED
 from common.ml.model_budget import DEFAULT_MAX_MODEL_PARAMS
+from common.paillier.keys import PaillierPublic
 from common.transport import kafka_io
 from common.transport.kafka_security import KafkaSecurity, add_kafka_security_options
-from common.transport.tls import add_tls_client_options, tls_client_context_from_args
+from common.transport.tls import (
+    CertificateProblem,
+    add_tls_client_options,
+    check_server_certificate,
+    tls_client_context_from_args,
+)
 from common.wire.integrity import read_key_file
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, check_node_id
 from common.wire.server_key import ServerPublicKey
@@ -80,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "--server-public-key", type=Path, default=None,
                help="the server's public key (server.pub from fl-keys create --server): train only on global models "
                "the server signed; refuse (untrusted_model) an unsigned, forged or tampered one")
+    add_option(parser, "--paillier-public-key", type=Path, default=None,
+               help="the federation's Paillier public key (paillier.pub.json from fl-keys create --paillier): "
+               "encrypt updates for --secure-aggregation paillier rounds with this key, never one the server names")
     add_option(parser, "--attack", default="none", choices=list(ATTACKS),
                help="FOR ROBUSTNESS EXPERIMENTS ONLY: poison this node's published update; sign-flip publishes "
                "w_global - S * (w_local - w_global)")
@@ -142,6 +152,7 @@ class NodeSetup:
     kafka_config: dict[str, Any]
     data: Any  # fl_node.data.LocalData (imported with pandas only once the flags are good)
     metrics: NodeMetrics  # served with --metrics-port
+    paillier_public: PaillierPublic | None = None  # --paillier-public-key
 
 
 def server_public_key(path: Path | None) -> ServerPublicKey | None:
@@ -158,6 +169,18 @@ def server_public_key(path: Path | None) -> ServerPublicKey | None:
     return key
 
 
+def paillier_public_key(path: Path | None) -> PaillierPublic | None:
+    """The federation's Paillier key (``--paillier-public-key``): without it the node refuses Paillier rounds."""
+    if path is None:
+        return None
+    try:
+        key = PaillierPublic.load(path)
+    except ValueError as exc:
+        raise UsageError(f"--paillier-public-key: {exc}") from None
+    logger.info("Paillier rounds encrypt with federation key %s (%d bits)", key.key_id, key.key_bits)
+    return key
+
+
 def prepare(args: argparse.Namespace) -> NodeSetup:
     """Check the node id, read the key, TLS and Kafka settings and the local data: a problem is the user's (exit 2)."""
     node_id = args.node_id or f"node-{secrets.token_hex(3)}"
@@ -168,15 +191,21 @@ def prepare(args: argparse.Namespace) -> NodeSetup:
         raise UsageError(f"--local-test-fraction {args.local_test_fraction}: must be in [0, 1)")
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise UsageError(f"--metrics-port {args.metrics_port}: a TCP port is 0..65535 (0 picks a free one)")
+    ssl_context = tls_client_context_from_args(args)
+    try:  # before TensorFlow loads: a certificate this node cannot verify is an error now, not after seconds
+        asyncio.run(check_server_certificate(args.server, ssl_context))
+    except CertificateProblem as exc:
+        raise UsageError(str(exc)) from None
     return NodeSetup(
         args=args,
         node_id=node_id,
         key=read_key_file(args.key_file) if args.key_file is not None else None,
         server_public_key=server_public_key(args.server_public_key),
-        ssl_context=tls_client_context_from_args(args),
+        ssl_context=ssl_context,
         kafka_config=KafkaSecurity.from_args(args).to_client_config(),
         data=load_local_data(args),
         metrics=NodeMetrics(node_id),
+        paillier_public=paillier_public_key(args.paillier_public_key),
     )
 
 
@@ -193,7 +222,7 @@ def build_node(setup: NodeSetup) -> FederatedNode:
                             attack=args.attack, attack_scale=args.attack_scale, key=setup.key,
                             kafka_config=setup.kafka_config, ssl_context=setup.ssl_context, max_idle_s=args.max_idle,
                             dp_clip_norm=args.dp_clip, dp_noise_stddev=args.dp_noise_stddev,
-                            server_public_key=setup.server_public_key,
+                            server_public_key=setup.server_public_key, paillier_public=setup.paillier_public,
                             local_test_fraction=args.local_test_fraction, local_test_seed=args.seed,
                             finetune_epochs=args.finetune_epochs)
     logger.info("node %s: %d local rows, server %s, Kafka %s", node_id, setup.data.num_rows, args.server, args.kafka)

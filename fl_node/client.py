@@ -25,6 +25,7 @@ from common.data.tabular import SchemaError
 from common.metrics_format import format_metrics
 from common.ml.model_budget import ModelTooLarge
 from common.ml.personal import shared_part, with_personal
+from common.paillier.keys import PaillierPublic
 from common.privacy.local import privatize_update, strictest_local_dp
 from common.secagg.messages import AdvertBroadcast, ShareDelivery
 from common.secagg.round import SecureRoundSpec
@@ -57,7 +58,14 @@ from fl_node.data import LocalData
 from fl_node.kafka import NodeKafka
 from fl_node.local_eval import split_local_test
 from fl_node.metrics import NodeMetrics
-from fl_node.secure import SERVER_EVENTS, NodeSecureRound, check_spec, parse_server_message
+from fl_node.secure import (
+    SERVER_EVENTS,
+    NodePaillierRound,
+    NodeSecureRound,
+    check_paillier_spec,
+    check_spec,
+    parse_server_message,
+)
 from fl_node.testing import dump_clear_update, test_exit_point
 from fl_node.trainer import LocalTrainer, TrainResult
 
@@ -85,6 +93,7 @@ class NodeSettings:
     dp_clip_norm: float = 0.0  # this node's own local-DP floor: it never publishes a delta clipped less ...
     dp_noise_stddev: float = 0.0  # ... or noised less than this, whatever the round asks
     server_public_key: ServerPublicKey | None = None  # when set: train only on models the server signed
+    paillier_public: PaillierPublic | None = None  # --paillier-public-key: the only key Paillier rounds encrypt with
     local_test_fraction: float = 0.0  # rows held out from training, for federated evaluation
     local_test_seed: int = 0  # which rows: the same every round
     finetune_epochs: int = 0  # local epochs on the final global model before saving it (it never leaves the node)
@@ -369,7 +378,7 @@ class FederatedNode:
     # ------------------------------------------------------------ work
 
     async def _run_round(self, start: StartRound) -> None:
-        secure: NodeSecureRound | None = None
+        secure: NodeSecureRound | NodePaillierRound | None = None
         if start.secure_aggregation is not None:
             try:
                 secure = self._join_secure_round(start)
@@ -378,7 +387,8 @@ class FederatedNode:
                 await self._refuse(start, f"secagg_{exc.reason}", str(exc), leave=False)
                 return
             # The keys go out at once: the key stages run while this node trains.
-            self._spawn(self._send_secagg("secagg_advert", secure.advertise().to_wire(), start.server_round))
+            if isinstance(secure, NodeSecureRound):
+                self._spawn(self._send_secagg("secagg_advert", secure.advertise().to_wire(), start.server_round))
         try:
             ack = await self._train_and_publish(start, secure)
         except SchemaError as exc:
@@ -404,11 +414,16 @@ class FederatedNode:
             logger.warning("node %s: server refused acknowledgement of round %d: %s", self.settings.node_id,
                            ack.server_round, reply)
 
-    def _join_secure_round(self, start: StartRound) -> NodeSecureRound:
+    def _join_secure_round(self, start: StartRound) -> NodeSecureRound | NodePaillierRound:
         """This node's state for a secure-aggregation round (``ProtocolError`` if it cannot or will not take part)."""
+        spec = SecureRoundSpec.from_wire(start.secure_aggregation)
+        if spec.protocol == "paillier":
+            check_paillier_spec(spec, self.settings.paillier_public, node_id=self.settings.node_id,
+                                session_id=start.session_id, server_round=start.server_round)
+            assert self.settings.paillier_public is not None
+            return NodePaillierRound(spec, self.settings.paillier_public)
         if self.settings.key is None:
             raise ProtocolError("no_key", "secure aggregation needs this node's key (--key-file) to sign its adverts")
-        spec = SecureRoundSpec.from_wire(start.secure_aggregation)
         check_spec(spec, node_id=self.settings.node_id, session_id=start.session_id, server_round=start.server_round)
         secure = NodeSecureRound(spec, self.settings.node_id, self.settings.key)
         while len(self._secure) >= MAX_SECURE_ROUNDS:  # rounds the server never finished: forget the oldest
@@ -461,7 +476,8 @@ class FederatedNode:
             if not secure.delivery.done():
                 secure.delivery.set_exception(exc)
 
-    async def _train_and_publish(self, start: StartRound, secure: NodeSecureRound | None = None) -> UpdateAck:
+    async def _train_and_publish(self, start: StartRound,
+                                 secure: NodeSecureRound | NodePaillierRound | None = None) -> UpdateAck:
         """Prepare the data, fetch the global model, train, publish the update; returns the acknowledgement.
         Raises ``SchemaError`` if our data does not fit, ``LocalFailure`` for any other failure."""
         t0 = time.perf_counter()
@@ -494,7 +510,7 @@ class FederatedNode:
             weights = shared_part(weights, personal)
             result = TrainResult(shared_part(result.weights, personal), result.metrics, result.train_s)
         delivery = None
-        if secure is not None:
+        if isinstance(secure, NodeSecureRound):
             try:  # the key stages end well before training usually does
                 delivery = await asyncio.wait_for(asyncio.shield(secure.delivery), self.settings.publish_timeout_s)
             except ProtocolError as exc:
@@ -528,7 +544,8 @@ class FederatedNode:
         self.trainer.set_data(x, y)
 
     async def _publish(self, start: StartRound, weights: list[Any], result: TrainResult, fetch_s: float,
-                       secure: NodeSecureRound | None = None, delivery: ShareDelivery | None = None,
+                       secure: NodeSecureRound | NodePaillierRound | None = None,
+                       delivery: ShareDelivery | None = None,
                        evaluation: LocalEvaluation | None = None) -> UpdateAck:
         t1 = time.perf_counter()
         chunks = await self._in_worker(partial(self._update_chunks, start, weights, result, secure, delivery))
@@ -548,17 +565,18 @@ class FederatedNode:
             num_records=len(chunks),
             metrics=dict(result.metrics),
             timings_s={"fetch": round(fetch_s, 4), "train": round(result.train_s, 4),
-                       "publish": round(publish_s, 4)},
+                       "publish": round(publish_s, 4),
+                       **({"encrypt": round(secure.encrypt_s, 4)} if isinstance(secure, NodePaillierRound) else {})},
             evaluation=evaluation,
         )
 
-    def _reported_samples(self, secure: NodeSecureRound | None) -> int:
+    def _reported_samples(self, secure: NodeSecureRound | NodePaillierRound | None) -> int:
         """Secure rounds: what the hello declared (the true count travels inside the masked sum only)."""
         return max(self.data.num_rows, 1) if secure is not None else self.trainer.num_samples
 
     def _update_chunks(self, start: StartRound, weights: list[Any], result: TrainResult,
-                       secure: NodeSecureRound | None = None, delivery: ShareDelivery | None = None
-                       ) -> list[WeightChunk]:
+                       secure: NodeSecureRound | NodePaillierRound | None = None,
+                       delivery: ShareDelivery | None = None) -> list[WeightChunk]:
         """Worker thread: the trained weights (poisoned in robustness experiments) cut into Kafka records."""
         published = apply_attack(self.settings.attack, weights, result.weights, scale=self.settings.attack_scale)
         if self.settings.attack != "none":
@@ -572,12 +590,20 @@ class FederatedNode:
             logger.info("node %s round %d: local DP applied: delta norm %.4g clipped to %.4g, Gaussian noise stddev "
                         "%.4g (the round asked for %.4g and %.4g)", settings.node_id, start.server_round, norm, clip,
                         stddev, config.dp_clip_norm, config.dp_noise_stddev)
-        if secure is not None and delivery is not None:
+        if isinstance(secure, NodeSecureRound) and delivery is not None:
             dump_clear_update(settings.node_id, start.server_round, weights, published, self.trainer.num_samples)
             try:  # a share that does not decrypt (tampered, moved) stops this node's round: it sends nothing
                 published = [secure.masked_update(delivery, weights, published, self.trainer.num_samples)]
             except ProtocolError as exc:
                 raise LocalFailure(f"secagg_{exc.reason}", str(exc)) from exc
+        elif isinstance(secure, NodePaillierRound):
+            dump_clear_update(settings.node_id, start.server_round, weights, published, self.trainer.num_samples)
+            try:
+                published = [secure.encrypted_update(weights, published, self.trainer.num_samples)]
+            except ProtocolError as exc:
+                raise LocalFailure(f"paillier_{exc.reason}", str(exc)) from exc
+            logger.info("node %s round %d: encrypted the update in %.3fs", settings.node_id, start.server_round,
+                        secure.encrypt_s)
         return list(split_weights(published, kind=KIND_UPDATE, session_id=start.session_id,
                                   server_round=start.server_round, node_id=self.settings.node_id,
                                   num_samples=self._reported_samples(secure), chunk_bytes=self.settings.chunk_bytes))

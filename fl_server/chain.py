@@ -49,7 +49,9 @@ def genesis_digest(session_id: str, config: dict[str, Any]) -> str:
     """The ``prev_round_digest`` of a session's first round."""
     from fl_server.config import SESSION_SETTINGS  # the settings pull in the privacy planner: not for fl-history
 
-    settings = {name: config.get(name) for name in (*SESSION_SETTINGS, "strategy_params")}
+    # The settings the history recorded: a setting added in a later version (absent from an older history)
+    # is not part of that history's chain; removing a recorded one changes the digest.
+    settings = {name: config.get(name) for name in (*SESSION_SETTINGS, "strategy_params") if name in config}
     return sha256_hex(canonical_json({"format": CHAIN_FORMAT, "session_id": session_id, "settings": settings}))
 
 

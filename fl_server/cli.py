@@ -149,9 +149,11 @@ def add_privacy_options(parser: argparse.ArgumentParser) -> None:
 
 def add_secure_aggregation_options(parser: argparse.ArgumentParser) -> None:
     """Secure aggregation (README "Secure aggregation"): the server learns only the sum of the updates."""
-    add_option(parser, "--secure-aggregation", default=D.secure_aggregation, choices=["off", "secagg", "secagg+"],
+    add_option(parser, "--secure-aggregation", default=D.secure_aggregation,
+               choices=["off", "secagg", "secagg+", "paillier"],
                help="mask every update so the server can only recover their sum: secagg (Bonawitz et al. 2017, "
-               "every pair of nodes masks) or secagg+ (Bell et al. 2020, each node masks with k neighbours)")
+               "every pair of nodes masks) or secagg+ (Bell et al. 2020, each node masks with k neighbours); or "
+               "paillier: nodes encrypt, the server adds ciphertexts, fl-decryptor decrypts only the sum")
     add_option(parser, "--secagg-threshold", type=positive_int, default=None,
                help="t: shares that rebuild a node's secrets, and the fewest nodes a round may continue with "
                "(default: 2/3 of a node's neighbours and itself, per round)")
@@ -163,7 +165,14 @@ def add_secure_aggregation_options(parser: argparse.ArgumentParser) -> None:
                help="fixed-point bits per weight (1-24); n nodes need n*(2^bits - 1) < 2^32")
     add_option(parser, "--secagg-stage-timeout", type=positive_float, default=D.secagg_stage_timeout,
                help="seconds each key stage (advertise, share keys, unmask) waits for the nodes; masked inputs "
-               "wait up to --round-timeout")
+               "wait up to --round-timeout (paillier: how long the decryptor may take)")
+    add_option(parser, "--paillier-public-key", type=Path, default=None,
+               help="paillier: the federation's public key file (fl-keys create --paillier: paillier.pub.json)")
+    add_option(parser, "--paillier-decryptor", default=None,
+               help="paillier: the URL of fl-decryptor (e.g. http://decryptor:8470), the only holder of the "
+               "private key")
+    add_flag(parser, "--paillier-no-packing",
+             help="paillier: one value per ciphertext instead of packing many (only to measure what packing saves)")
 
 
 def add_session_options(parser: argparse.ArgumentParser) -> None:

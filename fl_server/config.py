@@ -19,9 +19,11 @@ from typing import Any
 from common.config import DEFAULT_KAFKA, DEFAULT_MODELS_TOPIC, DEFAULT_UPDATES_TOPIC
 from common.data.datasets import DEFAULT_DATASET, DEFAULT_SEED
 from common.data.disclosure import DEFAULT_MIN_CATEGORY_COUNT
+from common.paillier.keys import PaillierPublic
 from common.transport.kafka_security import Secret
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, TrainConfig
 from fl_server.inbox import DEFAULT_KAFKA_BYTES
+from fl_server.paillier_round import PaillierSettings
 from fl_server.privacy.plan import PrivacyOptions
 from fl_server.secure_round import SecureAggregationSettings
 
@@ -89,6 +91,9 @@ class ServerConfig:
     secagg_clip: float = 1.0
     secagg_bits: int = 16
     secagg_stage_timeout: float = 30.0
+    paillier_public_key: Path | None = None  # fl-keys create --paillier: paillier.pub.json
+    paillier_decryptor: str | None = None  # the fl-decryptor's URL
+    paillier_no_packing: bool = False  # one value per ciphertext (to measure what packing saves)
     # -- how this process runs it (the command line's, also on --resume)
     host: str = "127.0.0.1"
     port: int = 5000
@@ -151,11 +156,22 @@ class ServerConfig:
                               budget_stop=self.dp_budget_stop)
 
     def secure_settings(self) -> SecureAggregationSettings | None:
-        if self.secure_aggregation == "off":
+        if self.secure_aggregation in ("off", "paillier"):
             return None
         return SecureAggregationSettings(protocol=self.secure_aggregation, threshold=self.secagg_threshold,
                                          neighbours=self.secagg_neighbours, clip=self.secagg_clip,
                                          bits=self.secagg_bits, stage_timeout_s=self.secagg_stage_timeout)
+
+    def paillier_settings(self) -> PaillierSettings | None:
+        """``--secure-aggregation paillier``'s settings (reads the public key file; ``ValueError`` if bad)."""
+        if self.secure_aggregation != "paillier":
+            return None
+        if self.paillier_public_key is None or self.paillier_decryptor is None:
+            raise ValueError("--secure-aggregation paillier needs --paillier-public-key and --paillier-decryptor")
+        return PaillierSettings(public=PaillierPublic.load(self.paillier_public_key),
+                                decryptor_url=self.paillier_decryptor, clip=self.secagg_clip, bits=self.secagg_bits,
+                                packed=not self.paillier_no_packing,
+                                decrypt_timeout_s=self.secagg_stage_timeout)
 
     def history_settings(self) -> dict[str, Any]:
         """The allow-listed settings, JSON-ready, for the history's ``config`` (and a resume's)."""
@@ -169,7 +185,8 @@ STRATEGY_KEYWORDS = ("server_lr", "server_momentum", "beta1", "beta2", "tau", "p
 DP_SETTINGS = ("dp", "dp_clip", "dp_initial_clip", "dp_noise_multiplier", "dp_target_epsilon", "dp_delta",
                "dp_target_quantile", "dp_clip_learning_rate", "dp_count_stddev", "dp_budget_stop")
 SECAGG_SETTINGS = ("secure_aggregation", "secagg_threshold", "secagg_neighbours", "secagg_clip", "secagg_bits",
-                   "secagg_stage_timeout")
+                   "secagg_stage_timeout", "paillier_public_key",
+                   "paillier_no_packing")
 # What defines a session: on --resume these come from the checkpoint, not the command line.
 SESSION_SETTINGS = (
     "rounds", "dataset", "holdout", "target", "schema", "categorical", "model", "strategy", "strategy_param",
@@ -184,7 +201,7 @@ OPERATIONAL_SETTINGS = (
     "tls_key", "kafka_security_protocol", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
     "kafka_ssl_no_check_hostname", "kafka_sasl_mechanism", "kafka_sasl_username", "config", "log_level", "quiet",
     "linger",
-    "server_key", "aggregators", "aggregator_key",
+    "server_key", "paillier_decryptor", "aggregators", "aggregator_key",
 )
 HISTORY_SETTINGS = SESSION_SETTINGS + OPERATIONAL_SETTINGS
 NOT_RECORDED = {"kafka_sasl_password": "a secret: never printed, never written to a file",

@@ -24,6 +24,7 @@ import numpy as np
 
 from common.metrics_format import format_metrics
 from common.ml.personal import shared_part, with_shared
+from common.paillier.messages import DecryptedSum, DecryptRequest
 from common.secagg.crypto import HmacAdvertVerifier
 from common.secagg.protocol import SecAggFailure
 from common.wire.codec import ArraySpec, weights_digest
@@ -54,12 +55,14 @@ from fl_server.config import DEFAULTS, ServerConfig
 from fl_server.history import SessionHistory, utc_now
 from fl_server.inbox import Inbox
 from fl_server.observe import SessionObserver
+from fl_server.paillier_client import DecryptFn, post_decrypt
+from fl_server.paillier_round import PaillierFailure, PaillierRound, PaillierSettings
 from fl_server.privacy.ledger import PrivacyLedger
 from fl_server.registry import NodeRegistry
 from fl_server.rounds import RoundState, round_record
 from fl_server.sampling import required_updates, sample_participants
 from fl_server.secure_round import SecAggInput, SecureAggregationSettings, SecureRound
-from fl_server.secure_stages import DROPOUT_POLL_S, SecureStages
+from fl_server.secure_stages import DROPOUT_POLL_S, SECURE_SUM_ID, SecureStages
 from fl_server.strategies import AggregationError, Strategy
 
 logger = logging.getLogger(__name__)
@@ -89,6 +92,7 @@ class SessionSettings:
     min_round_nodes: int = 1  # connected nodes each round needs to start (ServerConfig: --min-nodes when unset)
     max_node_weight: float | None = DEFAULTS.max_node_weight  # cap on a node's samples, as a share of the round's
     secure: SecureAggregationSettings | None = None  # --secure-aggregation: the server sees only the sum
+    paillier: PaillierSettings | None = None  # --secure-aggregation paillier: the server sums ciphertexts
 
     @classmethod
     def from_config(cls, config: ServerConfig, session_id: str) -> SessionSettings:
@@ -97,7 +101,7 @@ class SessionSettings:
                    fraction_fit=config.fraction_fit, min_fit=config.min_fit, min_fit_fraction=config.min_fit_fraction,
                    seed=config.seed, max_update_norm=config.max_update_norm, max_record_bytes=config.max_record_bytes,
                    min_round_nodes=config.effective_min_round_nodes, max_node_weight=config.max_node_weight,
-                   secure=config.secure_settings())
+                   secure=config.secure_settings(), paillier=config.paillier_settings())
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,7 @@ class Coordinator(SecureStages):
         inbox: Inbox | None = None,
         privacy: PrivacyLedger | None = None,
         observer: SessionObserver | None = None,
+        decrypt: DecryptFn = post_decrypt,
         aggregation: AggregatorLink | None = None,
     ) -> None:
         self.settings = settings
@@ -149,7 +154,7 @@ class Coordinator(SecureStages):
             raise ValueError("the checkpoint's weights do not fit the model")
         self._specs = shared_part(self._specs, model.personal)  # what an update carries
         self._keys = keys
-        if settings.secure is not None and keys is None:
+        if (settings.secure is not None or settings.paillier is not None) and keys is None:
             raise ValueError("secure aggregation needs node keys: the nodes sign their key adverts")
         self._advert_verifier = HmacAdvertVerifier(
             {node: key for node in keys.node_ids() if (key := keys.key_of(node)) is not None}) if keys else None
@@ -158,6 +163,7 @@ class Coordinator(SecureStages):
         self.offsets: dict[int, int] = dict(offsets or {})  # partition -> next offset, as consumed by rounds
         self._seen: dict[bytes, int] = {}  # digests of records taken -> round, for replay detection (pruned)
         self._evaluate = evaluate
+        self._decrypt = decrypt  # --secure-aggregation paillier: asks the decryptor for the round's sum
         self._publish_model = publish_model
         self._emit = emit
         self.history = history
@@ -285,6 +291,18 @@ class Coordinator(SecureStages):
                 logger.error("round %d: %s", server_round, state.failure)
                 return state
             collector.expect_specs([state.secure.vector_spec])
+        elif settings.paillier is not None:
+            try:
+                state.paillier = PaillierRound(settings.paillier, session_id=settings.session_id,
+                                               server_round=server_round, participants=state.participants,
+                                               declared_samples=collector.declared_samples, specs=self._specs,
+                                               equal_weights=self.privacy is not None
+                                               and self.privacy.settings.mode == "local")
+            except ProtocolError as exc:  # e.g. a single participant, or too many for the key's packing
+                state.failure = f"paillier aggregation cannot run with {len(participants)} node(s): {exc}"
+                logger.error("round %d: %s", server_round, state.failure)
+                return state
+            collector.expect_specs([state.paillier.vector_spec])
         if settings.max_node_weight is not None:
             declared = sum(n.num_samples for n in participants)
             state.sample_cap = max(1, int(settings.max_node_weight * declared))
@@ -296,8 +314,10 @@ class Coordinator(SecureStages):
         state.start_model_ref, state.offsets_from = ref.to_wire(), dict(self.offsets)  # for fl-audit
         private: dict[str, Any] = self.privacy.node_config(len(participants)) if self.privacy is not None else {}
         train = replace(self.settings.train, **self.strategy.train_config(server_round), **private)
+        secure_spec = state.secure.spec if state.secure is not None else (
+            state.paillier.spec if state.paillier is not None else None)
         start = StartRound(self.settings.session_id, server_round, train, self._message(ref),
-                           secure_aggregation=state.secure.spec.to_wire() if state.secure is not None else None)
+                           secure_aggregation=secure_spec.to_wire() if secure_spec is not None else None)
         logger.info("round %d: started with %d of %d connected node(s): %s", server_round, len(participants),
                     len(connected), ", ".join(state.participants))
         self._current = (start, collector)
@@ -399,6 +419,8 @@ class Coordinator(SecureStages):
             state.failure = f"{accepted} update(s) accepted, the round needs {state.required} (--min-fit)"
         if state.failure is None and state.secure is not None:
             await self._secure_unmask(state)
+        if state.failure is None and state.paillier is not None:
+            await self._paillier_decrypt(state)
         if state.failure is None:
             try:
                 new_weights, new_digest = await asyncio.get_running_loop().run_in_executor(
@@ -466,6 +488,12 @@ class Coordinator(SecureStages):
                 reason = exc.reason if isinstance(exc, ProtocolError) else "round_failed"
                 return AssembledUpdate(None, (f"secagg_{reason}", str(exc)))
             outcome = AssembledUpdate(replace(outcome.update, weights=[]))
+        elif outcome.update is not None and state.paillier is not None:
+            try:
+                state.paillier.take_encrypted(outcome.update.node_id, outcome.update.weights[0])
+            except ProtocolError as exc:
+                return AssembledUpdate(None, (f"paillier_{exc.reason}", str(exc)))
+            outcome = AssembledUpdate(replace(outcome.update, weights=[]))
         elif outcome.update is not None:
             update = outcome.update
             weight = update.num_samples
@@ -475,6 +503,30 @@ class Coordinator(SecureStages):
             self.strategy.accumulate(update.node_id, update.weights, weight)
             outcome = AssembledUpdate(replace(update, weights=[]))  # the strategy has them; do not keep a copy
         return outcome
+
+    async def _paillier_decrypt(self, state: RoundState) -> None:
+        """Ask the decryptor for the sum of the accepted ciphertexts; fold the checked, decoded mean."""
+        paillier = state.paillier
+        assert paillier is not None and self.settings.paillier is not None
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            request = paillier.request(state.offsets_from, self.offsets)
+            payload = await loop.run_in_executor(None, paillier.request_wire, request)
+            answer = await self._decrypt(self.settings.paillier.decryptor_url, payload,
+                                         self.settings.paillier.decrypt_timeout_s)
+            paillier.timings_s["decrypt"] = round(time.perf_counter() - t0, 4)
+            await loop.run_in_executor(None, self._paillier_fold, paillier, request, answer)
+        except PaillierFailure as failure:
+            state.failure = paillier.fail(failure)
+            return
+        encrypt = [t for ack in state.collector.acks.values() if (t := ack.timings_s.get("encrypt")) is not None]
+        paillier.timings_s["encrypt_max"] = max(encrypt, default=0.0)
+
+    def _paillier_fold(self, paillier: PaillierRound, request: DecryptRequest, answer: DecryptedSum) -> None:
+        """Worker thread: check and decode the decrypted sum; the strategy gets the FedAvg as the round's update."""
+        weights, num_samples = paillier.finish(request, answer, self.weights)
+        self.strategy.accumulate(SECURE_SUM_ID, weights, num_samples)
 
     def _aggregate_and_digest(self) -> tuple[Weights | None, str]:
         """Worker thread: the round's aggregate (None if nothing to aggregate) and its digest."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from common.cli import command_main
 from common.config import add_flag, add_logging_options
+from common.paillier.keys import PaillierPrivate
 from common.wire.integrity import KeyRegistry, new_key, write_secret
 from common.wire.protocol import check_node_id
 from common.wire.server_key import ServerSigner
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--node-keys) and writes <out-dir>/<node>.key (give it to that node's fl-node --key-file). "
         "Both files are created readable by their owner only. `create --server` makes the server's signing key "
         "pair: <out-dir>/server.key (fl-server --server-key) and <out-dir>/server.pub (give it to every node, "
-        "fl-node --server-public-key, and to auditors, fl-audit --server-key).",
+        "fl-node --server-public-key, and to auditors, fl-audit --server-key). `create --paillier` makes the "
+        "federation's Paillier key pair: <out-dir>/paillier.key.json (the decryptor's only: fl-decryptor --key) and "
+        "<out-dir>/paillier.pub.json (fl-server and fl-node --paillier-public-key).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     create = sub.add_parser("create", help="issue keys for new nodes (or --rotate existing ones)")
@@ -37,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
              env="FL_KEYS_ROTATE")
     add_flag(create, "--server", help="also make the server's Ed25519 key pair: <out-dir>/server.key (private, "
              "mode 0600) and <out-dir>/server.pub (public)", env="FL_KEYS_SERVER")
+    add_flag(create, "--paillier", help="also make the federation's Paillier key pair (with the decryptor's "
+             "signing key): <out-dir>/paillier.key.json (private, mode 0600) and <out-dir>/paillier.pub.json",
+             env="FL_KEYS_PAILLIER")
+    create.add_argument("--paillier-bits", type=int, default=3072,
+                        help="Paillier modulus size in bits (default 3072, ~128-bit security; 2048 is ~112-bit)")
     show = sub.add_parser("list", help="list the node ids in a registry (never the keys)")
     show.add_argument("--registry", type=Path, default=Path("keys/registry.json"))
     add_logging_options(parser)
@@ -80,6 +88,11 @@ def server_key_paths(out_dir: Path) -> tuple[Path, Path]:
     return out_dir / "server.key", out_dir / "server.pub"
 
 
+def paillier_key_paths(out_dir: Path) -> tuple[Path, Path]:
+    """Where ``create --paillier`` writes the federation's private and public Paillier key."""
+    return out_dir / "paillier.key.json", out_dir / "paillier.pub.json"
+
+
 def prepare(args: argparse.Namespace) -> Callable[[], None]:
     """Read and check everything the command needs; the returned step does the writing."""
     if args.command == "list":
@@ -89,8 +102,14 @@ def prepare(args: argparse.Namespace) -> Callable[[], None]:
             sys.stdout.write("\n".join(node_ids) + "\n")
 
         return show
-    if not args.node_ids and not args.server:
-        raise ValueError("name the nodes to create keys for, or --server for the server's key pair")
+    if not args.node_ids and not args.server and not args.paillier:
+        raise ValueError("name the nodes to create keys for, or --server for the server's key pair, or --paillier")
+    paillier_paths = paillier_key_paths(args.out_dir)
+    if args.paillier and paillier_paths[0].exists() and not args.rotate:
+        raise ValueError(f"{paillier_paths[0]} exists already (use --rotate to replace it; the server, the nodes "
+                         "and the decryptor then need the new files)")
+    if args.paillier and not 1024 <= args.paillier_bits <= 8192:
+        raise ValueError(f"--paillier-bits {args.paillier_bits}: must be in 1024..8192")
     keys = planned_keys(args.registry, args.node_ids, rotate=args.rotate) if args.node_ids else {}
     server_paths = server_key_paths(args.out_dir)
     if args.server and server_paths[0].exists() and not args.rotate:
@@ -98,6 +117,11 @@ def prepare(args: argparse.Namespace) -> Callable[[], None]:
                          "auditors then need the new server.pub)")
 
     def create() -> None:
+        if args.paillier:
+            private = PaillierPrivate.generate(args.paillier_bits)
+            private.save(*paillier_paths)
+            logger.info("wrote %s and %s (Paillier key %s, %d bits)", *paillier_paths, private.public.key_id,
+                        private.public.key_bits)
         if args.server:
             signer = ServerSigner.generate()
             signer.save(*server_paths)

@@ -144,6 +144,11 @@ MEAN_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedada
 
 def check_secure_aggregation(config: ServerConfig) -> None:
     """What cannot run on masked updates (the server never sees one update, only their sum)."""
+    paillier_flags = ("paillier_public_key", "paillier_decryptor", "paillier_no_packing")
+    if config.secure_aggregation != "paillier":
+        for name in paillier_flags:
+            if getattr(config, name) not in (None, False):
+                raise UsageError(f"--{name.replace('_', '-')} needs --secure-aggregation paillier")
     if config.secure_aggregation == "off":
         for name in ("secagg_threshold", "secagg_neighbours"):
             if getattr(config, name) is not None:
@@ -162,6 +167,8 @@ def check_secure_aggregation(config: ServerConfig) -> None:
             raise UsageError(f"--{name.replace('_', '-')} cannot run with --secure-aggregation: {why}")
     if config.node_keys is None:
         raise UsageError("--secure-aggregation needs --node-keys: nodes sign their key adverts with their node key")
+    if config.secure_aggregation == "paillier":
+        check_paillier(config)
     if config.secagg_neighbours is not None:
         if config.secure_aggregation != "secagg+":
             raise UsageError("--secagg-neighbours needs --secure-aggregation secagg+ (secagg masks every pair)")
@@ -171,6 +178,23 @@ def check_secure_aggregation(config: ServerConfig) -> None:
         raise UsageError("--secagg-threshold must be at least 2")
     if not 1 <= config.secagg_bits <= MAX_BITS:
         raise UsageError(f"--secagg-bits must be in 1..{MAX_BITS}, got {config.secagg_bits}")
+
+
+def check_paillier(config: ServerConfig) -> None:
+    """--secure-aggregation paillier: the public key and the decryptor are given, and the key file is good."""
+    if config.secagg_threshold is not None:
+        raise UsageError("--secagg-threshold is for secagg and secagg+ (paillier needs no threshold: the "
+                         "decryptor refuses sums of fewer than its --min-updates)")
+    for name in ("paillier_public_key", "paillier_decryptor"):
+        if getattr(config, name) is None:
+            raise UsageError(f"--secure-aggregation paillier needs --{name.replace('_', '-')}")
+    assert config.paillier_decryptor is not None
+    if not config.paillier_decryptor.startswith(("http://", "https://")):
+        raise UsageError(f"--paillier-decryptor {config.paillier_decryptor!r:.80}: must be an http(s):// URL")
+    try:
+        config.paillier_settings()
+    except ValueError as exc:
+        raise UsageError(f"--paillier-public-key: {exc}") from None
 
 
 def node_keys(config: ServerConfig) -> KeyRegistry | None:

@@ -11,6 +11,7 @@ import numpy as np
 from fl_server.collector import RoundCollector
 from fl_server.federated_eval import federated_record
 from fl_server.history import utc_now
+from fl_server.paillier_round import PaillierRound
 from fl_server.records import RoundRecord, RoundTimings
 from fl_server.secure_round import SecureRound
 
@@ -37,6 +38,7 @@ class RoundState:
     collect_s: float = 0.0
     updates_s: float = 0.0  # of collect_s, spent waiting for the updates (after secure aggregation's key stages)
     secure: SecureRound | None = None  # --secure-aggregation: this round's stages
+    paillier: PaillierRound | None = None  # --secure-aggregation paillier: this round's encrypted sum
     away_since: dict[str, float] = field(default_factory=dict)  # secure rounds: participants not connected now
     gone: set[str] = field(default_factory=set)  # secure rounds: away past the grace; later stages skip them
     last_delivery_s: float = 0.0  # when the last update or acknowledgement that counted arrived
@@ -74,7 +76,8 @@ def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float
         participants=state.participants,
         accepted=sorted(accepted),
         # Secure rounds: the records carry what nodes declared at connect; the true counts are inside the sum.
-        num_samples={} if state.secure is not None else {n: accepted[n].num_samples for n in sorted(accepted)},
+        num_samples={} if state.secure is not None or state.paillier is not None else {
+            n: accepted[n].num_samples for n in sorted(accepted)},
         train_loss=train_loss,
         train_per_node=per_node,
         holdout=holdout,
@@ -102,7 +105,8 @@ def round_record(state: RoundState, holdout: dict[str, float], evaluate_s: float
         ignored_records=collector.ignored,
         capped_weights={n: {"claimed": c, "used": state.sample_cap} for n, c in sorted(state.capped.items())},
         privacy=state.privacy,
-        secure_aggregation=state.secure.record() if state.secure is not None else None,
+        secure_aggregation=state.secure.record() if state.secure is not None else (
+            state.paillier.record() if state.paillier is not None else None),
         accepted_updates=[_with_weight(u.to_wire(), state) for u in collector.accepted_updates],
         declared_samples=dict(sorted(collector.declared_samples.items())),
         update_offsets={"from": _offsets_wire(state.offsets_from), "to": _offsets_wire(state.offsets)},

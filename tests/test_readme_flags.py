@@ -9,6 +9,7 @@ from fl_node.cli import build_parser as node_parser
 from fl_server.aggregator.cli import build_parser as aggregator_parser
 from fl_server.audit_cli import build_parser as audit_parser
 from fl_server.cli import build_parser as server_parser
+from fl_server.decryptor_cli import build_parser as decryptor_parser
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 # A default cell says "none"/"off"/"" for None, lists several values for several flags, or names another flag.
@@ -38,6 +39,7 @@ def shown(value: object) -> str:
 
 @pytest.mark.parametrize(("title", "parser"), [("fl-server flag", server_parser), ("fl-node flag", node_parser),
                                                ("fl-audit flag", audit_parser),
+                                               ("fl-decryptor flag", decryptor_parser),
                                                ("fl-aggregator flag", aggregator_parser)])
 def test_every_flag_in_the_table_exists_and_its_default_is_the_parsers(title, parser, monkeypatch):
     for name in list(__import__("os").environ):

@@ -58,3 +58,22 @@ def test_a_damaged_round_is_named(tmp_path):
     path.write_text(json.dumps({"format": HISTORY_FORMAT, "rounds": [RECORD.to_wire(), {"round": "2"}]}))
     with pytest.raises(HistoryFileError, match=r"rounds\[1\]\.round must be an integer"):
         load_history(path)
+
+
+def test_a_history_written_before_a_setting_existed_keeps_its_chain():
+    """A setting added to SESSION_SETTINGS in a later version is not in an older history's config: the older
+    history's first link must still verify (it did not, until the link hashed only recorded settings); removing
+    or editing a recorded setting still breaks it."""
+    from fl_server.config import SESSION_SETTINGS
+
+    newest = SESSION_SETTINGS[-1]
+    full = {name: None for name in SESSION_SETTINGS} | {"rounds": 3, "strategy_params": {}}
+    older = {name: value for name, value in full.items() if name != newest}  # written before `newest` existed
+    # What the version before `newest` wrote as round 1's link: its settings, all of them recorded.
+    from fl_server.chain import CHAIN_FORMAT, canonical_json, sha256_hex
+
+    written_then = sha256_hex(canonical_json({"format": CHAIN_FORMAT, "session_id": "s1", "settings": older}))
+    assert genesis_digest("s1", older) == written_then
+    assert genesis_digest("s1", full) != written_then
+    assert genesis_digest("s1", {k: v for k, v in older.items() if k != "rounds"}) != genesis_digest("s1", older)
+    assert genesis_digest("s1", older | {"rounds": 4}) != genesis_digest("s1", older)

@@ -279,3 +279,17 @@ async def test_a_good_certificate_and_an_absent_server_are_not_certificate_probl
     async with tls_server(pki) as port:
         await check_server_certificate(f"https://127.0.0.1:{port}", client_ssl_context(pki.ca, insecure=False))
     await check_server_certificate(f"https://127.0.0.1:{port}", client_ssl_context(pki.ca, insecure=False))  # gone
+
+
+async def test_fl_node_refuses_an_unverifiable_server_at_start_up_before_building_the_node(pki, tls_port, monkeypatch,
+                                                                                           capsys):
+    """The certificate is checked before TensorFlow loads: the node is never built (exit 2, one error line)."""
+    import fl_node.cli as node_cli
+
+    built: list[object] = []
+    monkeypatch.setattr(node_cli, "load_local_data", lambda args: None)
+    monkeypatch.setattr(node_cli, "build_node", built.append)
+    argv = ["--node-id", "n1", "--server", f"https://127.0.0.1:{tls_port}", "--quiet"]  # no --tls-ca
+    code = await asyncio.to_thread(node_cli.main, argv)  # main runs its own event loop
+    assert code == 2 and built == []
+    assert "cannot verify the TLS certificate" in capsys.readouterr().err

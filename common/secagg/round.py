@@ -2,8 +2,8 @@
 
 ``SecureRoundSpec`` travels as the optional ``secure_aggregation`` object of ``start_round``::
 
-    {"protocol": "secagg" | "secagg+", "config": <secagg/config>, "clip": float, "bits": int,
-     "max_examples": int, "weighting": "samples" | "equal"}
+    {"protocol": "secagg" | "secagg+" | "paillier", "config": <secagg/config>, "clip": float, "bits": int,
+     "max_examples": int, "weighting": "samples" | "equal"[, "paillier": {"key_id", "packing"}]}
 
 ``config`` fixes who takes part, the threshold, the neighbour graph and the vector length; ``clip``, ``bits`` and
 ``max_examples`` fix the fixed-point encoding (``common.secagg.quantize``). ``clip`` bounds each entry of the
@@ -11,6 +11,9 @@ update's *delta* (trained minus global weights): the encoded entries are ``delta
 ``clip * max_examples``, so that the sum decodes to ``Σ n_k·delta_k`` and ``Σ n_k`` (the last entry), and FedAvg
 is ``global + Σ n_k·delta_k / Σ n_k``. The server never needs a node's own ``n_k``. With ``weighting`` "equal"
 every node encodes ``n = 1`` (DP-FedAvg's equal-weight mean, for distributed differential privacy).
+With ``protocol`` "paillier" the same encoded vector is packed and encrypted instead of masked
+(``common.paillier``); ``paillier`` (present for that protocol only) names the key and the packing, and
+``config`` only fixes the participants and the vector length (its threshold and graph are unused).
 
 Everything here is pure (numpy only).
 """
@@ -25,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from common.paillier.packing import PaillierSpec
 from common.secagg.messages import SecAggConfig
 from common.secagg.quantize import MAX_UINT32, Quantizer, WeightedSum
 from common.wire.codec import ArraySpec
 from common.wire.errors import ProtocolError
 
-PROTOCOLS = ("secagg", "secagg+")
+PROTOCOLS = ("secagg", "secagg+", "paillier")
 WEIGHTINGS = ("samples", "equal")
 MAX_BITS = 24  # more precision than float32 deltas carry is wasted, and fewer nodes fit the ring
 
@@ -47,8 +51,11 @@ class SecureRoundSpec:
     bits: int
     max_examples: int
     weighting: str = "samples"
+    paillier: PaillierSpec | None = None  # protocol "paillier" only
 
     def __post_init__(self) -> None:
+        if (self.protocol == "paillier") != (self.paillier is not None):
+            raise ProtocolError("bad_config", "paillier parameters go with protocol paillier, and only with it")
         if self.weighting not in WEIGHTINGS:
             raise ProtocolError("bad_config", f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r:.40}")
         if self.protocol not in PROTOCOLS:
@@ -63,6 +70,16 @@ class SecureRoundSpec:
             self.quantizer.check_capacity(len(self.config.node_ids))
         except ValueError as exc:
             raise ProtocolError("bad_config", str(exc)) from None
+        packing = self.paillier.packing if self.paillier is not None else None
+        if packing is not None and (packing.length, packing.num_nodes, packing.max_value) != (
+                self.config.vector_length, len(self.config.node_ids), self.max_encoded_value):
+            raise ProtocolError("bad_config", "the paillier packing does not fit the round (vector length, nodes "
+                                              "or largest encoded value)")
+
+    @property
+    def max_encoded_value(self) -> int:
+        """The largest entry ``encode_update`` produces (a quantized weight or the example count)."""
+        return max(self.quantizer.levels, self.max_examples)
 
     def weight_of(self, num_examples: int) -> int:
         """What a node that trained on ``num_examples`` encodes as its weight."""
@@ -78,15 +95,18 @@ class SecureRoundSpec:
         return self.quantizer.error_bound(num_nodes) / max(total_examples, 1)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"protocol": self.protocol, "config": self.config.to_wire(), "clip": self.clip, "bits": self.bits,
+        wire = {"protocol": self.protocol, "config": self.config.to_wire(), "clip": self.clip, "bits": self.bits,
                 "max_examples": self.max_examples, "weighting": self.weighting}
+        if self.paillier is not None:
+            wire["paillier"] = self.paillier.to_wire()
+        return wire
 
     @classmethod
     def from_wire(cls, document: object) -> SecureRoundSpec:
-        if not isinstance(document, dict) or set(document) != {"protocol", "config", "clip", "bits",
-                                                                 "max_examples", "weighting"}:
+        names = {"protocol", "config", "clip", "bits", "max_examples", "weighting"}
+        if not isinstance(document, dict) or set(document) - {"paillier"} != names:
             raise ProtocolError("bad_schema", "secure_aggregation must be an object with exactly protocol, config, "
-                                              "clip, bits, max_examples and weighting")
+                                              "clip, bits, max_examples and weighting (and paillier)")
         clip, bits, most = document["clip"], document["bits"], document["max_examples"]
         if not isinstance(clip, (int, float)) or isinstance(clip, bool):
             raise ProtocolError("bad_schema", "secure_aggregation.clip must be a number")
@@ -100,8 +120,9 @@ class SecureRoundSpec:
             clip = float(clip)
         except OverflowError:
             raise ProtocolError("bad_config", "secure_aggregation.clip is out of range") from None
+        paillier = PaillierSpec.from_wire(document["paillier"]) if "paillier" in document else None
         return cls(protocol=protocol, config=SecAggConfig.from_wire(document["config"]), clip=clip, bits=bits,
-                   max_examples=most, weighting=weighting)
+                   max_examples=most, weighting=weighting, paillier=paillier)
 
 
 def vector_length(specs: Sequence[ArraySpec]) -> int:

@@ -20,7 +20,7 @@ def aggregation_key(config: Any, strategy: Strategy) -> AggregationKey | None:
         return None
     refusals = {
         "secure_aggregation": (config.secure_aggregation != "off", "--secure-aggregation cannot run with "
-                               "--aggregators: the masked vectors unmask only as one sum at the coordinator"),
+                               "--aggregators: masked or encrypted updates open only as one sum, at the coordinator"),
         "dp": (config.dp in ("central", "local"), f"--dp {config.dp} cannot run with --aggregators: the server's "
                "DP aggregation clips (central) and averages each update with equal weight, not a sample-weighted "
                "sum (--dp sgd works: its noise is added at the nodes)"),

@@ -38,6 +38,7 @@ from fl_server.audit.replay import (
     collection_problems,
     expected_weight,
     offset_problems,
+    paillier_round_mean,
     reaggregate,
     replay_collection,
     secure_vector_spec,
@@ -336,14 +337,19 @@ class _Auditor:
             return
         masked = {node: update.weights[0] for node, update in replay.updates.items()}
         try:
-            mean, total_weight = unmask_round(secure, start, masked, keys=self.keys)
+            if secure.get("protocol") == "paillier":
+                mean, total_weight = paillier_round_mean(secure, start, list(masked), session_id=self.session_id,
+                                                         server_round=verdict.server_round)
+                verdict.notes.append("paillier: the sum is the decryptor's, signed with the key the history names")
+            else:
+                mean, total_weight = unmask_round(secure, start, masked, keys=self.keys)
         except ValueError as exc:
             verdict.problems.append(f"secure aggregation: {exc}")
             return
         if secure.get("num_samples_total") != total_weight:
             verdict.problems.append(f"secure aggregation: {secure.get('num_samples_total')} samples in the history, "
                                     f"the unmasked sum holds {total_weight}")
-        if self.keys is None:
+        if self.keys is None and secure.get("protocol") != "paillier":
             verdict.not_checked.append("the adverts' signatures (give --node-keys)")
         sum_update = CompletedUpdate(SECURE_SUM_ID, total_weight, mean)
         try:

@@ -238,11 +238,44 @@ def offset_problems(previous_to: dict[str, int] | None, current_from: dict[str, 
 
 
 def secure_vector_spec(secure: dict[str, Any]) -> ArraySpec:
-    """The one layer a secure round's masked update records carry."""
+    """The one layer a secure round's masked (or, with Paillier, encrypted) update records carry."""
+    if secure.get("protocol") == "paillier":
+        count, total = secure.get("ciphertexts_per_update"), secure.get("ciphertext_bytes")
+        if not (isinstance(count, int) and isinstance(total, int) and 0 < count <= total <= MAX_VECTOR_LENGTH
+                and total % count == 0):
+            raise ValueError("secure_aggregation.ciphertexts_per_update and ciphertext_bytes are not a layout")
+        return ArraySpec(dtype="uint8", shape=(count, total // count))
     length = secure.get("vector_length")
     if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= MAX_VECTOR_LENGTH:
         raise ValueError(f"secure_aggregation.vector_length {length!r:.40} is not a vector length")
     return ArraySpec(dtype="uint32", shape=(length,))
+
+
+def paillier_round_mean(secure: dict[str, Any], start_weights: Sequence[np.ndarray], accepted: Sequence[str], *,
+                        session_id: str, server_round: int) -> tuple[Weights, int]:
+    """A Paillier round's FedAvg from the decryptor's signed sum in the history: the signature (with the decryptor
+    key the record names), that it is this round's sum over exactly the accepted updates, then the decoding.
+    Raises ``ValueError`` with what does not add up."""
+    from common.paillier.messages import DecryptedSum
+    from common.paillier.round import decode_sum
+
+    try:
+        answer = DecryptedSum.from_wire(secure.get("decryption"))
+        key = ServerPublicKey.from_pem(str(secure.get("decryptor_public_key", "")).encode("ascii", "replace"),
+                                       where="the round's decryptor key")
+        spec = SecureRoundSpec.from_wire(secure.get("spec"))
+    except ProtocolError as exc:
+        raise ValueError(f"the recorded decryption is not one: {exc}") from None
+    if not answer.verify(key):
+        raise ValueError("the decrypted sum's signature does not verify with the decryptor key")
+    if (answer.session_id, answer.server_round) != (session_id, server_round) or sorted(answer.nodes) != sorted(
+            accepted):
+        raise ValueError(f"the decrypted sum covers {list(answer.nodes)} of round {answer.server_round}, the round "
+                         f"accepted {sorted(accepted)}")
+    if spec.paillier is None or spec.paillier.key_id != answer.key_id:
+        raise ValueError("the recorded spec is not the decrypted sum's Paillier key")
+    weights, weighted = decode_sum(spec, answer.plaintexts, len(answer.nodes), start_weights)
+    return weights, weighted.num_examples
 
 
 def unmask_round(secure: dict[str, Any], start_weights: Sequence[np.ndarray], masked: dict[str, np.ndarray], *,

@@ -1,9 +1,12 @@
 """Poisoning end to end: five real nodes on digits, one publishes a sign-flipped update scaled x10.
 
-Five sessions run one after the other against the real broker (six TensorFlow processes each):
-a clean FedAvg baseline, then the same federation with the attacker under FedAvg, median,
-trimmed mean and Krum. The assertions are about ordering, not exact numbers: FedAvg collapses,
-the robust strategies stay near the clean run.
+Four sessions run one after the other against the real broker (six TensorFlow processes each):
+a clean FedAvg baseline, then the same federation with the attacker under FedAvg, median and
+Krum. The assertions are about ordering, not exact numbers: FedAvg collapses, the robust
+strategies stay near the clean run. The trimmed mean goes through the same strategy interface as
+the median (a coordinate-wise statistic of the same updates); to keep the suite's time, its
+robustness is tested against hand-computed values and attacks in tests/test_strategy_robust.py,
+not with a fifth session here.
 """
 
 import logging
@@ -14,7 +17,7 @@ import pytest
 
 from tests.integration.harness import Federation, expect_clean_exit
 
-pytestmark = pytest.mark.timeout(1500)  # five sessions; typically a few minutes in all
+pytestmark = pytest.mark.timeout(1500)  # four sessions; typically a few minutes in all
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +29,9 @@ RUNS: dict[str, tuple[list[str], bool]] = {  # name -> (server strategy flags, a
     "clean fedavg": (["--strategy", "fedavg"], False),
     "fedavg": (["--strategy", "fedavg"], True),
     "median": (["--strategy", "median"], True),
-    "trimmed_mean": (["--strategy", "trimmed_mean", "--trim-fraction", "0.2"], True),
     "krum": (["--strategy", "krum", "--byzantine", "1"], True),
 }
-ROBUST = ["median", "trimmed_mean", "krum"]
+ROBUST = ["median", "krum"]
 ROBUST_TOLERANCE = 0.08  # accuracy points below the clean run a robust strategy may land
 COLLAPSE_MARGIN = 0.3  # attacked FedAvg must land at least this far below the clean run
 

@@ -1,0 +1,1 @@
+"""Homomorphic aggregation with the Paillier cryptosystem (``--secure-aggregation paillier``)."""
