@@ -158,7 +158,7 @@ async def check_server_certificate(url: str, context: ssl.SSLContext | None, *, 
         raise CertificateProblem(explain_verification_error(exc, url, certificate)) from None
     except (OSError, TimeoutError):
         return
-    writer.close()
+    await _close(writer)
 
 
 async def _peer_certificate(host: str, port: int, timeout_s: float) -> x509.Certificate | None:
@@ -176,7 +176,16 @@ async def _peer_certificate(host: str, port: int, timeout_s: float) -> x509.Cert
     except ValueError:
         return None
     finally:
-        writer.close()
+        await _close(writer)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close a probe connection and wait for it (the caller's event loop may end right after)."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), timeout=5.0)
+    except (OSError, TimeoutError):
+        pass
 
 
 def explain_verification_error(exc: ssl.SSLCertVerificationError, url: str,
