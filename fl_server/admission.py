@@ -7,13 +7,21 @@ session (before any Socket.IO handshake) when one address already has ``max_pend
 pending sessions, when ``max_pending`` are pending in all, or when the open sessions come within
 ``fd_headroom`` of the process's file-descriptor limit. Pending sessions are closed after
 ``handshake_timeout_s``, refused ones at once.
+
+At start-up the server raises its soft ``RLIMIT_NOFILE`` to the hard limit (``plan_fd_limit`` decides,
+``raise_fd_limit`` applies it): with the common default soft limit of 1024 a coordinator would stop at about
+1,000 nodes. When even the hard limit cannot hold ``--min-nodes`` plus ``FD_MARGIN`` descriptors, it refuses to
+start with one clear line rather than flood its log with "Too many open files" later.
 """
 
 from __future__ import annotations
 
+import logging
 import resource
 from collections import Counter
 from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING_PER_ADDRESS = 32
 DEFAULT_MAX_PENDING = 512
@@ -21,8 +29,57 @@ DEFAULT_HANDSHAKE_TIMEOUT_S = 15.0
 FD_HEADROOM = 64  # descriptors kept for Kafka connections, files and the listening socket
 
 
+# Descriptors a server needs beyond one per node: FD_HEADROOM, pending handshakes, the dashboard's clients.
+FD_MARGIN = 256
+FD_TARGET_WHEN_UNLIMITED = 1 << 20  # the soft limit asked for when the hard one is RLIM_INFINITY (Linux's nr_open)
+
+
 def soft_fd_limit() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+@dataclass(frozen=True)
+class FdLimitPlan:
+    """What to do with the file-descriptor limit: the soft limit to set (None: leave it), or why not to start."""
+
+    new_soft: int | None
+    refusal: str | None = None
+
+
+def plan_fd_limit(soft: int, hard: int, min_nodes: int, margin: int = FD_MARGIN,
+                  unlimited: int = resource.RLIM_INFINITY) -> FdLimitPlan:
+    """Raise ``soft`` to ``hard`` (pure); refuse when ``hard`` is below ``min_nodes + margin``."""
+    needed = min_nodes + margin
+    target = FD_TARGET_WHEN_UNLIMITED if hard == unlimited else hard
+    if hard != unlimited and hard < needed:
+        return FdLimitPlan(None, f"the file-descriptor hard limit is {hard}, below the {needed} that --min-nodes "
+                                 f"{min_nodes} needs (one per node + {margin}); raise it (ulimit -Hn, "
+                                 "LimitNOFILE= in systemd, nofile in /etc/security/limits.conf, --ulimit nofile= in "
+                                 "Docker) or lower --min-nodes")
+    if soft != unlimited and soft < target:
+        return FdLimitPlan(target)
+    return FdLimitPlan(None)
+
+
+def raise_fd_limit(min_nodes: int) -> int:
+    """Apply ``plan_fd_limit`` to this process (start-up); the soft limit now in force. ``ValueError`` (a usage
+    error: exit 2) when the hard limit cannot hold ``min_nodes``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    plan = plan_fd_limit(soft, hard, min_nodes)
+    if plan.refusal is not None:
+        raise ValueError(plan.refusal)
+    if plan.new_soft is None:
+        logger.info("file-descriptor limit: %d (enough for %d node(s))", soft, max(0, soft - FD_MARGIN))
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (plan.new_soft, hard))
+    except (ValueError, OSError) as exc:  # e.g. RLIM_INFINITY hard limit above the kernel's nr_open
+        logger.warning("could not raise the file-descriptor limit from %d to %d (%s); up to about %d nodes",
+                       soft, plan.new_soft, exc, max(0, soft - FD_MARGIN))
+        return soft
+    logger.info("raised the file-descriptor limit from %d to %d (room for about %d nodes)", soft, plan.new_soft,
+                plan.new_soft - FD_MARGIN)
+    return plan.new_soft
 
 
 @dataclass

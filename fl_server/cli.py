@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.cli import command_main, run_until_signal
+from common.cli import UsageError, command_main, run_until_signal
 from common.config import (
     add_common_options,
     add_disclosure_options,
@@ -22,6 +22,7 @@ from common.config import (
 from common.ml.tasks import add_task_options
 from common.transport.kafka_security import Secret, add_kafka_security_options
 from common.transport.tls import add_tls_server_options
+from fl_server.admission import raise_fd_limit
 from fl_server.config import DEFAULTS as D
 from fl_server.config import ServerConfig
 from fl_server.plan import SessionPlan, plan_session
@@ -196,8 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     def run(plan: SessionPlan) -> None:
         sys.stdout.write(f"{run_until_signal(lambda: run_session(plan))}\n")
 
-    return command_main(build_parser(), argv, prepare=lambda args: plan_session(ServerConfig.from_args(args)),
-                        run=run, config_section="server")
+    def prepare(args: argparse.Namespace) -> SessionPlan:
+        config = ServerConfig.from_args(args)
+        try:
+            raise_fd_limit(config.min_nodes)  # before any socket: one descriptor per node
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return plan_session(config)
+
+    return command_main(build_parser(), argv, prepare=prepare, run=run, config_section="server")
 
 
 if __name__ == "__main__":
