@@ -186,7 +186,7 @@ class SocketIOFrontend:
         eio_sid = self._eio_sid(sid)
         if eio_sid is not None:
             self.admission.admitted(eio_sid)
-        previous = await self.registry.add(NodeInfo(hello.node_id, sid, hello.num_samples, instance=hello.instance))
+        previous = self.registry.register(NodeInfo(hello.node_id, sid, hello.num_samples, instance=hello.instance))
         if previous is not None:
             logger.info("node %s reconnected (replacing connection %s)", hello.node_id, previous.sid)
             if previous.instance != hello.instance:
@@ -232,7 +232,7 @@ class SocketIOFrontend:
     async def on_disconnect(self, sid: str, reason: Any = None, *_extra: Any) -> None:
         if self._lifecycle_event_from_client("disconnect", sid):
             return
-        info = await self.registry.remove_sid(sid)
+        info = self.registry.unregister_sid(sid)
         if info is not None:
             logger.info("node %s disconnected (%s); %d connected", info.node_id, reason, len(self.registry))
 
