@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,7 +47,9 @@ from common.wire.protocol import (
 from common.wire.server_key import ServerPublicKey, UntrustedModel
 from fl_node.attacks import apply_attack
 from fl_node.connection import (
+    MODEL_SPEC_EVENT,
     NON_HEALING_REFUSALS,
+    ModelSpecCache,
     ServerRefused,
     describe_refusal,
     fetch_challenge,
@@ -152,6 +154,7 @@ class FederatedNode:
         self._secure: dict[tuple[str, int], NodeSecureRound] = {}  # rounds with secure aggregation, in progress
         self._personal: dict[str, tuple[list[int], list[Any]]] = {}  # session -> its personal layers (FedPer)
         self._last_start: dict[str, StartRound] = {}  # session -> the last round this node took part in
+        self._specs = ModelSpecCache()  # the sessions' architecture and data spec, sent once (start_round names it)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-worker")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finished = asyncio.Event()
@@ -168,6 +171,7 @@ class FederatedNode:
         sio.on("connect_error", self._on_connect_error)
         sio.on("disconnect", self._on_disconnect)
         sio.on("start_round", self._on_start_round)
+        sio.on(MODEL_SPEC_EVENT, self._on_model_spec)
         sio.on("end_session", self._on_end_session)
         sio.on("fl_stats", self._on_stats)
         sio.on("fl_ping", self._on_ping)
@@ -315,8 +319,25 @@ class FederatedNode:
         if key in self._in_progress:
             return
         self._in_progress.add(key)
+        self._spawn(self._complete_and_run(start))
+
+    async def _on_model_spec(self, data: Any = None) -> None:
+        """The session's architecture, compile settings and data spec (sent once; start_round names it)."""
+        self._last_activity = time.monotonic()
+        self._specs.remember(data)
+
+    async def _complete_and_run(self, start: StartRound) -> None:
+        """Complete a slim start_round with the session's model spec (asked for once if this node has not got
+        it), then run the round."""
+        try:
+            start = replace(start, model=await self._specs.complete(start.model, self.sio,
+                                                                     self.settings.ack_timeout_s))
+        except ProtocolError as exc:
+            self._in_progress.discard((start.session_id, start.server_round))
+            await self._refuse(start, "fetch_failed", str(exc), leave=False)
+            return
         self._last_start[start.session_id] = start  # the compile spec and batch settings a fine-tune reuses
-        self._spawn(self._run_round(start))
+        await self._run_round(start)
 
     async def _refuse(self, start: StartRound, reason: str, detail: str, *, leave: bool) -> None:
         """Tell the server this node cannot deliver the round, so it stops waiting for us at once.

@@ -11,6 +11,7 @@ import aiohttp
 import socketio
 
 from common.wire.errors import ProtocolError
+from common.wire.protocol import ModelMessage, ModelSpec
 from common.wire.safe_json import SocketIOJson, loads_untrusted
 
 logger = logging.getLogger(__name__)
@@ -67,3 +68,43 @@ async def fetch_challenge(server_url: str, context: ssl.SSLContext | None,
             and isinstance(reply.get("server_id"), str) and len(reply["server_id"]) <= 64):
         return None
     return {"challenge": reply["challenge"], "server_id": reply["server_id"]}
+
+
+MODEL_SPEC_EVENT = "fl_model_spec"
+MAX_CACHED_SPECS = 4  # a node process serves one session at a time; a few resumes' worth is plenty
+
+
+class ModelSpecCache:
+    """The sessions' model specs this node was sent (``fl_model_spec``), by digest: ``start_round`` names its
+    spec by digest, and a node that has not got it (it connected late, or reconnected) asks the server once."""
+
+    def __init__(self) -> None:
+        self._by_digest: dict[str, ModelSpec] = {}
+
+    def remember(self, data: Any) -> ModelSpec | None:
+        """Keep a spec the server pushed (None, logged, when it is malformed)."""
+        try:
+            spec = ModelSpec.from_wire(data)
+        except ProtocolError as exc:
+            logger.error("ignored malformed %s: %s", MODEL_SPEC_EVENT, exc)
+            return None
+        self._by_digest[spec.digest] = spec
+        while len(self._by_digest) > MAX_CACHED_SPECS:
+            self._by_digest.pop(next(iter(self._by_digest)))
+        return spec
+
+    async def complete(self, model: ModelMessage, sio: socketio.AsyncClient, timeout_s: float) -> ModelMessage:
+        """The full model message of a slim one: from the cache, else asked from the server (``fl_model_spec``
+        call). ``ProtocolError`` when the server has none or sends another spec than the one named."""
+        if not model.is_slim:
+            return model
+        spec = self._by_digest.get(model.spec_sha256)
+        if spec is None:
+            try:
+                reply = await sio.call(MODEL_SPEC_EVENT, {"spec_sha256": model.spec_sha256}, timeout=timeout_s)
+            except (socketio.exceptions.TimeoutError, socketio.exceptions.BadNamespaceError) as exc:
+                raise ProtocolError("no_model_spec", f"the server did not send the model spec ({exc})") from None
+            spec = self.remember(reply)
+            if spec is None:
+                raise ProtocolError("no_model_spec", "the server's model spec is malformed")
+        return model.with_spec(spec)

@@ -296,6 +296,7 @@ class ServerSession:
             evaluate=model.evaluate,
             publish_model=self._kafka.publish_model,
             emit=self.frontend.emit,
+            broadcast=self.frontend.broadcast,
             history=self.history,
             keys=plan.keys,
             checkpoint_file=checkpoint_path(self.config.history_dir, plan.session_id),
