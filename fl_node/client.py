@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 import ssl
 import time
@@ -47,13 +46,16 @@ from common.wire.protocol import (
 from common.wire.server_key import ServerPublicKey, UntrustedModel
 from fl_node.attacks import apply_attack
 from fl_node.connection import (
+    FIRST_BACKOFF_S,
     MODEL_SPEC_EVENT,
     NON_HEALING_REFUSALS,
     ModelSpecCache,
     ServerRefused,
+    backoff_pause_s,
     describe_refusal,
     fetch_challenge,
     new_client,
+    retry_after_of,
 )
 from fl_node.data import LocalData
 from fl_node.kafka import NodeKafka
@@ -148,6 +150,7 @@ class FederatedNode:
         self.refused: str | None = None
         self.connect_error: str | None = None
         self.connect_error_reason: str | None = None
+        self.retry_after_s: float | None = None  # of the last server_busy refusal
         self.final_model_path: Path | None = None
         self._in_progress: set[tuple[str, int]] = set()
         self._acks: dict[tuple[str, int], UpdateAck] = {}
@@ -225,9 +228,10 @@ class FederatedNode:
         """First connection: retry with jittered backoff (0.5 s doubling to 5 s) while the server is not there;
         stop at once if it answers with a refusal or a certificate we cannot verify. Once connected, the
         Socket.IO client's own reconnection takes over."""
-        delay = 0.5
+        delay = FIRST_BACKOFF_S
         while True:
             await self._check_server_certificate()
+            self.retry_after_s = None
             try:
                 await self.sio.connect(self.settings.server_url, auth=self._hello, transports=["websocket"],
                                        wait_timeout=10)
@@ -237,11 +241,11 @@ class FederatedNode:
                     raise ServerRefused(f"server refused node {self.settings.node_id}: "
                                         f"{self.connect_error}") from exc
                 self.connect_error = None  # a refusal a new attempt can heal (e.g. an expired challenge)
-            pause = delay * random.uniform(0.5, 1.5)
-            logger.warning("node %s: cannot reach %s; retrying in %.1fs", self.settings.node_id,
+            pause, delay = backoff_pause_s(delay, self.retry_after_s)
+            logger.warning("node %s: cannot %s %s; retrying in %.1fs", self.settings.node_id,
+                           "get into (server busy)" if self.retry_after_s is not None else "reach",
                            self.settings.server_url, pause)
             await asyncio.sleep(pause)  # the backoff itself, not a wait for an event
-            delay = min(delay * 2, 5.0)
 
     async def _check_server_certificate(self) -> None:
         """An https:// server whose certificate we cannot verify is a configuration error, not an outage:
@@ -282,6 +286,10 @@ class FederatedNode:
                          data)
             return
         self.connect_error_reason, self.connect_error = refusal
+        if self.connect_error_reason == "server_busy":  # healing: the connect loop waits as long as it was told
+            self.retry_after_s = retry_after_of(data)
+            logger.warning("node %s: server busy; told to retry after %ss", self.settings.node_id, self.retry_after_s)
+            return
         logger.error("node %s: the server refused the connection: %s", self.settings.node_id, self.connect_error)
         if self.connect_error_reason in NON_HEALING_REFUSALS and self.sio.connected is False and self._ever_connected:
             # Retrying cannot help (the Socket.IO client would retry forever): stop with the reason.

@@ -4,6 +4,7 @@ connect proof is made over, and what a refusal from the server means (retry, or 
 from __future__ import annotations
 
 import logging
+import random
 import ssl
 from typing import Any
 
@@ -19,6 +20,11 @@ logger = logging.getLogger(__name__)
 # Refusals that retrying cannot heal: the node stops with the reason instead of reconnecting forever.
 NON_HEALING_REFUSALS = frozenset({"unknown_node", "bad_signature", "unauthenticated", "bad_hello", "bad_version",
                                   "bad_node_id", "bad_schema", "bad_proof", "stale_proof"})
+
+
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 5.0
+MAX_RETRY_AFTER_S = 60.0  # a server's retry_after_s is untrusted: never wait longer than this on its word
 
 
 class ServerRefused(RuntimeError):
@@ -46,6 +52,28 @@ def describe_refusal(data: Any, *, now: float) -> tuple[str, str] | None:
     if reason == "stale_proof" and isinstance(server_time, (int, float)) and not isinstance(server_time, bool):
         description += f"; this node's clock is {now - server_time:+.0f} s off the server's"
     return reason, description
+
+
+def retry_after_of(data: Any) -> float | None:
+    """The ``retry_after_s`` of a ``server_busy`` refusal (untrusted: a finite number, capped), else None."""
+    if not (isinstance(data, dict) and isinstance(data.get("data"), dict)):
+        return None
+    value = data["data"].get("retry_after_s")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        return None
+    return min(float(value), MAX_RETRY_AFTER_S)
+
+
+def backoff_pause_s(delay_s: float, retry_after_s: float | None = None,
+                    rng: random.Random | None = None) -> tuple[float, float]:
+    """Jittered exponential backoff: ``(pause, next delay)``. The pause is ``delay_s`` times a uniform factor in
+    [0.5, 1.5), and the delay doubles up to ``MAX_BACKOFF_S``. A server that said ``server_busy`` with a
+    ``retry_after_s`` is waited for at least that long, spread over [1, 2) times it, so that a refused wave of
+    nodes does not come back at the same instant."""
+    uniform = rng.uniform if rng is not None else random.uniform
+    if retry_after_s is not None:
+        return retry_after_s * uniform(1.0, 2.0), delay_s
+    return delay_s * uniform(0.5, 1.5), min(delay_s * 2, MAX_BACKOFF_S)
 
 
 async def fetch_challenge(server_url: str, context: ssl.SSLContext | None,

@@ -181,6 +181,11 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
                help="largest raw weight slice per Kafka record")
     add_option(parser, "--end-grace", type=positive_float, default=D.end_grace,
                help="seconds to wait for nodes to leave after end_session")
+    add_option(parser, "--max-pending-handshakes", type=positive_int, default=D.max_pending_handshakes,
+               help="connections completing their hello at once; during a connect storm as many more are told "
+               "server_busy with a retry-after, and the rest are shed before their handshake")
+    add_option(parser, "--max-pending-per-address", type=positive_int, default=D.max_pending_per_address,
+               help="pending handshakes from one address (raise it for many nodes behind one NAT or load tester)")
 
 
 def add_dashboard_options(parser: argparse.ArgumentParser) -> None:

@@ -26,6 +26,7 @@ from common.privacy.accountant import PrivacyAccountant
 from common.transport import kafka_io
 from common.wire.integrity import ConnectVerifier
 from common.wire.protocol import ModelRef, RawRecord
+from fl_server.admission import Admission
 from fl_server.checkpoint import Checkpoint, checkpoint_path
 from fl_server.collector import InspectedRecord, inspect_record
 from fl_server.config import ServerConfig
@@ -189,7 +190,10 @@ class ServerSession:
         self.runtime: SessionRuntime = runtime or LiveRuntime()
         self.registry = frontend.registry if frontend is not None else NodeRegistry()
         self.frontend = frontend or SocketIOFrontend(
-            self.registry, ConnectVerifier(plan.keys) if plan.keys is not None else None)
+            self.registry, ConnectVerifier(plan.keys) if plan.keys is not None else None,
+            admission=Admission(max_pending_per_address=self.config.max_pending_per_address,
+                                max_pending=self.config.max_pending_handshakes,
+                                max_busy=self.config.max_pending_handshakes))
         # Records that arrive before round 1 wait here (bounded; past the bound they wait in Kafka).
         self.inbox = Inbox(max_kafka_bytes=self.config.inbox_bytes)
         self.history: SessionHistory | None = None

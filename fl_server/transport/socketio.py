@@ -214,6 +214,12 @@ class SocketIOFrontend:
     async def on_connect(self, sid: str, environ: Any = None, auth: Any = None, *_extra: Any) -> None:
         if self._lifecycle_event_from_client("connect", sid):
             return
+        eio_sid = self._eio_sid(sid)
+        if eio_sid is not None and self.admission.is_busy(eio_sid):  # past the bound on handshakes in flight
+            retry_after = self.admission.retry_after_s()
+            self._refuse(sid, environ, "server_busy", ProtocolError(
+                "server_busy", f"{self.admission.pending} connections are completing their handshake; retry after "
+                f"{retry_after:.0f}s"), retry_after_s=retry_after)
         try:
             hello = Hello.from_wire(auth)
             if self.verifier is not None:
@@ -229,7 +235,6 @@ class SocketIOFrontend:
             self._refuse(sid, environ, "node_id_in_use", ProtocolError(
                 "node_id_in_use", f"node {hello.node_id} is connected and answers; a second connection with its id "
                 "is not let in"))
-        eio_sid = self._eio_sid(sid)
         if eio_sid is not None:
             self.admission.admitted(eio_sid)
         previous = self.registry.register(NodeInfo(hello.node_id, sid, hello.num_samples, instance=hello.instance))
@@ -262,9 +267,11 @@ class SocketIOFrontend:
             return True
         return not (isinstance(reply, dict) and reply.get("alive") is True)
 
-    def _refuse(self, sid: str, environ: Any, reason: str, exc: Exception) -> NoReturn:
+    def _refuse(self, sid: str, environ: Any, reason: str, exc: Exception,
+                retry_after_s: float | None = None) -> NoReturn:
         """Refuse the hello, and close its connection right after the refusal went out: a refused client
-        must not keep a session (and a file descriptor) open by answering pings."""
+        must not keep a session (and a file descriptor) open by answering pings. ``retry_after_s``: when the
+        node may try again (``server_busy``)."""
         self.refused_by_reason[reason] += 1
         self._log.warning(f"refused:{reason}", "refused connection %s from %s: %s", sid, peer_address(environ), exc)
         eio_sid = self._eio_sid(sid)
@@ -272,8 +279,10 @@ class SocketIOFrontend:
             self._close_transport(eio_sid, delay_s=REFUSED_CLOSE_DELAY_S)
         # The detail and the server's clock go with the reason: a node can say what is wrong (and by how much its
         # clock is off, for stale_proof) instead of only a tag.
-        raise socketio.exceptions.ConnectionRefusedError(reason, {"detail": str(exc)[:300],
-                                                                  "server_time": time.time()}) from None
+        details: dict[str, Any] = {"detail": str(exc)[:300], "server_time": time.time()}
+        if retry_after_s is not None:
+            details["retry_after_s"] = retry_after_s
+        raise socketio.exceptions.ConnectionRefusedError(reason, details) from None
 
     async def on_disconnect(self, sid: str, reason: Any = None, *_extra: Any) -> None:
         if self._lifecycle_event_from_client("disconnect", sid):
