@@ -123,6 +123,7 @@ def run_scale(count: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
                 [sys.executable, "-m", "fl_node.sim_cli", "--server", f"http://127.0.0.1:{port}", "--kafka",
                  args.kafka, "--updates-topic", updates, "--nodes", str(min(args.per_process, count - first)),
                  "--first-index", str(first), "--keys-dir", str(keys_dir), "--max-seconds", str(args.max_seconds),
+                 "--connect-concurrency", str(max(1, args.connect_concurrency // processes)),
                  "--log-level", "WARNING"],
                 env=env, stdout=subprocess.PIPE, stderr=sim_err, text=True, cwd=workdir), sim_err))
         outputs = []
@@ -136,6 +137,11 @@ def run_scale(count: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
         for sim, _ in sims:
             if sim.poll() is None:
                 sim.send_signal(signal.SIGTERM)
+        for sim, _ in sims:
+            try:
+                sim.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                sim.kill()
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
             try:
@@ -177,6 +183,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-process", type=int, default=250, help="light nodes per fl-sim process")
     parser.add_argument("--round-timeout", type=int, default=600)
+    parser.add_argument("--connect-concurrency", type=int, default=256,
+                        help="nodes connecting at once over all fl-sim processes (they share the server's 2 cores)")
     parser.add_argument("--max-seconds", type=int, default=1800, help="each fl-sim process's time limit")
     parser.add_argument("--keep", type=Path, default=None, help="keep each run's logs and history under here")
     args = parser.parse_args()

@@ -491,7 +491,9 @@ class Coordinator(SecureStages):
         return weights, weights_digest(weights) if weights is not None else self._digest
 
     def _persist(self, state: RoundState) -> None:
-        """Checkpoint first, then the history: the checkpoint is never older than the history."""
+        """The round's detail (appended), the checkpoint, then the history's summary: the checkpoint is never older
+        than the history, and never names a round whose detail is not written."""
+        self.history.flush_detail()
         if self._checkpoint_file is not None:
             save_checkpoint(self._checkpoint_file, Checkpoint(
                 session_id=self.settings.session_id,
@@ -499,7 +501,7 @@ class Coordinator(SecureStages):
                 weights=state.weights,
                 model={"architecture": self.model.architecture, "compile": self.model.compile,
                        "data": self.model.data},
-                history=self.history.document,
+                history=self.history.summary_document(),
                 strategy_state=state.strategy_state,
                 offsets=state.offsets,
             ))

@@ -110,6 +110,12 @@ class GuardedAsyncServer(socketio.AsyncServer):
             return False  # python-engineio answers 401 and keeps nothing
         return await super()._handle_eio_connect(eio_sid, environ)
 
+    async def _handle_connect(self, eio_sid: str, namespace: Any, data: Any) -> None:
+        if eio_sid not in self.environ:  # closed (handshake timeout, shutdown) while its CONNECT was on the way
+            self._frontend.refused_by_reason["closed_before_hello"] += 1
+            return  # python-socketio would raise KeyError from its environ map: a traceback per connection
+        await super()._handle_connect(eio_sid, namespace, data)
+
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
         self._frontend.admission.closed(eio_sid)
         await super()._handle_eio_disconnect(eio_sid, reason)
