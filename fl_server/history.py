@@ -265,6 +265,8 @@ def read_detail(history_path: Path) -> dict[int, dict[str, Any]]:
 def merge_detail(history_path: Path, summaries: list[Any]) -> list[dict[str, Any]]:
     """The summary's rounds with their full records from the detail file, each checked against the summary's
     ``round_digest`` (a detail line that is not the summarized round is refused)."""
+    if not summaries:
+        return []  # before round 1 the detail file need not exist yet
     detail = read_detail(history_path)
     rounds = []
     for summary in summaries:

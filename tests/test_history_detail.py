@@ -73,6 +73,12 @@ async def test_a_detail_file_that_is_not_the_summarized_one_is_refused_and_an_ol
     assert load_history(old)["rounds"][0]["accepted"] == ["n1", "n3"]
 
 
+def test_a_history_saved_before_its_first_round_loads(tmp_path):
+    history = SessionHistory.create(tmp_path, "s", {})
+    history.save()  # what the server does at start-up
+    assert load_history(history.path)["rounds"] == [] and not detail_path(history.path).exists()
+
+
 def test_summarize_round_counts_what_it_leaves_out():
     record = {"round": 1, "participants": ["a", "b", "c"], "accepted": ["a"], "num_samples": {"a": 1},
               "train": {"loss": 0.5, "per_node": {"a": {"loss": 0.5}}}, "holdout": {"accuracy": 0.9}}
