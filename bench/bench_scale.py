@@ -172,6 +172,7 @@ def run_scale(count: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
             len(r["accepted"]) == count for r in rounds),
         "busy_refusals": sum(o.get("busy_refusals", 0) for o in outputs),
         "reconnects": sum(o.get("reconnects", 0) for o in outputs),
+        "disconnects": sum(o.get("disconnects", 0) for o in outputs),
         "status": history.get("status"),
     }
 
@@ -191,7 +192,7 @@ def main() -> None:
     print(f"one coordinator, --model logreg on digits, {args.rounds} rounds, {args.per_process} light nodes per "
           f"process, {os.cpu_count()} cores shared by server, nodes and broker", flush=True)
     print("| nodes | connected | connect all | round (median) | last start_round after | server CPU s/round "
-          "| server peak RSS | every update accepted | server_busy refusals | reconnects |", flush=True)
+          "| server peak RSS | every update accepted | server_busy refusals | disconnects |", flush=True)
     print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
     for count in args.nodes:
         if args.keep is not None:
@@ -204,7 +205,7 @@ def main() -> None:
         print(f"| {count:,} | {result['connected']:,} | {result['connect_all_s']:.1f} s | {result['round_s']:.2f} s "
               f"| {result['last_start_round_s']:.2f} s | {result['cpu_s_per_round']:.2f} | "
               f"{result['peak_rss_mb']:.0f} MB | {'yes' if result['all_accepted'] else 'no'} "
-              f"| {result['busy_refusals']:,} | {result['reconnects']:,} |", flush=True)
+              f"| {result['busy_refusals']:,} | {result['disconnects']:,} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -71,14 +71,14 @@ def run(setup: SimSetup) -> int:
 
     async def main() -> None:
         plane = SharedPlane(kafka=args.kafka, updates_topic=args.updates_topic, frame=dataset.train,
-                            target=dataset.target, client_config={})
+                            target=dataset.target, client_config={}, connect_concurrency=args.connect_concurrency)
         done = asyncio.Event()
         nodes = [LightNode(node_id, key, shards[(args.first_index + i) % args.shards],
                            shard=(args.first_index + i) % args.shards, server_url=args.server,
                            plane=plane, stats=stats, done=done, seed=args.first_index + i)
                  for i, (node_id, key) in enumerate(zip(setup.node_ids, setup.keys, strict=True))]
         try:
-            await run_light_nodes(nodes, connect_concurrency=args.connect_concurrency, max_seconds=args.max_seconds)
+            await run_light_nodes(nodes, max_seconds=args.max_seconds)
         finally:
             plane.close()
 

@@ -102,9 +102,13 @@ class SimStats:
     start_round_at: dict[int, list[float]] = field(default_factory=dict)  # round -> when each node got it
     acks: dict[str, int] = field(default_factory=dict)  # accepted, refused:<reason>, unconfirmed
     busy_refusals: int = 0
+    disconnects: int = 0
     connect_failures: int = 0
     reconnects: int = 0
     ended: int = 0
+
+    def count_disconnect(self) -> None:
+        self.disconnects += 1
 
     def count(self, what: str) -> None:
         self.acks[what] = self.acks.get(what, 0) + 1
@@ -112,7 +116,8 @@ class SimStats:
     def to_wire(self) -> dict[str, Any]:
         return {"started_at": self.started_at, "connected_at": sorted(self.connected_at.values()),
                 "start_round_at": {str(r): sorted(ts) for r, ts in self.start_round_at.items()},
-                "acks": self.acks, "busy_refusals": self.busy_refusals, "connect_failures": self.connect_failures,
+                "acks": self.acks, "busy_refusals": self.busy_refusals, "disconnects": self.disconnects,
+                "connect_failures": self.connect_failures,
                 "reconnects": self.reconnects, "ended": self.ended}
 
 
@@ -120,7 +125,8 @@ class SharedPlane:
     """One Kafka producer and one model fetch per round for all the nodes of the process, and the data."""
 
     def __init__(self, *, kafka: str, updates_topic: str, frame: Any, target: str, client_config: dict[str, Any],
-                 fetch_timeout_s: float = 120.0) -> None:
+                 fetch_timeout_s: float = 120.0, connect_concurrency: int = 200) -> None:
+        self.connect_gate = asyncio.Semaphore(connect_concurrency)  # nodes of this process connecting at once
         self.kafka, self.updates_topic, self.client_config = kafka, updates_topic, client_config
         self.fetch_timeout_s = fetch_timeout_s
         self.data = LocalData(frame=frame, target=target)
@@ -207,11 +213,13 @@ class LightNode:
         self._done = done
         self._rng = np.random.default_rng(seed)
         self._rounds: set[tuple[str, int]] = set()
+        self._unconfirmed: dict[tuple[str, int], UpdateAck] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.sio = socketio.AsyncClient(reconnection=True, reconnection_attempts=0, reconnection_delay=1,
-                                        reconnection_delay_max=10, randomization_factor=0.5, handle_sigint=False,
-                                        json=SocketIOJson)
+        # Reconnection is ours, not the client library's: it goes through the process's connect gate and the
+        # jittered backoff, so that a wave of dropped nodes does not come back all at once.
+        self.sio = socketio.AsyncClient(reconnection=False, handle_sigint=False, json=SocketIOJson)
         self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
         self.sio.on("connect_error", self._on_connect_error)
         self.sio.on("start_round", self._on_start_round)
         self.sio.on(MODEL_SPEC_EVENT, self.plane.specs.remember)
@@ -229,9 +237,14 @@ class LightNode:
         return Hello(self.node_id, max(len(self.rows), 1), proof=proof, instance=self.instance).to_wire()
 
     async def connect(self) -> None:
-        """Connect, backing off with jitter (and as long as a ``server_busy`` asks) until the server lets us in."""
+        """Connect, backing off with jitter (and as long as a ``server_busy`` asks) until the server lets us in;
+        at most ``plane.connect_gate`` nodes of the process are connecting at once."""
+        async with self.plane.connect_gate:
+            await self._connect()
+
+    async def _connect(self) -> None:
         delay = FIRST_BACKOFF_S
-        while True:
+        while not self.finished:
             self.retry_after_s = None
             try:
                 await self.sio.connect(self.server_url, auth=self._hello, transports=["websocket"], wait_timeout=30)
@@ -246,6 +259,16 @@ class LightNode:
             self.stats.reconnects += 1
         else:
             self.stats.connected_at[self.node_id] = time.time()
+
+    async def _on_disconnect(self, reason: Any = None) -> None:
+        if not self.finished:
+            self.stats.count_disconnect()
+            self._spawn(self.connect())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _on_connect_error(self, data: Any = None) -> None:
         refusal = describe_refusal(data, now=time.time())
@@ -271,12 +294,13 @@ class LightNode:
             logger.error("node %s ignored a malformed start_round: %s", self.node_id, exc)
             return
         self.stats.start_round_at.setdefault(start.server_round, []).append(time.time())
-        if (start.session_id, start.server_round) in self._rounds:
+        key = (start.session_id, start.server_round)
+        if key in self._unconfirmed:  # asked again after a reconnect: the update is in Kafka, the ack was lost
+            self._spawn(self._acknowledge(self._unconfirmed[key]))
+        if key in self._rounds:
             return
         self._rounds.add((start.session_id, start.server_round))
-        task = asyncio.create_task(self._round(start))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._round(start))
 
     async def _round(self, start: StartRound) -> None:
         try:
@@ -296,11 +320,23 @@ class LightNode:
             ack = UpdateAck(start.session_id, start.server_round, self.node_id, num_samples, len(chunks),
                             {"loss": loss} if loss is not None else {},
                             {"fetch": round(fetch_s, 4), "train": 0.0, "publish": round(time.perf_counter() - t1, 4)})
-            reply = await self.sio.call("fl_update", ack.to_wire(), timeout=self.ack_timeout_s)
         except (ProtocolError, socketio.exceptions.SocketIOError, TimeoutError, OSError, ValueError) as exc:
             logger.warning("node %s round %d failed: %r", self.node_id, start.server_round, exc)
             self.stats.count("failed")
+            self._rounds.discard((start.session_id, start.server_round))  # a resent start_round tries again
             return
+        self._unconfirmed = {(ack.session_id, ack.server_round): ack}  # the last round's, until confirmed
+        await self._acknowledge(ack)
+
+    async def _acknowledge(self, ack: UpdateAck) -> None:
+        try:
+            reply = await self.sio.call("fl_update", ack.to_wire(), timeout=self.ack_timeout_s)
+        except (socketio.exceptions.SocketIOError, TimeoutError) as exc:
+            logger.warning("node %s: acknowledgement of round %d not confirmed (%r)", self.node_id, ack.server_round,
+                           exc)
+            self.stats.count("unconfirmed")
+            return
+        self._unconfirmed.pop((ack.session_id, ack.server_round), None)
         if isinstance(reply, dict) and reply.get("accepted") is True:
             self.stats.count("accepted")
         else:
@@ -327,16 +363,10 @@ class LightNode:
             await http.close()
 
 
-async def run_light_nodes(nodes: list[LightNode], *, connect_concurrency: int, max_seconds: float) -> None:
-    """Connect every node (at most ``connect_concurrency`` connecting at once) and serve until each one got
-    ``end_session`` or ``max_seconds`` pass."""
-    gate = asyncio.Semaphore(connect_concurrency)
-
-    async def connect(node: LightNode) -> None:
-        async with gate:
-            await node.connect()
-
-    connecting = [asyncio.create_task(connect(node)) for node in nodes]
+async def run_light_nodes(nodes: list[LightNode], *, max_seconds: float) -> None:
+    """Connect every node (through the plane's connect gate) and serve until each one got ``end_session`` or
+    ``max_seconds`` pass."""
+    connecting = [asyncio.create_task(node.connect()) for node in nodes]
     deadline = time.monotonic() + max_seconds
     try:
         while not all(node.finished for node in nodes):

@@ -34,7 +34,7 @@ from fl_server.coordinator import Coordinator, EvaluateFn, GlobalModel, SessionS
 from fl_server.dashboard.onlookers import make_onlookers
 from fl_server.data import ServerData
 from fl_server.history import SessionHistory, utc_now
-from fl_server.inbox import Inbox
+from fl_server.inbox import DEFAULT_CONTROL_ITEMS, Inbox
 from fl_server.plan import SessionPlan
 from fl_server.privacy.ledger import PrivacyLedger
 from fl_server.privacy.plan import with_dp_sgd
@@ -195,7 +195,9 @@ class ServerSession:
                                 max_pending=self.config.max_pending_handshakes,
                                 max_busy=self.config.max_pending_handshakes))
         # Records that arrive before round 1 wait here (bounded; past the bound they wait in Kafka).
-        self.inbox = Inbox(max_kafka_bytes=self.config.inbox_bytes)
+        # Acknowledgements of a whole round may wait at once: room for a few per node (issue 19: 5,000 nodes).
+        self.inbox = Inbox(max_kafka_bytes=self.config.inbox_bytes,
+                           max_control_items=max(DEFAULT_CONTROL_ITEMS, 4 * self.config.min_nodes))
         self.history: SessionHistory | None = None
         self.status = "failed"
         self._runner: Any = None  # the aiohttp runner serving Socket.IO
