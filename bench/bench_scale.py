@@ -40,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fl_server.history import load_history
 from fl_server.keys_cli import create_keys
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,7 +151,7 @@ def run_scale(count: int, args: argparse.Namespace, workdir: Path) -> dict[str, 
                 server.kill()
         server_log.close()
     history_files = list((workdir / "history").glob("*.json"))
-    history = json.loads(history_files[0].read_text()) if history_files else {"rounds": []}
+    history = load_history(history_files[0]) if history_files else {"rounds": []}  # summary + rounds' detail
     started = min((o["started_at"] for o in outputs if o), default=0.0)
     connected = [t for o in outputs for t in o.get("connected_at", [])]
     rounds = history["rounds"]
