@@ -13,7 +13,8 @@ cover: participants, per-node metrics and samples, accepted updates), one JSON l
 totals, and per round everything but the per-node fields (``PER_NODE_FIELDS``, counted instead in
 ``num_participants`` and ``num_accepted``), with ``"round_detail"`` naming the JSON Lines file. Readers that
 know nothing of the detail file still read the summary (same format, same keys); ``load_history`` merges the
-two and checks each round's detail against the summary's ``round_digest``. A history written before the split
+two (the summary's fields over the detail's, so that an edit to either shows) and checks that each detail line
+is the round the summary names (``round_digest``). A history written before the split
 (full rounds in the JSON, no ``round_detail``) loads as it always did.
 """
 
@@ -277,8 +278,22 @@ def merge_detail(history_path: Path, summaries: list[Any]) -> list[dict[str, Any
         if record.get("round_digest") != summary.get("round_digest"):
             raise HistoryFileError(f"{detail_path(history_path)}: round {number} is not the round the summary "
                                    "names (round_digest differs)")
-        rounds.append(record)
+        rounds.append(_merged(summary, record))
     return rounds
+
+
+def _merged(summary: dict[str, Any], detail: dict[str, Any]) -> dict[str, Any]:
+    """The round as the two files say it: the detail's per-node fields, the summary's everything else (so an
+    edit to either file shows in the merged round, and the hash chain catches it)."""
+    merged = dict(detail)
+    for key, value in summary.items():
+        if key in ("num_participants", "num_accepted"):
+            continue
+        if key in ("train", "federated_eval") and isinstance(value, dict) and isinstance(detail.get(key), dict):
+            merged[key] = {**detail[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def load_history(path: Path) -> dict[str, Any]:

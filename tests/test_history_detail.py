@@ -84,3 +84,14 @@ def test_summarize_round_counts_what_it_leaves_out():
               "train": {"loss": 0.5, "per_node": {"a": {"loss": 0.5}}}, "holdout": {"accuracy": 0.9}}
     assert summarize_round(record) == {"round": 1, "num_participants": 3, "num_accepted": 1, "train": {"loss": 0.5},
                                        "holdout": {"accuracy": 0.9}}
+
+
+async def test_an_edit_to_the_summary_shows_in_the_merged_round(tmp_path):
+    history = SessionHistory.create(tmp_path, "s", {})
+    await run_session(tmp_path, {"n1": "ok", "n3": "ok"}, rounds=2, history=history)
+    summary = json.loads(history.path.read_text())
+    summary["rounds"][0]["holdout"] = {"accuracy": 0.999}
+    history.path.write_text(json.dumps(summary))
+    merged = load_history(history.path)["rounds"][0]
+    assert merged["holdout"] == {"accuracy": 0.999} and merged["accepted"] == ["n1", "n3"]
+    assert "per_node" in merged["train"]  # the detail's per-node metrics under the summary's loss
