@@ -184,7 +184,8 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[100, 1000, 5000, 10000])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--per-process", type=int, default=250, help="light nodes per fl-sim process")
-    parser.add_argument("--round-timeout", type=int, default=600)
+    parser.add_argument("--round-timeout", type=int, default=180,
+                        help="also how long the server waits for the nodes' statistics at start-up")
     parser.add_argument("--connect-concurrency", type=int, default=256,
                         help="nodes connecting at once over all fl-sim processes (they share the server's 2 cores)")
     parser.add_argument("--max-seconds", type=int, default=1800, help="each fl-sim process's time limit")
