@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import secrets
 import ssl
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,11 +47,16 @@ from common.wire.protocol import (
 from common.wire.server_key import ServerPublicKey, UntrustedModel
 from fl_node.attacks import apply_attack
 from fl_node.connection import (
+    FIRST_BACKOFF_S,
+    MODEL_SPEC_EVENT,
     NON_HEALING_REFUSALS,
+    ModelSpecCache,
     ServerRefused,
+    backoff_pause_s,
     describe_refusal,
     fetch_challenge,
     new_client,
+    retry_after_of,
 )
 from fl_node.data import LocalData
 from fl_node.kafka import NodeKafka
@@ -155,12 +159,14 @@ class FederatedNode:
         self.refused: str | None = None
         self.connect_error: str | None = None
         self.connect_error_reason: str | None = None
+        self.retry_after_s: float | None = None  # of the last server_busy refusal
         self.final_model_path: Path | None = None
         self._in_progress: set[tuple[str, int]] = set()
         self._acks: dict[tuple[str, int], UpdateAck] = {}
         self._secure: dict[tuple[str, int], NodeSecureRound] = {}  # rounds with secure aggregation, in progress
         self._personal: dict[str, tuple[list[int], list[Any]]] = {}  # session -> its personal layers (FedPer)
         self._last_start: dict[str, StartRound] = {}  # session -> the last round this node took part in
+        self._specs = ModelSpecCache()  # the sessions' architecture and data spec, sent once (start_round names it)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fl-node-worker")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finished = asyncio.Event()
@@ -177,6 +183,7 @@ class FederatedNode:
         sio.on("connect_error", self._on_connect_error)
         sio.on("disconnect", self._on_disconnect)
         sio.on("start_round", self._on_start_round)
+        sio.on(MODEL_SPEC_EVENT, self._on_model_spec)
         sio.on("end_session", self._on_end_session)
         sio.on("fl_stats", self._on_stats)
         sio.on("fl_ping", self._on_ping)
@@ -230,9 +237,10 @@ class FederatedNode:
         """First connection: retry with jittered backoff (0.5 s doubling to 5 s) while the server is not there;
         stop at once if it answers with a refusal or a certificate we cannot verify. Once connected, the
         Socket.IO client's own reconnection takes over."""
-        delay = 0.5
+        delay = FIRST_BACKOFF_S
         while True:
             await self._check_server_certificate()
+            self.retry_after_s = None
             try:
                 await self.sio.connect(self.settings.server_url, auth=self._hello, transports=["websocket"],
                                        wait_timeout=10)
@@ -242,11 +250,11 @@ class FederatedNode:
                     raise ServerRefused(f"server refused node {self.settings.node_id}: "
                                         f"{self.connect_error}") from exc
                 self.connect_error = None  # a refusal a new attempt can heal (e.g. an expired challenge)
-            pause = delay * random.uniform(0.5, 1.5)
-            logger.warning("node %s: cannot reach %s; retrying in %.1fs", self.settings.node_id,
+            pause, delay = backoff_pause_s(delay, self.retry_after_s)
+            logger.warning("node %s: cannot %s %s; retrying in %.1fs", self.settings.node_id,
+                           "get into (server busy)" if self.retry_after_s is not None else "reach",
                            self.settings.server_url, pause)
             await asyncio.sleep(pause)  # the backoff itself, not a wait for an event
-            delay = min(delay * 2, 5.0)
 
     async def _check_server_certificate(self) -> None:
         """An https:// server whose certificate we cannot verify is a configuration error, not an outage:
@@ -287,6 +295,10 @@ class FederatedNode:
                          data)
             return
         self.connect_error_reason, self.connect_error = refusal
+        if self.connect_error_reason == "server_busy":  # healing: the connect loop waits as long as it was told
+            self.retry_after_s = retry_after_of(data)
+            logger.warning("node %s: server busy; told to retry after %ss", self.settings.node_id, self.retry_after_s)
+            return
         logger.error("node %s: the server refused the connection: %s", self.settings.node_id, self.connect_error)
         if self.connect_error_reason in NON_HEALING_REFUSALS and self.sio.connected is False and self._ever_connected:
             # Retrying cannot help (the Socket.IO client would retry forever): stop with the reason.
@@ -324,8 +336,25 @@ class FederatedNode:
         if key in self._in_progress:
             return
         self._in_progress.add(key)
+        self._spawn(self._complete_and_run(start))
+
+    async def _on_model_spec(self, data: Any = None) -> None:
+        """The session's architecture, compile settings and data spec (sent once; start_round names it)."""
+        self._last_activity = time.monotonic()
+        self._specs.remember(data)
+
+    async def _complete_and_run(self, start: StartRound) -> None:
+        """Complete a slim start_round with the session's model spec (asked for once if this node has not got
+        it), then run the round."""
+        try:
+            start = replace(start, model=await self._specs.complete(start.model, self.sio,
+                                                                     self.settings.ack_timeout_s))
+        except ProtocolError as exc:
+            self._in_progress.discard((start.session_id, start.server_round))
+            await self._refuse(start, "fetch_failed", str(exc), leave=False)
+            return
         self._last_start[start.session_id] = start  # the compile spec and batch settings a fine-tune reuses
-        self._spawn(self._run_round(start))
+        await self._run_round(start)
 
     async def _refuse(self, start: StartRound, reason: str, detail: str, *, leave: bool) -> None:
         """Tell the server this node cannot deliver the round, so it stops waiting for us at once.

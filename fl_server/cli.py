@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.cli import command_main, run_until_signal
+from common.cli import UsageError, command_main, run_until_signal
 from common.config import (
     add_common_options,
     add_disclosure_options,
@@ -23,6 +23,7 @@ from common.config import (
 from common.ml.tasks import add_task_options
 from common.transport.kafka_security import Secret, add_kafka_security_options
 from common.transport.tls import add_tls_server_options
+from fl_server.admission import raise_fd_limit
 from fl_server.config import DEFAULTS as D
 from fl_server.config import ServerConfig
 from fl_server.plan import SessionPlan, plan_session
@@ -195,6 +196,11 @@ def add_session_options(parser: argparse.ArgumentParser) -> None:
                help="largest raw weight slice per Kafka record")
     add_option(parser, "--end-grace", type=positive_float, default=D.end_grace,
                help="seconds to wait for nodes to leave after end_session")
+    add_option(parser, "--max-pending-handshakes", type=positive_int, default=D.max_pending_handshakes,
+               help="connections completing their hello at once; during a connect storm as many more are told "
+               "server_busy with a retry-after, and the rest are shed before their handshake")
+    add_option(parser, "--max-pending-per-address", type=positive_int, default=D.max_pending_per_address,
+               help="pending handshakes from one address (raise it for many nodes behind one NAT or load tester)")
 
 
 def add_dashboard_options(parser: argparse.ArgumentParser) -> None:
@@ -211,8 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     def run(plan: SessionPlan) -> None:
         sys.stdout.write(f"{run_until_signal(lambda: run_session(plan))}\n")
 
-    return command_main(build_parser(), argv, prepare=lambda args: plan_session(ServerConfig.from_args(args)),
-                        run=run, config_section="server")
+    def prepare(args: argparse.Namespace) -> SessionPlan:
+        config = ServerConfig.from_args(args)
+        try:
+            raise_fd_limit(config.min_nodes)  # before any socket: one descriptor per node
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return plan_session(config)
+
+    return command_main(build_parser(), argv, prepare=prepare, run=run, config_section="server")
 
 
 if __name__ == "__main__":

@@ -402,10 +402,14 @@ class RoundCollector:
 
     def all_updates_in(self) -> bool:
         """True when every participant's update is in (or it failed), acknowledged or not."""
+        if len(self.failed) + len(self.completed) < len(self.participants):
+            return False  # O(1) answer while the round fills up: the round loop asks after every input
         return all(node_id in self.failed or node_id in self.completed for node_id in self.participants)
 
     def done(self) -> bool:
         """True when every participant has a complete acknowledged update or has failed."""
+        if len(self.failed) + min(len(self.completed), len(self.acks)) < len(self.participants):
+            return False  # O(1) while the round fills up (asked after every input: O(N^2) a round otherwise)
         return all(
             node_id in self.failed or (node_id in self.completed and node_id in self.acks)
             for node_id in self.participants

@@ -22,6 +22,7 @@ from common.data.disclosure import DEFAULT_MIN_CATEGORY_COUNT
 from common.paillier.keys import PaillierPublic
 from common.transport.kafka_security import Secret
 from common.wire.protocol import DEFAULT_CHUNK_BYTES, MAX_RECORD_BYTES, TrainConfig
+from fl_server.admission import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ADDRESS
 from fl_server.inbox import DEFAULT_KAFKA_BYTES
 from fl_server.paillier_round import PaillierSettings
 from fl_server.privacy.plan import PrivacyOptions
@@ -125,6 +126,8 @@ class ServerConfig:
     kafka_sasl_password: Secret | None = None
     dashboard_token: Secret | None = None  # required to read the dashboard and /metrics (fl_server.dashboard.access)
     linger: float = 0.0  # seconds the dashboard and /metrics stay up after the session ended
+    max_pending_handshakes: int = DEFAULT_MAX_PENDING  # connections completing their hello at once (connect storms)
+    max_pending_per_address: int = DEFAULT_MAX_PENDING_PER_ADDRESS
     config: Path | None = None  # the --config file these settings came from, if any
     log_level: str = "INFO"
     quiet: bool = False
@@ -201,7 +204,8 @@ OPERATIONAL_SETTINGS = (
     "tls_key", "kafka_security_protocol", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
     "kafka_ssl_no_check_hostname", "kafka_sasl_mechanism", "kafka_sasl_username", "config", "log_level", "quiet",
     "linger",
-    "server_key", "paillier_decryptor", "aggregators", "aggregator_key",
+    "server_key", "paillier_decryptor", "aggregators", "aggregator_key", "max_pending_handshakes",
+    "max_pending_per_address",
 )
 HISTORY_SETTINGS = SESSION_SETTINGS + OPERATIONAL_SETTINGS
 NOT_RECORDED = {"kafka_sasl_password": "a secret: never printed, never written to a file",

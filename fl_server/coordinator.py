@@ -34,6 +34,7 @@ from common.wire.protocol import (
     EndSession,
     ModelMessage,
     ModelRef,
+    ModelSpec,
     NodeRefusal,
     RawRecord,
     StartRound,
@@ -72,6 +73,7 @@ ACK_GRACE_S = 5.0  # how long a round whose updates are all in waits for missing
 EvaluateFn = Callable[[int, Sequence[np.ndarray]], dict[str, float]]
 PublishModelFn = Callable[[int, Sequence[np.ndarray], str], Awaitable[ModelRef]]  # round, weights, their digest
 EmitFn = Callable[[str, dict[str, Any], str], Awaitable[None]]
+BroadcastFn = Callable[[str, dict[str, Any], Sequence[str]], Awaitable[None]]  # one encoding, many recipients
 CommitFn = Callable[[dict[int, int]], None]
 
 
@@ -127,6 +129,7 @@ class Coordinator(SecureStages):
         publish_model: PublishModelFn,
         emit: EmitFn,
         history: SessionHistory,
+        broadcast: BroadcastFn | None = None,
         keys: KeyRegistry | None = None,
         checkpoint_file: Path | None = None,
         commit: CommitFn | None = None,
@@ -166,6 +169,11 @@ class Coordinator(SecureStages):
         self._decrypt = decrypt  # --secure-aggregation paillier: asks the decryptor for the round's sum
         self._publish_model = publish_model
         self._emit = emit
+        self._broadcast = broadcast
+        # Architecture, compile settings and data spec: sent once per session (fl_model_spec); start_round names
+        # them by digest, so a round's message is a few hundred bytes whatever the model (issue 19).
+        self._spec = ModelSpec(model.architecture, model.compile, model.data)
+        self._spec_wire = self._spec.to_wire()
         self.history = history
         self.inbox = inbox or Inbox()
         self.privacy = privacy
@@ -204,6 +212,18 @@ class Coordinator(SecureStages):
             return start  # also when its update is in: the node then only repeats its acknowledgement
         return None
 
+    def model_spec(self) -> dict[str, Any]:
+        """The session's ``fl_model_spec`` (a node that connected late, or lost it, asks for it)."""
+        return self._spec_wire
+
+    async def _send_to(self, event: str, wire: dict[str, Any], sids: Sequence[str]) -> None:
+        """One message to many nodes: encoded once and sent to a room with ``broadcast``, else node by node."""
+        if self._broadcast is not None:
+            await self._broadcast(event, wire, sids)
+            return
+        for sid in sids:
+            await self._emit(event, wire, sid)
+
     # ------------------------------------------------------------ the session
 
     async def run(self) -> Weights:
@@ -218,6 +238,7 @@ class Coordinator(SecureStages):
         else:
             logger.info("session %s: resuming at round %d of %d from model %s", settings.session_id,
                         self.first_round, settings.rounds, self._digest[:16])
+        await self._send_to("fl_model_spec", self._spec_wire, [n.sid for n in self.registry.snapshot()])
         # The round boundary is pipelined: once round r's aggregate exists, round r+1 starts while round r's
         # evaluation, history record and checkpoint are finished by a task of their own. Records stay in
         # order: a round's close waits for the previous one.
@@ -316,14 +337,13 @@ class Coordinator(SecureStages):
         train = replace(self.settings.train, **self.strategy.train_config(server_round), **private)
         secure_spec = state.secure.spec if state.secure is not None else (
             state.paillier.spec if state.paillier is not None else None)
-        start = StartRound(self.settings.session_id, server_round, train, self._message(ref),
+        start = StartRound(self.settings.session_id, server_round, train, self._message(ref, slim=True),
                            secure_aggregation=secure_spec.to_wire() if secure_spec is not None else None)
         logger.info("round %d: started with %d of %d connected node(s): %s", server_round, len(participants),
                     len(connected), ", ".join(state.participants))
         self._current = (start, collector)
         self.observer.round_opened(server_round, state.participants, len(connected))
-        for node in participants:
-            await self._emit("start_round", start.to_wire(), node.sid)
+        await self._send_to("start_round", start.to_wire(), [n.sid for n in participants])  # built once
         return state
 
     async def _collect(self, state: RoundState) -> None:
@@ -536,7 +556,9 @@ class Coordinator(SecureStages):
         return weights, weights_digest(weights) if weights is not None else self._digest
 
     def _persist(self, state: RoundState) -> None:
-        """Checkpoint first, then the history: the checkpoint is never older than the history."""
+        """The round's detail (appended), the checkpoint, then the history's summary: the checkpoint is never older
+        than the history, and never names a round whose detail is not written."""
+        self.history.flush_detail()
         if self._checkpoint_file is not None:
             save_checkpoint(self._checkpoint_file, Checkpoint(
                 session_id=self.settings.session_id,
@@ -544,14 +566,17 @@ class Coordinator(SecureStages):
                 weights=state.weights,
                 model={"architecture": self.model.architecture, "compile": self.model.compile,
                        "data": self.model.data},
-                history=self.history.document,
+                history=self.history.summary_document(),
                 strategy_state=state.strategy_state,
                 offsets=state.offsets,
             ))
         self.history.save()
 
-    def _message(self, ref: ModelRef) -> ModelMessage:
-        return ModelMessage(self.model.architecture, self.model.compile, ref, self.model.data)
+    def _message(self, ref: ModelRef, *, slim: bool = False) -> ModelMessage:
+        """The model announcement; ``slim``: the weights reference and the spec's digest only (``start_round``)."""
+        if slim:
+            return ModelMessage("", {}, ref, {}, self._spec.digest)
+        return ModelMessage(self.model.architecture, self.model.compile, ref, self.model.data, self._spec.digest)
 
     async def _end_session(self) -> None:
         rounds = self.settings.rounds
@@ -559,8 +584,7 @@ class Coordinator(SecureStages):
         end = EndSession(self.settings.session_id, rounds, self._message(ref))
         self.history.set_final_model_ref(ref.to_wire())
         nodes = self.registry.snapshot()
-        for node in nodes:
-            await self._emit("end_session", end.to_wire(), node.sid)
+        await self._send_to("end_session", end.to_wire(), [n.sid for n in nodes])
         logger.info("session %s: end_session sent to %d node(s)", self.settings.session_id, len(nodes))
         if not await self._wait_until_nodes_leave(self.settings.end_grace_s):
             logger.warning("%d node(s) still connected after %.0fs; closing anyway", len(self.registry),

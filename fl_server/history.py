@@ -1,22 +1,36 @@
 """The session history document (``history/<session>.json``, format ``fl-history/1``) and its one writer.
 
 ``SessionHistory`` owns the document: it is created with the session's settings, takes typed records
-(``fl_server.records``) for rounds, resumes and the closing totals, and rewrites the file atomically
-after every change that matters. ``load_history`` reads one back for ``fl-history`` (and anything else
-that reads them), checking the structure first so that a damaged or hostile file is one clear error.
+(``fl_server.records``) for rounds, resumes and the closing totals, and saves it after every change that
+matters. ``load_history`` reads one back for ``fl-history`` (and anything else that reads them), checking the
+structure first so that a damaged or hostile file is one clear error.
+
+On disk a history is two files, so that what a round costs to persist does not grow with the rounds before it
+(issue 19: at thousands of nodes the whole document, per-node detail of every round, was rewritten twice per
+round). ``<session>.rounds.jsonl`` holds each round's full record (the one the hash chain and the signature
+cover: participants, per-node metrics and samples, accepted updates), one JSON line per round, appended once
+(``flush_detail``). ``<session>.json`` is the *summary*, rewritten atomically: the session's settings and
+totals, and per round everything but the per-node fields (``PER_NODE_FIELDS``, counted instead in
+``num_participants`` and ``num_accepted``), with ``"round_detail"`` naming the JSON Lines file. Readers that
+know nothing of the detail file still read the summary (same format, same keys); ``load_history`` merges the
+two (the summary's fields over the detail's, so that an edit to either shows) and checks that each detail line
+is the round the summary names (``round_digest``). A history written before the split
+(full rounds in the JSON, no ``round_detail``) loads as it always did.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.atomic import OWNER_ONLY, atomic_text_file
 from common.wire.errors import ProtocolError
-from common.wire.safe_json import finite_or_null, read_json_file
+from common.wire.safe_json import finite_or_null, loads_untrusted, read_json_file
 from fl_server.chain import genesis_digest, link_round
 from fl_server.records import ResumeMark, RoundRecord, SessionSummary
 
@@ -25,6 +39,11 @@ if TYPE_CHECKING:
 
 HISTORY_FORMAT = "fl-history/1"
 MAX_HISTORY_BYTES = 512 * 1024 * 1024
+DETAIL_SUFFIX = ".rounds.jsonl"
+MAX_DETAIL_LINE_BYTES = 256 * 1024 * 1024  # one round's full record
+# Fields of a round record whose size grows with the round's nodes: kept in the detail file only.
+PER_NODE_FIELDS = ("participants", "accepted", "num_samples", "missing_acks", "incomplete_updates", "refused_nodes",
+                   "capped_weights", "accepted_updates", "declared_samples")
 PRIVACY_NUMBERS = ("epsilon", "delta", "noise_multiplier", "clip", "sampling_rate")
 
 logger = logging.getLogger(__name__)
@@ -51,13 +70,41 @@ def write_json_atomic(path: Path, document: Any) -> None:
         handle.write("\n")
 
 
+def detail_path(history_path: Path) -> Path:
+    """``<session>.rounds.jsonl`` next to ``<session>.json``."""
+    return Path(history_path).with_name(Path(history_path).stem + DETAIL_SUFFIX)
+
+
+def summarize_round(record: dict[str, Any]) -> dict[str, Any]:
+    """A round's summary: the record without its per-node fields (counted instead); ``train.per_node`` and
+    ``federated_eval.per_node`` go too."""
+    summary = {k: v for k, v in record.items() if k not in PER_NODE_FIELDS}
+    summary["num_participants"] = len(record.get("participants") or [])
+    summary["num_accepted"] = len(record.get("accepted") or [])
+    for section in ("train", "federated_eval"):
+        if isinstance(record.get(section), dict) and "per_node" in record[section]:
+            summary[section] = {k: v for k, v in record[section].items() if k != "per_node"}
+    return summary
+
+
+def _detail_line(record: dict[str, Any]) -> str:
+    record, _ = finite_or_null(record)
+    return json.dumps(record, sort_keys=False, allow_nan=False, separators=(",", ":")) + "\n"
+
+
 class SessionHistory:
     """The history document of one session and where it lives; the only code that changes the document."""
 
-    def __init__(self, path: Path, document: dict[str, Any]) -> None:
+    def __init__(self, path: Path, document: dict[str, Any], detail_written: int = 0) -> None:
         self.path = Path(path)
-        self.document = document
+        self.document = document  # in memory: the full rounds; on disk: the summary and the detail file
         self._signer: ServerSigner | None = None
+        self._detail_written = detail_written  # rounds whose full record is in the detail file
+        self._detail_lock = threading.Lock()  # flush_detail runs on the round loop's worker thread
+
+    @property
+    def detail_path(self) -> Path:
+        return detail_path(self.path)
 
     def sign_with(self, signer: ServerSigner | None) -> None:
         """Sign every round added from now on with the server key (``--server-key``), and name its public key."""
@@ -84,8 +131,17 @@ class SessionHistory:
 
     @classmethod
     def resumed(cls, path: Path, document: dict[str, Any], mark: ResumeMark) -> SessionHistory:
-        """The history of a session picked up again (``document`` comes from its checkpoint)."""
-        history = cls(path, document)
+        """The history of a session picked up again (``document`` comes from its checkpoint: a summary, whose
+        rounds' detail is read back from the detail file, which loses any round past the checkpoint's)."""
+        path = Path(path)
+        written = 0
+        if document.get("round_detail") is not None:
+            rounds = merge_detail(path, document["rounds"])
+            document = {**document, "rounds": rounds}
+            with atomic_text_file(detail_path(path), permissions=OWNER_ONLY) as handle:
+                handle.writelines(_detail_line(r) for r in rounds)
+            written = len(rounds)
+        history = cls(path, document, detail_written=written)  # an older checkpoint's full rounds: written anew
         document.setdefault("resumes", []).append(mark.to_wire())
         document.update(status="running", finished_at=None)
         return history
@@ -150,8 +206,94 @@ class SessionHistory:
             self.document.update(summary.to_wire())
         self.save()
 
+    def flush_detail(self) -> None:
+        """Append the full records of the rounds not yet in the detail file (one line each, fsynced): the cost
+        of a round, whatever came before it. Before the checkpoint and the summary name those rounds."""
+        with self._detail_lock:
+            rounds = self.rounds[self._detail_written:]
+            if not rounds:
+                return
+            mode = "a" if self._detail_written else "w"
+            self.detail_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.detail_path, mode, encoding="utf-8", opener=_owner_only) as handle:
+                handle.writelines(_detail_line(r) for r in rounds)
+                handle.flush()
+                os.fsync(handle.fileno())
+            self._detail_written += len(rounds)
+
+    def summary_document(self) -> dict[str, Any]:
+        """What ``<session>.json`` (and a checkpoint) holds: the document with the rounds summarized."""
+        return {**self.document, "rounds": [summarize_round(r) for r in self.rounds],
+                "round_detail": self.detail_path.name}
+
     def save(self) -> None:
-        write_json_atomic(self.path, self.document)
+        self.flush_detail()
+        write_json_atomic(self.path, self.summary_document())
+
+
+def _owner_only(path: str, flags: int) -> int:
+    return os.open(path, flags, OWNER_ONLY)
+
+
+def read_detail(history_path: Path) -> dict[int, dict[str, Any]]:
+    """The detail file's full round records by round number (``HistoryFileError`` when unusable)."""
+    path = detail_path(history_path)
+    try:
+        if path.stat().st_size > MAX_HISTORY_BYTES:
+            raise HistoryFileError(f"{path}: larger than {MAX_HISTORY_BYTES} bytes")
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        raise HistoryFileError(f"{path}: no such file (the summary names it for the rounds' detail)") from None
+    except OSError as exc:
+        raise HistoryFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    rounds: dict[int, dict[str, Any]] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = loads_untrusted(line, max_bytes=MAX_DETAIL_LINE_BYTES, what="round detail")
+        except ProtocolError as exc:
+            if number == len(lines):
+                break  # a last line cut short by a crash: that round was never named by the summary
+            raise HistoryFileError(f"{path}:{number}: not a round record ({exc})") from None
+        problem = round_problem(record)
+        if problem is not None:
+            raise HistoryFileError(f"{path}:{number}: not a usable round record (round{problem})")
+        rounds[record["round"]] = record
+    return rounds
+
+
+def merge_detail(history_path: Path, summaries: list[Any]) -> list[dict[str, Any]]:
+    """The summary's rounds with their full records from the detail file, each checked against the summary's
+    ``round_digest`` (a detail line that is not the summarized round is refused)."""
+    if not summaries:
+        return []  # before round 1 the detail file need not exist yet
+    detail = read_detail(history_path)
+    rounds = []
+    for summary in summaries:
+        number = summary.get("round") if isinstance(summary, dict) else None
+        record = detail.get(number) if isinstance(number, int) else None
+        if record is None:
+            raise HistoryFileError(f"{detail_path(history_path)}: no detail for round {number}")
+        if record.get("round_digest") != summary.get("round_digest"):
+            raise HistoryFileError(f"{detail_path(history_path)}: round {number} is not the round the summary "
+                                   "names (round_digest differs)")
+        rounds.append(_merged(summary, record))
+    return rounds
+
+
+def _merged(summary: dict[str, Any], detail: dict[str, Any]) -> dict[str, Any]:
+    """The round as the two files say it: the detail's per-node fields, the summary's everything else (so an
+    edit to either file shows in the merged round, and the hash chain catches it)."""
+    merged = dict(detail)
+    for key, value in summary.items():
+        if key in ("num_participants", "num_accepted"):
+            continue
+        if key in ("train", "federated_eval") and isinstance(value, dict) and isinstance(detail.get(key), dict):
+            merged[key] = {**detail[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def load_history(path: Path) -> dict[str, Any]:
@@ -168,6 +310,8 @@ def load_history(path: Path) -> dict[str, Any]:
         raise HistoryFileError(f"{path}: not a history file (no \"format\": \"{HISTORY_FORMAT}\")")
     if not isinstance(document.get("rounds"), list):
         raise HistoryFileError(f"{path}: history file has no rounds list")
+    if document.get("round_detail") is not None:  # the summary: the rounds' full records are next to it
+        document["rounds"] = merge_detail(Path(path), document["rounds"])
     problem = history_problem(document)
     if problem is not None:
         raise HistoryFileError(f"{path}: not a usable history file ({problem})")

@@ -26,6 +26,7 @@ from common.privacy.accountant import PrivacyAccountant
 from common.transport import kafka_io
 from common.wire.integrity import ConnectVerifier
 from common.wire.protocol import ModelRef, RawRecord
+from fl_server.admission import Admission
 from fl_server.checkpoint import Checkpoint, checkpoint_path
 from fl_server.collector import InspectedRecord, inspect_record
 from fl_server.config import ServerConfig
@@ -33,7 +34,7 @@ from fl_server.coordinator import Coordinator, EvaluateFn, GlobalModel, SessionS
 from fl_server.dashboard.onlookers import make_onlookers
 from fl_server.data import ServerData
 from fl_server.history import SessionHistory, utc_now
-from fl_server.inbox import Inbox
+from fl_server.inbox import DEFAULT_CONTROL_ITEMS, Inbox
 from fl_server.plan import SessionPlan
 from fl_server.privacy.ledger import PrivacyLedger
 from fl_server.privacy.plan import with_dp_sgd
@@ -189,9 +190,14 @@ class ServerSession:
         self.runtime: SessionRuntime = runtime or LiveRuntime()
         self.registry = frontend.registry if frontend is not None else NodeRegistry()
         self.frontend = frontend or SocketIOFrontend(
-            self.registry, ConnectVerifier(plan.keys) if plan.keys is not None else None)
+            self.registry, ConnectVerifier(plan.keys) if plan.keys is not None else None,
+            admission=Admission(max_pending_per_address=self.config.max_pending_per_address,
+                                max_pending=self.config.max_pending_handshakes,
+                                max_busy=self.config.max_pending_handshakes))
         # Records that arrive before round 1 wait here (bounded; past the bound they wait in Kafka).
-        self.inbox = Inbox(max_kafka_bytes=self.config.inbox_bytes)
+        # Acknowledgements of a whole round may wait at once: room for a few per node (issue 19: 5,000 nodes).
+        self.inbox = Inbox(max_kafka_bytes=self.config.inbox_bytes,
+                           max_control_items=max(DEFAULT_CONTROL_ITEMS, 4 * self.config.min_nodes))
         self.history: SessionHistory | None = None
         self.status = "failed"
         self._runner: Any = None  # the aiohttp runner serving Socket.IO
@@ -298,6 +304,7 @@ class ServerSession:
             evaluate=model.evaluate,
             publish_model=self._kafka.publish_model,
             emit=self.frontend.emit,
+            broadcast=self.frontend.broadcast,
             history=self.history,
             keys=plan.keys,
             checkpoint_file=checkpoint_path(self.config.history_dir, plan.session_id),

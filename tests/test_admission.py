@@ -19,7 +19,7 @@ TIMEOUT_S = 20.0
 
 
 def test_admission_caps_pending_sessions_per_address_overall_and_near_the_fd_limit():
-    admission = Admission(max_pending_per_address=2, max_pending=3, fd_limit=100, fd_headroom=10)
+    admission = Admission(max_pending_per_address=2, max_pending=3, fd_limit=100, fd_headroom=10, max_busy=0)
     assert [admission.open(f"s{i}", "10.0.0.1", 0) for i in range(3)] == [None, None, "too_many_pending_from_address"]
     assert admission.open("t1", "10.0.0.2", 0) is None
     assert admission.open("t2", "10.0.0.3", 0) == "too_many_pending"

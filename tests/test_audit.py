@@ -24,7 +24,7 @@ from fl_server.audit.replay import offset_problems
 from fl_server.chain import link_round
 from fl_server.collector import RoundCollector
 from fl_server.config import ServerConfig
-from fl_server.history import SessionHistory
+from fl_server.history import SessionHistory, load_history
 from fl_server.rounds import RoundState, round_record
 from fl_server.strategies import make_strategy
 
@@ -146,7 +146,7 @@ def play(tmp_path: Path, how: Play | None = None) -> tuple[dict[str, Any], Topic
         weights = new
     history.set_final_model_ref(publish_model(topics, how.rounds + 1, weights))
     history.finish("completed")
-    return json.loads(history.path.read_text()), topics
+    return load_history(history.path), topics  # the summary and its rounds' detail
 
 
 def audit(document: dict[str, Any], topics: Topics, **kwargs: Any) -> AuditReport:

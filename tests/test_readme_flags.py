@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from fl_node.cli import build_parser as node_parser
+from fl_node.sim_cli import build_parser as sim_parser
 from fl_server.aggregator.cli import build_parser as aggregator_parser
 from fl_server.audit_cli import build_parser as audit_parser
 from fl_server.cli import build_parser as server_parser
@@ -40,7 +41,7 @@ def shown(value: object) -> str:
 @pytest.mark.parametrize(("title", "parser"), [("fl-server flag", server_parser), ("fl-node flag", node_parser),
                                                ("fl-audit flag", audit_parser),
                                                ("fl-decryptor flag", decryptor_parser),
-                                               ("fl-aggregator flag", aggregator_parser)])
+                                               ("fl-aggregator flag", aggregator_parser), ("fl-sim flag", sim_parser)])
 def test_every_flag_in_the_table_exists_and_its_default_is_the_parsers(title, parser, monkeypatch):
     for name in list(__import__("os").environ):
         if name.startswith("FL_") or name == "KAFKA_BOOTSTRAP":

@@ -85,7 +85,12 @@ def play_nodes(session: ServerSession, nodes: FakeFederation) -> None:
         nodes.coordinator = session.frontend.coordinator
         await nodes.emit(event, data, sid)
 
+    async def broadcast(event, data, sids):
+        for sid in sids:
+            await emit(event, data, sid)
+
     session.frontend.emit = emit  # type: ignore[method-assign]
+    session.frontend.broadcast = broadcast  # type: ignore[method-assign]
 
 
 async def run_with_nodes(session: ServerSession, runtime: FakeRuntime) -> Path:

@@ -22,6 +22,7 @@ Decoding untrusted input returns a value or raises ``ProtocolError`` with a reas
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -324,24 +325,98 @@ def _is_sha256_hex(value: object) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
+def model_spec_digest(architecture: str, compile_spec: dict[str, Any], data: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a model's architecture, compile settings and data spec, as canonical JSON: what a
+    ``start_round`` names instead of carrying them every round."""
+    canonical = json.dumps({"architecture": architecture, "compile": compile_spec, "data": data}, sort_keys=True,
+                           separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``fl_model_spec`` (server -> node, once per session; also the reply to a node's ``fl_model_spec`` call):
+    the session's architecture, compile settings and data spec, which ``start_round`` names by digest."""
+
+    architecture: str
+    compile: dict[str, Any]
+    data: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return model_spec_digest(self.architecture, self.compile, self.data)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "compile": self.compile, "data": self.data,
+                "spec_sha256": self.digest}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> ModelSpec:
+        if not isinstance(obj, dict):
+            raise ProtocolError("bad_schema", "model spec must be an object")
+        compile_spec, data = obj.get("compile"), obj.get("data")
+        if not isinstance(compile_spec, dict) or not isinstance(data, dict):
+            raise ProtocolError("bad_schema", "model spec: compile and data must be objects")
+        spec = cls(_require(obj, "architecture", str, where="model spec"), compile_spec, data)
+        try:
+            digest = spec.digest
+        except (TypeError, ValueError) as exc:  # e.g. a number JSON cannot write back (NaN)
+            raise ProtocolError("bad_schema", f"model spec cannot be hashed: {exc}") from None
+        if obj.get("spec_sha256", digest) != digest:
+            raise ProtocolError("bad_schema", "model spec: spec_sha256 does not match its contents")
+        return spec
+
+
 @dataclass(frozen=True)
 class ModelMessage:
     """The global model as the server announces it: architecture, compile settings, weights reference,
-    and the data spec (``common.data.dataspec``: tabular schema or image shape) every node encodes its data with."""
+    and the data spec (``common.data.dataspec``: tabular schema or image shape) every node encodes its data with.
+
+    ``spec_sha256`` (``model_spec_digest``) names the architecture, compile settings and data spec. A *slim*
+    message (``slim_wire``, what ``start_round`` carries) sends only the digest and the weights reference; the
+    node takes the rest from the ``ModelSpec`` it was sent once per session (``with_spec``). A slim message
+    parses with empty architecture, compile and data (``is_slim``)."""
 
     architecture: str
     compile: dict[str, Any]
     weights: ModelRef
     data: dict[str, Any]
+    spec_sha256: str = ""
+
+    @property
+    def is_slim(self) -> bool:
+        return not self.architecture
 
     def to_wire(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "compile": self.compile, "weights": self.weights.to_wire(),
+        if self.is_slim:
+            return self.slim_wire()
+        wire = {"architecture": self.architecture, "compile": self.compile, "weights": self.weights.to_wire(),
                 "data": self.data}
+        if self.spec_sha256:
+            wire["spec_sha256"] = self.spec_sha256
+        return wire
+
+    def slim_wire(self) -> dict[str, Any]:
+        """The weights reference and the spec's digest only (the spec itself travels once per session)."""
+        return {"weights": self.weights.to_wire(), "spec_sha256": self.spec_sha256 or model_spec_digest(
+            self.architecture, self.compile, self.data)}
+
+    def with_spec(self, spec: ModelSpec) -> ModelMessage:
+        """The full message of a slim one, from the session's spec (which must be the one it names)."""
+        if spec.digest != self.spec_sha256:
+            raise ProtocolError("bad_schema", "model spec does not match the digest start_round names")
+        return ModelMessage(spec.architecture, spec.compile, self.weights, spec.data, self.spec_sha256)
 
     @classmethod
     def from_wire(cls, obj: object) -> ModelMessage:
         if not isinstance(obj, dict):
             raise ProtocolError("bad_schema", "model must be an object")
+        spec_sha256 = obj.get("spec_sha256", "")
+        if spec_sha256 and not _is_sha256_hex(spec_sha256):
+            raise ProtocolError("bad_schema", "model.spec_sha256 must be a SHA-256 in hex")
+        weights = ModelRef.from_wire(obj.get("weights"))
+        if spec_sha256 and "architecture" not in obj:  # slim: the node completes it from the session's spec
+            return cls("", {}, weights, {}, spec_sha256)
         compile_spec = obj.get("compile")
         if not isinstance(compile_spec, dict):
             raise ProtocolError("bad_schema", "model.compile must be an object")
@@ -351,8 +426,9 @@ class ModelMessage:
         return cls(
             architecture=_require(obj, "architecture", str, where="model"),
             compile=compile_spec,
-            weights=ModelRef.from_wire(obj.get("weights")),
+            weights=weights,
             data=data,
+            spec_sha256=spec_sha256,
         )
 
 

@@ -10,7 +10,7 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, NoReturn, Protocol
 
@@ -42,6 +42,8 @@ class RoundInputs(Protocol):
 
     def on_secagg(self, item: SecAggInput) -> None: ...
 
+    def model_spec(self) -> dict[str, Any]: ...
+
 
 def peer_address(environ: Any) -> str:
     """The client's address (python-engineio's aiohttp driver puts a fixed 127.0.0.1 in REMOTE_ADDR)."""
@@ -52,6 +54,47 @@ def peer_address(environ: Any) -> str:
             return remote
         return str(environ.get("REMOTE_ADDR", "?"))
     return "?"
+
+
+class IndexedRoomsManager(socketio.AsyncManager):
+    """python-socketio's client manager with an index of each client's rooms.
+
+    The stock manager finds a disconnecting client's rooms by scanning every room of the namespace, and every
+    client has a room of its own: a disconnect costs O(clients), a wave of k disconnects O(k * N) (issue 19: at
+    8,000 nodes the server missed heartbeats). With the index a disconnect costs O(rooms the client is in)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rooms_of: dict[tuple[str, str], set[Any]] = {}  # (namespace, sid) -> the rooms it is in
+
+    def basic_enter_room(self, sid: str, namespace: str, room: Any, eio_sid: str | None = None) -> None:
+        super().basic_enter_room(sid, namespace, room, eio_sid=eio_sid)
+        self._rooms_of.setdefault((namespace, sid), set()).add(room)
+
+    def basic_leave_room(self, sid: str, namespace: str, room: Any) -> None:
+        super().basic_leave_room(sid, namespace, room)
+        rooms = self._rooms_of.get((namespace, sid))
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self._rooms_of[(namespace, sid)]
+
+    def basic_disconnect(self, sid: str, namespace: str, **kwargs: Any) -> None:
+        if namespace not in self.rooms:
+            return
+        for room in list(self._rooms_of.get((namespace, sid), ())):
+            self.basic_leave_room(sid, namespace, room)
+        self._rooms_of.pop((namespace, sid), None)
+        # The rest as the stock manager does it (callbacks, pending lists): O(1) or O(pending), not O(clients).
+        self.callbacks.pop(sid, None)
+        for pending in (self.pending_connect, self.pending_disconnect):
+            if namespace in pending and sid in pending[namespace]:
+                pending[namespace].remove(sid)
+                if not pending[namespace]:
+                    del pending[namespace]
+
+    def get_rooms(self, sid: str, namespace: str) -> list[Any]:
+        return [room for room in self._rooms_of.get((namespace, sid), ()) if room is not None]
 
 
 class GuardedAsyncServer(socketio.AsyncServer):
@@ -66,6 +109,12 @@ class GuardedAsyncServer(socketio.AsyncServer):
         if not self._frontend.admit_transport(eio_sid, environ):
             return False  # python-engineio answers 401 and keeps nothing
         return await super()._handle_eio_connect(eio_sid, environ)
+
+    async def _handle_connect(self, eio_sid: str, namespace: Any, data: Any) -> None:
+        if eio_sid not in self.environ:  # closed (handshake timeout, shutdown) while its CONNECT was on the way
+            self._frontend.refused_by_reason["closed_before_hello"] += 1
+            return  # python-socketio would raise KeyError from its environ map: a traceback per connection
+        await super()._handle_connect(eio_sid, namespace, data)
 
     async def _handle_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
         self._frontend.admission.closed(eio_sid)
@@ -95,11 +144,14 @@ class SocketIOFrontend:
         self._log = RateLimitedLog(logger)  # anything a client can repeat is logged through this
         # Every packet's JSON is parsed by SocketIOJson: size, depth and number limits, never an exception.
         self.sio = GuardedAsyncServer(self, async_mode="aiohttp", logger=False, engineio_logger=False,
-                                      json=SocketIOJson, max_http_buffer_size=SocketIOJson.max_bytes)
+                                      json=SocketIOJson, max_http_buffer_size=SocketIOJson.max_bytes,
+                                      client_manager=IndexedRoomsManager())
+        self._broadcasts = 0  # rooms made for one message each (their names)
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
         self.sio.on("fl_update", self.on_update)
         self.sio.on("fl_refuse", self.on_refuse)
+        self.sio.on("fl_model_spec", self.on_model_spec)
         for event in NODE_EVENTS:
             self.sio.on(event, partial(self.on_secagg, event))
         self.sio.on(MALFORMED_EVENT, self.on_malformed)
@@ -168,6 +220,12 @@ class SocketIOFrontend:
     async def on_connect(self, sid: str, environ: Any = None, auth: Any = None, *_extra: Any) -> None:
         if self._lifecycle_event_from_client("connect", sid):
             return
+        eio_sid = self._eio_sid(sid)
+        if eio_sid is not None and self.admission.is_busy(eio_sid):  # past the bound on handshakes in flight
+            retry_after = self.admission.retry_after_s()
+            self._refuse(sid, environ, "server_busy", ProtocolError(
+                "server_busy", f"{self.admission.pending} connections are completing their handshake; retry after "
+                f"{retry_after:.0f}s"), retry_after_s=retry_after)
         try:
             hello = Hello.from_wire(auth)
             if self.verifier is not None:
@@ -183,10 +241,9 @@ class SocketIOFrontend:
             self._refuse(sid, environ, "node_id_in_use", ProtocolError(
                 "node_id_in_use", f"node {hello.node_id} is connected and answers; a second connection with its id "
                 "is not let in"))
-        eio_sid = self._eio_sid(sid)
         if eio_sid is not None:
             self.admission.admitted(eio_sid)
-        previous = await self.registry.add(NodeInfo(hello.node_id, sid, hello.num_samples, instance=hello.instance))
+        previous = self.registry.register(NodeInfo(hello.node_id, sid, hello.num_samples, instance=hello.instance))
         if previous is not None:
             logger.info("node %s reconnected (replacing connection %s)", hello.node_id, previous.sid)
             if previous.instance != hello.instance:
@@ -216,9 +273,11 @@ class SocketIOFrontend:
             return True
         return not (isinstance(reply, dict) and reply.get("alive") is True)
 
-    def _refuse(self, sid: str, environ: Any, reason: str, exc: Exception) -> NoReturn:
+    def _refuse(self, sid: str, environ: Any, reason: str, exc: Exception,
+                retry_after_s: float | None = None) -> NoReturn:
         """Refuse the hello, and close its connection right after the refusal went out: a refused client
-        must not keep a session (and a file descriptor) open by answering pings."""
+        must not keep a session (and a file descriptor) open by answering pings. ``retry_after_s``: when the
+        node may try again (``server_busy``)."""
         self.refused_by_reason[reason] += 1
         self._log.warning(f"refused:{reason}", "refused connection %s from %s: %s", sid, peer_address(environ), exc)
         eio_sid = self._eio_sid(sid)
@@ -226,13 +285,15 @@ class SocketIOFrontend:
             self._close_transport(eio_sid, delay_s=REFUSED_CLOSE_DELAY_S)
         # The detail and the server's clock go with the reason: a node can say what is wrong (and by how much its
         # clock is off, for stale_proof) instead of only a tag.
-        raise socketio.exceptions.ConnectionRefusedError(reason, {"detail": str(exc)[:300],
-                                                                  "server_time": time.time()}) from None
+        details: dict[str, Any] = {"detail": str(exc)[:300], "server_time": time.time()}
+        if retry_after_s is not None:
+            details["retry_after_s"] = retry_after_s
+        raise socketio.exceptions.ConnectionRefusedError(reason, details) from None
 
     async def on_disconnect(self, sid: str, reason: Any = None, *_extra: Any) -> None:
         if self._lifecycle_event_from_client("disconnect", sid):
             return
-        info = await self.registry.remove_sid(sid)
+        info = self.registry.unregister_sid(sid)
         if info is not None:
             logger.info("node %s disconnected (%s); %d connected", info.node_id, reason, len(self.registry))
 
@@ -329,8 +390,31 @@ class SocketIOFrontend:
         self._log.warning(f"malformed:{reason}", "dropped a malformed Socket.IO packet (%s) from %.40s", reason,
                           node_id or sid)
 
+    async def on_model_spec(self, sid: str, data: Any = None, *extra: Any) -> dict[str, Any]:
+        """A node asks for the session's model spec (``start_round`` names it by digest; it connected late)."""
+        node_id, refused = self._sender(sid, extra)
+        if node_id is None:
+            return refused or {}
+        if self.coordinator is None:
+            return {"accepted": False, "reason": "no_session"}
+        return self.coordinator.model_spec()
+
     async def emit(self, event: str, data: dict[str, Any], sid: str) -> None:
         await self.sio.emit(event, data, to=sid)
+
+    async def broadcast(self, event: str, data: dict[str, Any], sids: Sequence[str]) -> None:
+        """One message to many nodes (``start_round`` to a round's participants): the recipients join a room made
+        for it, and python-socketio encodes the packet once for the room, not once per node."""
+        self._broadcasts += 1
+        room = f"fl-broadcast-{self._broadcasts}"
+        manager = self.sio.manager
+        for sid in sids:
+            if manager.is_connected(sid, "/"):
+                manager.basic_enter_room(sid, "/", room)  # what sio.enter_room does, without a coroutine per node
+        try:
+            await self.sio.emit(event, data, room=room)
+        finally:
+            manager.basic_close_room(room, "/")
 
 
 async def serve_socketio(frontend: SocketIOFrontend, host: str, port: int,

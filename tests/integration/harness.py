@@ -35,6 +35,7 @@ from common.wire.protocol import (
     encode_chunk,
     split_weights,
 )
+from fl_server.history import load_history
 from fl_server.keys_cli import create_keys
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,7 +170,7 @@ class Federation:
         files = sorted(self.history_dir.glob("*.json")) if self.history_dir.exists() else []
         if not files:
             return None
-        return json.loads(files[0].read_text())
+        return load_history(files[0])  # the summary merged with its rounds' detail file
 
     def wait_for_rounds(self, count: int, timeout_s: float) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:

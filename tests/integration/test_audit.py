@@ -16,6 +16,7 @@ import pytest
 from kafka import KafkaProducer
 
 from common.wire.server_key import ServerSigner
+from fl_server.history import detail_path
 from tests.integration.harness import REPO, Federation, expect_clean_exit, read_records
 
 pytestmark = pytest.mark.timeout(600)
@@ -60,6 +61,7 @@ def test_a_signed_session_audits_clean_and_each_tampering_is_named(federation: F
     edited = json.loads(history_file.read_text())
     edited["rounds"][0]["holdout"]["accuracy"] = 0.999
     (edited_dir / history_file.name).write_text(json.dumps(edited))
+    shutil.copy(detail_path(history_file), edited_dir)  # the rounds' detail goes with the summary
     caught = fl_audit(federation, edited_dir / history_file.name)
     assert caught.returncode == 3, caught.stdout + caught.stderr
     assert "round 1: chain (edited)" in caught.stdout and "AUDIT FAILED" in caught.stdout
