@@ -159,3 +159,15 @@ def test_train_config_refuses_a_delta_outside_0_1(delta):
                                "dp_delta": delta})
     with pytest.raises(ValueError, match="dp_delta"):
         TrainConfig(1, 8, 0.1, dp_delta=delta)
+
+
+def test_a_version_1_node_is_refused_at_connect_while_version_1_records_still_read():
+    """Session protocol 2 (the model spec once per session) refuses a version-1 hello by name; the weight-chunk
+    record format did not change, so records already on a topic (what fl-audit replays) still decode."""
+    from common import PROTOCOL_VERSION, SESSION_PROTOCOL_VERSION
+
+    assert (SESSION_PROTOCOL_VERSION, PROTOCOL_VERSION) == (2, 1)
+    with pytest.raises(ProtocolError) as refused:
+        Hello.from_wire({"node_id": "n1", "num_samples": 5, "protocol": 1})
+    assert refused.value.reason == "bad_version"
+    assert Hello.from_wire({"node_id": "n1", "num_samples": 5, "protocol": 2}).num_samples == 5

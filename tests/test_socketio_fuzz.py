@@ -22,7 +22,7 @@ import socketio
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from common import PROTOCOL_VERSION
+from common import SESSION_PROTOCOL_VERSION
 from common.wire.integrity import CONNECT_SKEW_S, ConnectVerifier, KeyRegistry, connect_proof
 from common.wire.protocol import Hello, NodeRefusal, UpdateAck, check_node_id
 from fl_server.coordinator import Coordinator
@@ -48,7 +48,7 @@ BIG_INTS = [2**31, 2**63, -(2**63) - 1, 2**40 + 1, 10**99, -(10**99), 10**400, -
 GOOD_NODE_IDS = ["alice", "bob", "alice", "bob", UNKEYED_NODE, "n-3.x_Y", "Z" * 64]  # keyed ones twice as often
 BAD_NODE_IDS: list[Any] = ["", "server", "-x", ".x", "a" * 65, "a b", "é", "\ud800", None, 7, ["alice"], {}]
 BAD_NUM_SAMPLES: list[Any] = [0, -1, 2**40 + 1, 10**400, True, 1.0, 1.5, "3", None, math.nan, math.inf, [1], {}]
-BAD_PROTOCOLS: list[Any] = [0, 2, -1, "1", None, [1], math.nan]
+BAD_PROTOCOLS: list[Any] = [0, 1, 3, -1, "2", None, [2], math.nan]
 MISSING = object()
 
 leaves = (st.none() | st.booleans() | st.integers() | st.sampled_from(BIG_INTS) | st.floats()
@@ -145,7 +145,7 @@ def connect_scripts(draw: st.DrawFn) -> list[ConnectAttempt | str]:
             "node_id": node_id,
             "num_samples": draw(st.sampled_from([1, 7, 2**40]) if samples_ok else st.sampled_from(BAD_NUM_SAMPLES)),
         }
-        protocol = PROTOCOL_VERSION if protocol_ok else draw(st.sampled_from([*BAD_PROTOCOLS, MISSING]))
+        protocol = SESSION_PROTOCOL_VERSION if protocol_ok else draw(st.sampled_from([*BAD_PROTOCOLS, MISSING]))
         if protocol is not MISSING:
             hello["protocol"] = protocol
         proof, proof_ok = draw_proof(draw, node_id, minted)

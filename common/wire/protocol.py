@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from common import PROTOCOL_VERSION
+from common import PROTOCOL_VERSION, SESSION_PROTOCOL_VERSION
 from common.validation import require_in_interval, require_non_negative_finite, require_positive_int
 from common.wire.codec import ArraySpec, array_to_bytes, b64decode, b64encode, validate_spec
 from common.wire.errors import ProtocolError
@@ -237,7 +237,7 @@ class Hello:
 
     node_id: str
     num_samples: int
-    protocol: int = PROTOCOL_VERSION
+    protocol: int = SESSION_PROTOCOL_VERSION
     proof: dict[str, Any] | None = None
     instance: str = ""  # random per node process: a reconnect of the same process may replace its old connection
 
@@ -251,8 +251,9 @@ class Hello:
     def from_wire(cls, obj: object) -> Hello:
         if not isinstance(obj, dict):
             raise ProtocolError("bad_hello", "connect auth must be an object with node_id and num_samples")
-        if obj.get("protocol") != PROTOCOL_VERSION:
-            raise ProtocolError("bad_version", f"protocol {obj.get('protocol')!r:.20} is not {PROTOCOL_VERSION}")
+        if obj.get("protocol") != SESSION_PROTOCOL_VERSION:
+            raise ProtocolError("bad_version", f"protocol {obj.get('protocol')!r:.20} is not "
+                                f"{SESSION_PROTOCOL_VERSION} (the node and the server are of different versions)")
         proof = {k: obj[k] for k in ("ts", "nonce", "mac", "challenge", "server_id") if k in obj}
         instance = obj.get("instance", "")
         if not (isinstance(instance, str) and len(instance) <= 64 and (not instance or INSTANCE_PATTERN.fullmatch(
