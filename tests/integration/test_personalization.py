@@ -1,12 +1,11 @@
 """FedPer on a skewed partition (Dirichlet 0.1 digits): the personal layers never leave the nodes, and each node's
 personalized model beats the FedAvg global model on its own test rows."""
 
-import json
-
 import keras
 import numpy as np
 import pytest
 
+from fl_server.history import load_history
 from tests.integration.harness import Federation, expect_clean_exit, read_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -22,7 +21,7 @@ def run_session(federation: Federation, session_id: str, topic: str, *args: str)
     nodes = [federation.start_node(f"n{i}", "--partition", f"{i}/{NODES}", *SKEW, *topic_args,
                                    name=f"{session_id}-n{i}") for i in range(NODES)]
     expect_clean_exit(server, nodes, server_timeout_s=240)
-    return json.loads((federation.history_dir / f"{session_id}.json").read_text())
+    return load_history(federation.history_dir / f"{session_id}.json")  # the summary with its rounds' detail
 
 
 def test_personal_layers_stay_home_and_beat_the_global_model_on_skewed_nodes(federation: Federation) -> None:

@@ -63,8 +63,8 @@ def test_mixed_csv_federation_refuses_a_misfit_node_and_finishes(federation: Fed
     # things (the schema in the history is what every start_round carries; the checkpoint; the server's log).
     assert {"patient_id", "admission_date"}.isdisjoint(kinds) and kinds["ward"] == "categorical"
     session = history["session_id"]
-    kept = [federation.history_dir / f"{session}.json", federation.history_dir / "checkpoints" / f"{session}.json",
-            federation.tmp_path / "server.log"]
+    kept = [federation.history_dir / f"{session}.json", federation.history_dir / f"{session}.rounds.jsonl",
+            federation.history_dir / "checkpoints" / f"{session}.json", federation.tmp_path / "server.log"]
     texts = [path.read_text() for path in kept]
     secrets = [*frame["patient_id"], *frame["admission_date"], RARE_WARD]
     leaked = [value for value in secrets if any(value in text for text in texts)]

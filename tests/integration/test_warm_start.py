@@ -1,11 +1,10 @@
 """A warm start from a previous session's final model (.keras): round 0 is that model, and frozen layers stay."""
 
-import json
-
 import keras
 import numpy as np
 import pytest
 
+from fl_server.history import load_history
 from tests.integration.harness import Federation, expect_clean_exit
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -16,7 +15,7 @@ def run_session(federation: Federation, session_id: str, *args: str) -> dict:
                                      "--round-timeout", "90", "--epochs", "2", *args, name=f"server-{session_id}")
     nodes = [federation.start_node(f"n{i}", "--partition", f"{i}/2", name=f"{session_id}-n{i}") for i in range(2)]
     expect_clean_exit(server, nodes, server_timeout_s=240)
-    return json.loads((federation.history_dir / f"{session_id}.json").read_text())
+    return load_history(federation.history_dir / f"{session_id}.json")  # the summary with its rounds' detail
 
 
 def test_a_warm_start_begins_at_the_files_accuracy_and_keeps_frozen_layers(federation: Federation) -> None:
