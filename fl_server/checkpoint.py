@@ -5,9 +5,11 @@ After every round the server writes ``<history-dir>/checkpoints/<session>.json``
 as raw little-endian arrays in an uncompressed ``.npz`` (read back with ``allow_pickle=False``; only
 the numeric dtypes of the wire codec are accepted), and in the JSON the round just completed,
 the model's architecture, compile settings and data spec, the strategy's cross-round state, the
-update-topic offsets the next round reads from, and the history document itself. The history
-JSON is written after the checkpoint, so a crash between the two leaves a checkpoint that is
-at least as new as the history, and resuming rewrites the history from it. The arrays file is
+update-topic offsets the next round reads from, and the history's summary document (each round without
+its per-node fields; the full records are in ``<session>.rounds.jsonl``, appended before the checkpoint
+is written). The history JSON is written after the checkpoint, so a crash between the two leaves a
+checkpoint that is at least as new as the history, and resuming rewrites the history from it (and drops
+detail lines past the checkpoint's round). The arrays file is
 written (and fsynced) before the JSON that names it, and older arrays files are removed after.
 
 ``fl-checkpoint/1`` (weights base64 inside the JSON, ``Checkpoint.to_wire``) is still read.
